@@ -1,0 +1,1 @@
+"""Adapter file formats: kohya/LyCORIS keys, Civitai metadata, hashes, checks."""
