@@ -43,7 +43,8 @@ class EventWriter:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(line)
                 f.flush()
-                os.fsync(f.fileno())
+                if type != "step":  # step events are frequent and re-derivable; the rest must survive a crash
+                    os.fsync(f.fileno())
         return ev
 
 

@@ -1,0 +1,74 @@
+"""`python -m trainer <command>`: train, check, generate, meta, merge, resize, doctor, presets."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from trainer.config import ConfigError, iter_fields, field_meta, load_config, load_preset, save_config
+
+
+def _train(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m trainer train",
+                                 description="Train a LoRA. The run folder is the config's folder (or --run-dir).")
+    ap.add_argument("config", help="config.toml (full config) or a preset name/path with --preset")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override an option, e.g. --set network.rank=8 (repeatable)")
+    ap.add_argument("--preset", action="store_true", help="treat CONFIG as a partial preset over the defaults")
+    ap.add_argument("--run-dir", help="where events, samples, checkpoints and the adapter go")
+    ap.add_argument("--resume", action="store_true", help="continue from the newest saved state in the run folder")
+    ap.add_argument("--quiet", action="store_true")
+    a = ap.parse_args(argv)
+    try:
+        cfg = load_preset(a.config, a.overrides) if a.preset else load_config(a.config, a.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    run_dir = Path(a.run_dir) if a.run_dir else Path(a.config).resolve().parent
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if a.run_dir or a.overrides or a.preset:
+        save_config(cfg, run_dir / "config.toml") if not (run_dir / "config.toml").exists() else None
+    from trainer.loop import train
+
+    return train(cfg, run_dir, resume=a.resume, quiet=a.quiet)
+
+
+def _options(argv: list[str]) -> int:
+    """List every option of the schema (what --set accepts)."""
+    for section, key, finfo, _ in iter_fields():
+        m = field_meta(finfo)
+        rng = ""
+        if "ge" in m or "le" in m:
+            rng = f" [{m.get('ge', '')}..{m.get('le', '')}]"
+        if "choices" in m:
+            rng = f" {{{', '.join(map(str, m['choices']))}}}"
+        print(f"{section}.{key} = {finfo.get_default(call_default_factory=True)!r}{rng}\n    {m['label']}: {m['help']}")
+    return 0
+
+
+def _lazy(module: str):
+    def run(argv: list[str]) -> int:
+        import importlib
+
+        return importlib.import_module(module).main(argv) or 0
+    return run
+
+
+COMMANDS = {
+    "train": _train,
+    "options": _options,
+    "check": _lazy("trainer.formats.check"),
+    "meta": _lazy("trainer.formats.meta_edit"),
+    "merge": _lazy("trainer.tools.merge"),
+    "resize": _lazy("trainer.tools.resize"),
+    "generate": _lazy("trainer.generate"),
+    "doctor": _lazy("trainer.data.doctor_cli"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: python -m trainer {" + ",".join(COMMANDS) + "} ...", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return COMMANDS[argv[0]](argv[1:])

@@ -1,0 +1,39 @@
+"""Text conditioning the way each family's UNet expects it (clip skip, SDXL's two encoders and
+added time ids)."""
+from __future__ import annotations
+
+import torch
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def encode_text(base, captions: list[str], clip_skip: int = 1, device="cpu") -> dict[str, torch.Tensor]:
+    """{"encoder_hidden_states": [B,77,D]} (+ "text_embeds" pooled for SDXL)."""
+    if base.is_sdxl:
+        hidden, pooled = [], None
+        for i, (tok, te) in enumerate(zip(base.tokenizers, base.text_encoders)):
+            out = te(tokenize(tok, captions).to(device), output_hidden_states=True)
+            # SDXL conditions on the penultimate layer of both encoders (clip skip counts from there)
+            hidden.append(out.hidden_states[-(clip_skip + 1)])
+            if i == 1:
+                pooled = out.text_embeds
+        return {"encoder_hidden_states": torch.cat(hidden, dim=-1), "text_embeds": pooled}
+    te = base.text_encoders[0]
+    ids = tokenize(base.tokenizers[0], captions).to(device)
+    if clip_skip <= 1:
+        h = te(ids).last_hidden_state
+    else:
+        out = te(ids, output_hidden_states=True)
+        h = out.hidden_states[-clip_skip]
+        final_ln = te.text_model.final_layer_norm if hasattr(te, "text_model") else te.final_layer_norm
+        h = final_ln(h)
+    return {"encoder_hidden_states": h}
+
+
+def sdxl_time_ids(height: int, width: int, batch: int, device="cpu", dtype=torch.float32) -> torch.Tensor:
+    # original size, crop top-left, target size: images are resized to their bucket, so original = target
+    ids = torch.tensor([height, width, 0, 0, height, width], dtype=dtype, device=device)
+    return ids.unsqueeze(0).repeat(batch, 1)

@@ -1,0 +1,531 @@
+"""The training loop: load → network → data → loop (sample, save, control) → export.
+
+Readable like the diffusers example scripts; each stage lives in its own module. Determinism is a
+feature: noise and timesteps come from a saved generator, data order from (seed, epoch), so a run
+stopped at step k and resumed ends with the same adapter as one that never stopped.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from trainer.conditioning import encode_text, sdxl_time_ids
+from trainer.config import TrainConfig, save_config
+from trainer.events import ControlPoller, EventWriter
+from trainer.network import build_network, disable_adapters
+from trainer.sampling import SampleSpec, a1111_parameters, generate, save_png
+from trainer.state import clean_partial, latest_state, load_state, save_state
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_STOPPED = 0, 1, 2, 3
+
+
+class TrainingError(RuntimeError):
+    """A failure to report to the user as-is (names the file or option at fault)."""
+
+
+@dataclass
+class RunPaths:
+    root: Path
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def output(self) -> Path:
+        return self.root / "output"
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    started_at: float = field(default_factory=time.time)
+    step_times: list = field(default_factory=list)
+    last_loss: float = float("nan")
+
+    def eta(self, max_steps: int) -> float | None:
+        if not self.step_times:
+            return None
+        recent = self.step_times[-20:]
+        return (max_steps - self.step) * sum(recent) / len(recent)
+
+
+# ---------------------------------------------------------------- set-up stages
+
+def pick_device(cfg: TrainConfig) -> str:
+    want = cfg.precision.device
+    if want == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if want == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("precision.device = cuda, but no CUDA device is available")
+    return want
+
+
+def weight_dtype(cfg: TrainConfig, device: str) -> torch.dtype:
+    # mixed precision only where the hardware does it well; on CPU everything stays fp32
+    if device == "cuda":
+        if cfg.precision.mixed_precision == "bf16" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if cfg.precision.mixed_precision in ("fp16", "bf16"):
+            return torch.float16
+    return torch.float32
+
+
+def load_model(cfg: TrainConfig):
+    from trainer.models.resolve import load_any
+
+    return load_any(cfg.model.base, family=cfg.model.family, prediction_type=cfg.model.prediction_type,
+                    vae=cfg.model.vae)
+
+
+def load_data(cfg: TrainConfig, root: Path):
+    from trainer.data.dataset import TrainDataset
+    from trainer.data.scan import DatasetError, scan_dataset
+
+    def resolve(p: str) -> Path:
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else (root / path if (root / path).exists() else Path.cwd() / path)
+
+    if not cfg.dataset.path:
+        raise TrainingError("dataset.path is empty: point it at a folder of images")
+    try:
+        scan = scan_dataset(resolve(cfg.dataset.path), cfg.dataset.caption_extension, cfg.dataset.repeats)
+        reg = None
+        if cfg.dataset.reg_path:
+            reg = scan_dataset(resolve(cfg.dataset.reg_path), cfg.dataset.caption_extension, 1, is_reg=True)
+    except DatasetError as e:
+        raise TrainingError(str(e)) from None
+    return TrainDataset(scan, cfg.dataset, cfg.schedule.seed, reg_scan=reg), scan, reg
+
+
+# ---------------------------------------------------------------- the trainer
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = False):
+        self.cfg = cfg
+        self.paths = RunPaths(Path(run_dir))
+        self.resume = resume
+        self.quiet = quiet
+        self.events = EventWriter(self.paths.root)
+        self.control = ControlPoller(self.paths.root)
+        self.progress = Progress()
+        self.stop_requested = False
+        self.tb = None
+        self.sample_count = 0
+
+    # ---- signals: SIGTERM / Ctrl-C request a graceful stop (save, then exit)
+    def _install_signals(self) -> None:
+        def handler(signum, frame):
+            if self.stop_requested:  # a second signal: give up at once
+                raise KeyboardInterrupt
+            self.stop_requested = True
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self) -> int:
+        self._install_signals()
+        try:
+            return self._run()
+        except TrainingError as e:
+            self.events.emit("error", message=str(e))
+            self.events.emit("finished", status="failed", step=self.progress.step)
+            self._log(f"error: {e}")
+            return EXIT_FAILED
+        except KeyboardInterrupt:
+            self.events.emit("finished", status="stopped", step=self.progress.step)
+            return EXIT_STOPPED
+        except Exception as e:  # an unexpected crash still ends the run as failed, with the reason
+            import traceback
+
+            tb = traceback.format_exc(limit=8)
+            self.events.emit("error", message=f"{type(e).__name__}: {e}", traceback=tb)
+            self.events.emit("finished", status="failed", step=self.progress.step)
+            self._log(tb)
+            return EXIT_FAILED
+
+    def _log(self, msg: str) -> None:
+        if not self.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    def _warn(self, message: str, **extra) -> None:
+        self.events.emit("warning", message=message, **extra)
+        self._log(f"warning: {message}")
+
+    def _run(self) -> int:
+        cfg = self.cfg
+        t_start = time.time()
+        for removed in clean_partial(self.paths.checkpoints):
+            self._warn(f"removed a half-written state {removed} left by an earlier crash")
+        save_config(cfg, self.paths.root / "config.used.toml")
+        self.device = pick_device(cfg)
+        self.dtype = weight_dtype(cfg, self.device)
+        torch.manual_seed(cfg.schedule.seed)
+
+        # data first: a bad dataset should fail in seconds, not after loading a 7 GB model
+        self.dataset, scan, reg = load_data(cfg, self.paths.root)
+        for p in self.dataset.problems:
+            self._warn(f"{p.file}: {p.reason}", file=p.file, severity=p.severity)
+
+        base = load_model(cfg)
+        self.base = base
+        for m in [base.unet, base.vae, *base.text_encoders]:
+            m.requires_grad_(False)
+        base.to(self.device, self.dtype)
+        self.network = build_network(base, cfg.network)
+        for p in self.network.all_params():  # trainable weights in fp32 even under mixed precision
+            p.data = p.data.float()
+        if cfg.network.init_weights:
+            from trainer.formats.kohya_import import load_kohya_into
+
+            load_kohya_into(base, Path(cfg.network.init_weights))
+        if cfg.precision.gradient_checkpointing:
+            base.unet.enable_gradient_checkpointing()
+            for i in self.network.text_encoders:
+                base.text_encoders[i].gradient_checkpointing_enable()
+        if cfg.precision.attention == "xformers":
+            try:
+                base.unet.enable_xformers_memory_efficient_attention()
+            except Exception as e:
+                self._warn(f"xformers unavailable ({e}); using PyTorch SDPA")
+
+        self._check_disk()
+        self._prepare_caches()
+
+        from trainer.optim import build_lr_scheduler, build_optimizer
+
+        self.optimizer = build_optimizer(cfg.optimizer, self.network.params_unet, self.network.params_te)
+        self.lr_scheduler = build_lr_scheduler(cfg.schedule, self.optimizer)
+        self.noise_gen = torch.Generator(device="cpu").manual_seed(cfg.schedule.seed)
+
+        if self.resume:
+            self._restore()
+        self.events.emit("started", max_steps=cfg.schedule.max_train_steps, family=base.family,
+                         device=self.device, dtype=str(self.dtype).replace("torch.", ""),
+                         images=self.dataset.num_images, resumed_from=self.progress.step,
+                         trainable_params=sum(p.numel() for p in self.network.all_params()),
+                         startup_s=round(time.time() - t_start, 2))
+        self._start_tensorboard()
+        self.started_iso = datetime.now(timezone.utc).isoformat()
+
+        if cfg.sampling.at_start and self.progress.step == 0 and cfg.sampling.prompts:
+            self._sample(with_base=cfg.sampling.with_base)
+
+        status = self._loop()
+        if status == "failed":
+            self.events.emit("finished", status="failed", step=self.progress.step)
+            return EXIT_FAILED
+
+        adapter = self._save(final=True)
+        if status == "finished" and cfg.sampling.prompts and (
+                cfg.sampling.every_n_steps == 0 or self.progress.step % cfg.sampling.every_n_steps):
+            self._sample()
+        self.events.emit("finished", status=status, step=self.progress.step, adapter=adapter,
+                         wall_s=round(time.time() - t_start, 2))
+        if self.tb:
+            self.tb.close()
+        return EXIT_OK if status == "finished" else EXIT_STOPPED
+
+    # ---- set-up helpers
+    def _check_disk(self) -> None:
+        n_params = sum(p.numel() for p in self.network.all_params())
+        saves = 1 + (self.cfg.schedule.max_train_steps // self.cfg.saving.every_n_steps
+                     if self.cfg.saving.every_n_steps else 0)
+        # adapter (fp16) per save, plus states (fp32 weights + 2 optimizer moments) for the kept ones
+        need = n_params * 2 * saves + n_params * 12 * (self.cfg.saving.keep_last + 1) + (64 << 20)
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.paths.root).free
+        if free < need:
+            raise TrainingError(f"not enough free disk in {self.paths.root.name}: need about "
+                                f"{need / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free")
+
+    def _prepare_caches(self) -> None:
+        """Encode every image once (and captions, where they never change) so that the training
+        step runs the UNet alone."""
+        cfg = self.cfg
+        self.text_cache: dict[str, dict] | None = None
+        if cfg.dataset.cache_latents:
+            from trainer.data.cache import LatentCache
+
+            cache_dir = None
+            if cfg.dataset.cache_to_disk:
+                cache_dir = self.dataset.default_cache_dir()
+            cache = LatentCache(cache_dir, encoder_id=self._vae_id())
+            self.dataset.attach_latent_cache(cache, self._encode_pixels)
+            t0 = time.time()
+            computed = self.dataset.precompute()
+            self._log(f"latent cache: {computed} encoded in {time.time() - t0:.1f}s")
+        static_captions = not (cfg.dataset.shuffle_caption or cfg.network.train_text_encoder)
+        if cfg.dataset.cache_text and static_captions:
+            self.text_cache = {}
+
+    def _vae_id(self) -> str:
+        import hashlib
+
+        h = hashlib.sha256()
+        for name, p in sorted(self.base.vae.state_dict().items())[:8]:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().numpy().tobytes()[:4096])
+        return f"{self.base.family}-{h.hexdigest()[:16]}"
+
+    @torch.no_grad()
+    def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        vae = self.base.vae
+        dist = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist
+        # the mean, not a sample: deterministic, so a cached latent is the latent
+        return (dist.mean * vae.config.scaling_factor).float().cpu()
+
+    def _start_tensorboard(self) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.paths.root / "tensorboard"))
+        except Exception:
+            self.tb = None
+
+    # ---- the loop
+    def _batches(self):
+        """(epoch, index in epoch, sample indices), continuing from the saved data position."""
+        p = self.progress
+        epoch, start = p.epoch, p.batch_in_epoch
+        while True:
+            batches = self.dataset.epoch_batches(epoch)
+            if not batches:
+                raise TrainingError("the dataset yields no batch (fewer images than the batch size?)")
+            for bi in range(start, len(batches)):
+                yield epoch, bi, batches[bi]
+            epoch, start = epoch + 1, 0
+
+    def _loop(self) -> str:
+        cfg = self.cfg
+        max_steps = cfg.schedule.max_train_steps
+        accum = cfg.schedule.grad_accum
+        p = self.progress
+        it = self._batches()
+        bar = None
+        if sys.stderr.isatty() and not self.quiet:
+            from tqdm import tqdm
+
+            bar = tqdm(total=max_steps, initial=p.step, unit="step", dynamic_ncols=True)
+        self.base.unet.train()
+        for i in self.network.text_encoders:
+            self.base.text_encoders[i].train()
+        while p.step < max_steps:
+            t0 = time.time()
+            loss_sum = 0.0
+            for _ in range(accum):
+                epoch, bi, idx = next(it)
+                batch = self.dataset.collate([self.dataset.sample(i, epoch) for i in idx])
+                loss = self._loss(batch) / accum
+                if not torch.isfinite(loss):
+                    self.events.emit("error", message=f"loss became {loss.item()} at step {p.step + 1}: "
+                                     "training stopped; no adapter was written from the poisoned weights. "
+                                     "Lower the learning rate or use fp32/bf16.", step=p.step + 1)
+                    return "failed"
+                loss.backward()
+                loss_sum += loss.item()
+                p.epoch, p.batch_in_epoch = epoch, bi + 1
+            if cfg.optimizer.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(self.network.all_params(), cfg.optimizer.max_grad_norm)
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            p.step += 1
+            p.last_loss = loss_sum
+            dt = time.time() - t0
+            p.step_times.append(dt)
+            lr = self.lr_scheduler.get_last_lr()[0]
+            eta = p.eta(max_steps)
+            self.events.emit("step", step=p.step, max_steps=max_steps, loss=round(loss_sum, 6), lr=lr,
+                             epoch=p.epoch, it_s=round(1 / dt, 3) if dt > 0 else None,
+                             eta_s=round(eta, 1) if eta is not None else None)
+            if self.tb:
+                self.tb.add_scalar("loss", loss_sum, p.step)
+                self.tb.add_scalar("lr", lr, p.step)
+            if bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{lr:.2e}")
+
+            commands = self.control.poll()
+            if "stop" in commands:
+                self.stop_requested = True
+            if self.stop_requested:
+                return "stopped"
+            if p.step < max_steps:
+                every = cfg.sampling.every_n_steps
+                if ("sample_now" in commands or (every and p.step % every == 0)) and cfg.sampling.prompts:
+                    self._sample()
+                save_every = cfg.saving.every_n_steps
+                if "save_now" in commands or (save_every and p.step % save_every == 0):
+                    self._save(final=False)
+        if bar:
+            bar.close()
+        return "finished"
+
+    def _loss(self, batch: dict) -> torch.Tensor:
+        cfg, base = self.cfg, self.base
+        dev = self.device
+        if batch.get("latents") is not None:
+            latents = batch["latents"].to(dev, torch.float32)
+        else:
+            latents = self._encode_pixels(batch["pixels"]).to(dev)
+        bsz = latents.shape[0]
+        noise = torch.randn(latents.shape, generator=self.noise_gen).to(dev)
+        if cfg.noise.noise_offset:
+            noise = noise + cfg.noise.noise_offset * torch.randn(
+                (bsz, latents.shape[1], 1, 1), generator=self.noise_gen).to(dev)
+        timesteps = torch.randint(cfg.noise.min_timestep, cfg.noise.max_timestep, (bsz,),
+                                  generator=self.noise_gen).to(dev)
+        sched = base.scheduler
+        noisy = sched.add_noise(latents, noise, timesteps)
+        cond = self._text(batch["captions"])
+        kwargs = {}
+        if base.is_sdxl:
+            h, w = latents.shape[-2] * self._vae_factor(), latents.shape[-1] * self._vae_factor()
+            kwargs["added_cond_kwargs"] = {"text_embeds": cond["text_embeds"].to(self.dtype),
+                                           "time_ids": sdxl_time_ids(h, w, bsz, dev, self.dtype)}
+        autocast = torch.autocast(device_type=dev, dtype=self.dtype) if self.dtype != torch.float32 \
+            else torch.autocast(device_type="cpu", enabled=False)
+        with autocast:
+            pred = base.unet(noisy.to(self.dtype), timesteps, cond["encoder_hidden_states"].to(self.dtype),
+                             **kwargs).sample
+        target = sched.get_velocity(latents, noise, timesteps) if base.is_v else noise
+        loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if cfg.noise.min_snr_gamma > 0:
+            ac = sched.alphas_cumprod.to(dev)[timesteps]
+            snr = ac / (1 - ac)
+            weight = torch.clamp(snr, max=cfg.noise.min_snr_gamma) / (snr + 1 if base.is_v else snr)
+            loss = loss * weight
+        is_reg = batch.get("is_reg")
+        if is_reg is not None and is_reg.any():
+            loss = torch.where(is_reg.to(dev), loss * cfg.dataset.prior_loss_weight, loss)
+        return loss.mean()
+
+    def _vae_factor(self) -> int:
+        return 2 ** (len(self.base.vae.config.block_out_channels) - 1)
+
+    def _text(self, captions: list[str]) -> dict:
+        cfg = self.cfg
+        if self.text_cache is None:
+            return encode_text(self.base, captions, cfg.model.clip_skip, self.device)
+        missing = [c for c in dict.fromkeys(captions) if c not in self.text_cache]
+        if missing:
+            with torch.no_grad():
+                enc = encode_text(self.base, missing, cfg.model.clip_skip, self.device)
+            for j, c in enumerate(missing):
+                self.text_cache[c] = {k: v[j] for k, v in enc.items()}
+        return {k: torch.stack([self.text_cache[c][k] for c in captions]) for k in self.text_cache[captions[0]]}
+
+    # ---- previews
+    def _sample(self, with_base: bool = False) -> None:
+        cfg = self.cfg.sampling
+        size = cfg.size or self.cfg.dataset.resolution
+        step = self.progress.step
+        self.paths.samples.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        passes = [("adapter", False)] + ([("base", True)] if with_base else [])
+        for kind, disabled in passes:
+            if disabled:
+                self._set_adapters(False)
+            try:
+                for j, prompt in enumerate(cfg.prompts):
+                    spec = SampleSpec(prompt=prompt, seed=cfg.seed + j, negative=cfg.negative_prompt,
+                                      steps=cfg.steps, cfg=cfg.cfg, sampler=cfg.sampler, width=size, height=size)
+                    img = generate(self.base, spec, self.device)
+                    name = f"base_p{j}.png" if kind == "base" else f"step{step:06d}_p{j}.png"
+                    params = a1111_parameters(spec, self.base.name,
+                                              None if kind == "base" else (self.cfg.saving.output_name, 1.0))
+                    save_png(img, self.paths.samples / name, params)
+                    self.events.emit("sample", step=step, path=f"samples/{name}", prompt=prompt, seed=spec.seed,
+                                     kind=kind, index=j)
+            finally:
+                if disabled:
+                    self._set_adapters(True)
+        self.sample_count += 1
+        self.sample_seconds = getattr(self, "sample_seconds", 0.0) + time.time() - t0
+
+    def _set_adapters(self, enabled: bool) -> None:
+        for m in [self.base.unet, *self.base.text_encoders]:
+            disable_adapters(m, not enabled)
+
+    # ---- saving and resuming
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for prefix, model in [("unet", self.base.unet)] + [(f"te{i}", te) for i, te in enumerate(self.base.text_encoders)]:
+            for name, prm in model.named_parameters():
+                if prm.requires_grad:
+                    out[f"{prefix}.{name}"] = prm
+        return out
+
+    def _save(self, final: bool) -> str | None:
+        """Resumable state, then the kohya adapter. A failed save (disk full…) leaves the previous
+        ones intact and ends the run with the reason."""
+        p = self.progress
+        try:
+            state_dir = save_state(self.paths.checkpoints, p.step, self.trainable_state(), self.optimizer,
+                                   self.lr_scheduler,
+                                   {"epoch": p.epoch, "batch_in_epoch": p.batch_in_epoch,
+                                    "generators": {"noise": self.noise_gen.get_state()}},
+                                   self.cfg.saving.keep_last)
+            adapter = self._export(final)
+        except OSError as e:
+            raise TrainingError(f"saving at step {p.step} failed ({e.strerror or e}); the previous adapter and "
+                                "state are intact") from None
+        self.events.emit("checkpoint", step=p.step, state=str(state_dir.relative_to(self.paths.root)),
+                         adapter=adapter)
+        return adapter
+
+    def _export(self, final: bool) -> str:
+        from trainer.export import export_adapter
+
+        name = self.cfg.saving.output_name
+        stem = name if final else f"{name}-step{self.progress.step:06d}"
+        path = export_adapter(self, self.paths.output, stem)
+        return str(path.relative_to(self.paths.root))
+
+    def _restore(self) -> None:
+        state_dir = latest_state(self.paths.checkpoints)
+        if state_dir is None:
+            self._warn("--resume: no saved state in this run folder; starting from step 0")
+            return
+        adapter, opt_sd, rng, info = load_state(state_dir)
+        params = self.trainable_state()
+        missing = set(params) - set(adapter)
+        if missing:
+            raise TrainingError(f"{state_dir.name}: the saved state does not match this network "
+                                f"({len(missing)} tensors missing, e.g. {sorted(missing)[0]})")
+        with torch.no_grad():
+            for k, prm in params.items():
+                prm.copy_(adapter[k].to(prm.device, prm.dtype))
+        self.optimizer.load_state_dict(opt_sd)
+        self.lr_scheduler.load_state_dict(info["lr_scheduler"])
+        torch.set_rng_state(rng["torch_cpu"])
+        self.noise_gen.set_state(rng["gen_noise"])
+        self.progress.step = info["step"]
+        self.progress.epoch = info["epoch"]
+        self.progress.batch_in_epoch = info["batch_in_epoch"]
+        self._log(f"resumed from {state_dir.name}")
+
+
+def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = False) -> int:
+    return Trainer(cfg, run_dir, resume=resume, quiet=quiet).run()

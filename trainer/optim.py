@@ -1,0 +1,54 @@
+"""Optimizers and learning-rate schedules by name."""
+from __future__ import annotations
+
+import torch
+
+from trainer.config import OptimizerSection, ScheduleSection
+
+
+class OptimizerUnavailable(RuntimeError):
+    pass
+
+
+def build_optimizer(cfg: OptimizerSection, unet_params: list, te_params: list) -> torch.optim.Optimizer:
+    groups = []
+    if unet_params:
+        groups.append({"params": unet_params, "lr": cfg.lr})
+    if te_params:
+        groups.append({"params": te_params, "lr": cfg.text_encoder_lr})
+    wd = cfg.weight_decay
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=wd)
+    if cfg.name == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise OptimizerUnavailable("optimizer.name = adamw8bit needs bitsandbytes: pip install bitsandbytes") from None
+        return bnb.optim.AdamW8bit(groups, weight_decay=wd)
+    if cfg.name == "prodigy":
+        try:
+            from prodigyopt import Prodigy
+        except ImportError:
+            raise OptimizerUnavailable("optimizer.name = prodigy needs prodigyopt: pip install prodigyopt") from None
+        return Prodigy(groups, weight_decay=wd, safeguard_warmup=True, use_bias_correction=True)
+    if cfg.name == "lion":
+        try:
+            from lion_pytorch import Lion
+        except ImportError:
+            raise OptimizerUnavailable("optimizer.name = lion needs lion-pytorch: pip install lion-pytorch") from None
+        return Lion(groups, weight_decay=wd)
+    if cfg.name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, scale_parameter=False, relative_step=False, warmup_init=False, weight_decay=wd)
+    raise OptimizerUnavailable(f"optimizer.name = {cfg.name!r} is unknown")
+
+
+def build_lr_scheduler(cfg: ScheduleSection, optimizer):
+    from diffusers.optimization import get_scheduler
+
+    kw = {}
+    if cfg.scheduler == "cosine_with_restarts":
+        kw["num_cycles"] = cfg.num_cycles
+    return get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
+                         num_training_steps=cfg.max_train_steps, **kw)

@@ -1,0 +1,131 @@
+"""Resumable training state without pickle: tensors in safetensors, everything else in JSON.
+
+A state is a folder checkpoints/step-NNNNNNNN/ holding adapter.safetensors (trainable weights, fp32),
+optimizer.safetensors + state.json (optimizer scalars, LR schedule, RNG, step, data position). It is
+written under a temporary name, fsynced and renamed; checkpoints/latest is written last, so a crash at
+any point leaves the previous state whole and a half-written one is never picked up.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from trainer.atomic import atomic_write_text
+
+LATEST = "latest"
+
+
+def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            key = f"{pid}.{k}"
+            if isinstance(v, torch.Tensor):
+                tensors[key] = v.detach().cpu().contiguous()
+            else:
+                scalars[key] = v
+    return tensors, {"scalars": scalars, "param_groups": sd["param_groups"]}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, v in list(tensors.items()) + list(meta["scalars"].items()):
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in path.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+    _fsync_dir(path)
+
+
+def save_state(ckpt_dir: Path, step: int, adapter: dict[str, torch.Tensor], optimizer, lr_scheduler,
+               info: dict, keep_last: int) -> Path:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:08d}"
+    final = ckpt_dir / name
+    tmp = ckpt_dir / f".{name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in adapter.items()}, str(tmp / "adapter.safetensors"))
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    rng = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            rng[f"torch_cuda{i}"] = s
+    for k, v in info.pop("generators", {}).items():
+        rng[f"gen_{k}"] = v
+    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    save_file(rng, str(tmp / "rng.safetensors"))
+    meta = {"step": step, "optimizer": opt_meta, "lr_scheduler": lr_scheduler.state_dict(), **info}
+    (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
+    _fsync_tree(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(ckpt_dir)
+    atomic_write_text(ckpt_dir / LATEST, name)
+    # old states go only once the new one is complete and pointed to
+    states = sorted(p for p in ckpt_dir.glob("step-*") if p.is_dir())
+    for old in states[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def clean_partial(ckpt_dir: Path) -> list[str]:
+    removed = []
+    if ckpt_dir.exists():
+        for p in ckpt_dir.glob(".step-*.tmp"):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    return removed
+
+
+def _valid(state_dir: Path) -> bool:
+    return all((state_dir / f).is_file() for f in ("adapter.safetensors", "optimizer.safetensors",
+                                                    "rng.safetensors", "state.json"))
+
+
+def latest_state(ckpt_dir: Path) -> Path | None:
+    """The newest complete state: the 'latest' pointer if it names a whole state, else the newest whole one."""
+    try:
+        name = (ckpt_dir / LATEST).read_text().strip()
+        if name and _valid(ckpt_dir / name):
+            return ckpt_dir / name
+    except OSError:
+        pass
+    for p in sorted(ckpt_dir.glob("step-*"), reverse=True):
+        if p.is_dir() and _valid(p):
+            return p
+    return None
+
+
+def load_state(state_dir: Path) -> tuple[dict, dict, dict, dict]:
+    """(adapter tensors, optimizer state_dict, rng tensors, info) of a state folder."""
+    meta = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
+    adapter = load_file(str(state_dir / "adapter.safetensors"))
+    opt = _unflatten_optimizer(load_file(str(state_dir / "optimizer.safetensors")), meta.pop("optimizer"))
+    rng = load_file(str(state_dir / "rng.safetensors"))
+    return adapter, opt, rng, meta
