@@ -236,7 +236,8 @@ class Trainer:
             self.events.emit("finished", status="failed", step=self.progress.step)
             return EXIT_FAILED
 
-        adapter = self._save(final=True)
+        # a stopped run's adapter is named by its step, so the resumed run's final file takes the plain name
+        adapter = self._save(final=status == "finished")
         if status == "finished" and cfg.sampling.prompts and (
                 cfg.sampling.every_n_steps == 0 or self.progress.step % cfg.sampling.every_n_steps):
             self._sample()
