@@ -1,0 +1,245 @@
+"""Train the tiny demo base (builtin:shapes) from scratch on generated shapes, on CPU.
+
+    python scripts/train_demo_base.py --out trainer/assets/shapes_base
+
+Stages: (1) a small AutoencoderKL on shapes and textures; (2) a frozen, randomly initialised CLIP
+text encoder with the project's CLIP tokenizer (enough to condition colour and shape, see
+MEASURED.md); (3) a small UNet2DConditionModel on cached latents and cached caption embeddings, with
+EMA and 10% empty captions for classifier-free guidance. The result is an ordinary
+StableDiffusionPipeline folder of safetensors; <out>/train_log.json records settings, times, losses.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from trainer.atomic import atomic_write_text  # noqa: E402
+from trainer.demo import shapes  # noqa: E402
+
+
+def build_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                         up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 64),
+                         layers_per_block=1, latent_channels=4, norm_num_groups=32, sample_size=shapes.RES,
+                         mid_block_add_attention=False)
+
+
+def build_text_encoder():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = CLIPTextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         vocab_size=49408, max_position_embeddings=77, projection_dim=64,
+                         hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    return CLIPTextModel(cfg)
+
+
+def build_unet(latent_size: int):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=latent_size, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(64, 128), down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=64,
+        attention_head_dim=8, norm_num_groups=32)
+
+
+def sd_schedule_kwargs() -> dict:
+    # Stable Diffusion's noise schedule, so the demo base trains like a real SD1 base
+    return dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                steps_offset=1)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def train_vae(vae, steps: int, batch: int, lr: float, seed: int, n_images: int) -> dict:
+    images = shapes.to_tensor_batch(shapes.vae_examples(n_images, seed + 1))
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / max(steps, 1), 1.0))))
+    g = torch.Generator().manual_seed(seed + 2)
+    vae.train()
+    losses = []
+    for step in range(steps):
+        x = images[torch.randint(0, len(images), (batch,), generator=g)]
+        post = vae.encode(x).latent_dist
+        # a little fixed noise instead of the learned variance: sampled latents stalled training
+        z = post.mean + 0.05 * torch.randn(post.mean.shape, generator=g)
+        rec = vae.decode(z).sample
+        loss = F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 100 == 0 or step == steps - 1:
+            log(f"vae step {step}/{steps} loss {sum(losses[-100:]) / len(losses[-100:]):.4f}")
+    vae.eval()
+    return {"final_loss": sum(losses[-50:]) / max(len(losses[-50:]), 1)}
+
+
+@torch.no_grad()
+def vae_recon_mse(vae, images) -> float:
+    x = shapes.to_tensor_batch(images)
+    rec = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+    return F.mse_loss(rec, x).item()
+
+
+@torch.no_grad()
+def encode_text(text_encoder, tokenizer, captions: list[str]) -> torch.Tensor:
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    return text_encoder(ids)[0]
+
+
+def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet) -> None:
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=DPMSolverMultistepScheduler(**sd_schedule_kwargs()), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(str(out), safe_serialization=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True, type=Path, help="pipeline folder to write")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vae-steps", type=int, default=800)
+    ap.add_argument("--vae-batch", type=int, default=8)
+    ap.add_argument("--unet-steps", type=int, default=1400)
+    ap.add_argument("--unet-batch", type=int, default=16)
+    ap.add_argument("--unet-minutes", type=float, default=0.0,
+                    help="stop the UNet stage after this many minutes (0 = run all --unet-steps)")
+    ap.add_argument("--images", type=int, default=16000, help="generated training images for the UNet")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--save-every", type=int, default=0, help="also save the pipeline every N UNet steps")
+    ap.add_argument("--short", action="store_true", help="a handful of steps on little data (for tests)")
+    args = ap.parse_args(argv)
+    if args.short:
+        args.vae_steps, args.unet_steps, args.images, args.vae_batch, args.unet_batch = 3, 3, 64, 4, 8
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    t0 = time.time()
+    from diffusers import DDPMScheduler
+    from trainer.models.base import load_clip_tokenizer
+
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings["torch_threads"] = torch.get_num_threads()
+
+    vae = build_vae()
+    vae_stats = train_vae(vae, args.vae_steps, args.vae_batch, lr=2e-3, seed=args.seed,
+                          n_images=min(args.images, 8000))
+    vae.requires_grad_(False)
+    t_vae = time.time() - t0
+    recon = {"shapes": vae_recon_mse(vae, [im for im, _ in shapes.reg_examples(24, seed=99)]),
+             "concept": vae_recon_mse(vae, [im for im, _ in shapes.concept_examples(16, seed=99)])}
+    log(f"vae done in {t_vae:.0f}s, recon mse {recon}")
+
+    tokenizer = load_clip_tokenizer()
+    text_encoder = build_text_encoder().eval().requires_grad_(False)
+
+    examples = shapes.base_examples(args.images, args.seed + 3)
+    captions = sorted({c for _, c in examples})
+    emb_table = encode_text(text_encoder, tokenizer, [""] + captions)  # row 0: the empty caption
+    cap_index = torch.tensor([captions.index(c) + 1 for _, c in examples])
+    with torch.no_grad():
+        lat = torch.cat([vae.encode(shapes.to_tensor_batch([im for im, _ in examples[i:i + 256]])).latent_dist.mean
+                         for i in range(0, len(examples), 256)])
+    scaling = float(1.0 / lat.std())
+    vae.register_to_config(scaling_factor=scaling)
+    lat = lat * scaling
+    log(f"cached {len(lat)} latents {tuple(lat.shape[1:])}, {len(captions)} captions, scaling {scaling:.3f}")
+
+    unet = build_unet(lat.shape[-1])
+    ema = build_unet(lat.shape[-1]).requires_grad_(False)
+    ema.load_state_dict(unet.state_dict())
+    warmup = min(100, max(args.unet_steps // 10, 1))
+    noise_sched = DDPMScheduler(**sd_schedule_kwargs())
+    alphas = noise_sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    opt = torch.optim.AdamW(unet.parameters(), lr=1e-3 / warmup, weight_decay=0.01)
+
+    def lr_factor(step: int) -> float:
+        # warmup, then cosine down to 10% over the run; with a time limit, over whichever ends first
+        progress = step / max(args.unet_steps, 1)
+        if args.unet_minutes:
+            progress = max(progress, (time.time() - t_unet0) / (args.unet_minutes * 60))
+        return min(1.0, (step + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(progress, 1.0))))
+    g = torch.Generator().manual_seed(args.seed + 4)
+    unet.train()
+    losses: list[float] = []
+    t_unet0 = time.time()
+    step = 0
+    for step in range(args.unet_steps):
+        idx = torch.randint(0, len(lat), (args.unet_batch,), generator=g)
+        x0 = lat[idx]
+        ci = cap_index[idx].clone()
+        ci[torch.rand(len(ci), generator=g) < 0.1] = 0  # empty caption, for classifier-free guidance
+        cond = emb_table[ci]
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, 1000, (len(x0),), generator=g)
+        xt = noise_sched.add_noise(x0, noise, t)
+        pred = unet(xt, t, encoder_hidden_states=cond).sample
+        # min-SNR-5 weighting: converges faster than plain MSE on epsilon
+        w = torch.clamp(snr[t], max=5.0) / snr[t]
+        loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * w).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        for group in opt.param_groups:
+            group["lr"] = 1e-3 * lr_factor(step + 1)
+        decay = min(0.995, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), unet.parameters()):
+                pe.lerp_(p, 1 - decay)
+        losses.append(loss.item())
+        if step % 50 == 0 or step == args.unet_steps - 1:
+            log(f"unet step {step}/{args.unet_steps} loss {sum(losses[-50:]) / len(losses[-50:]):.4f} "
+                f"{(time.time() - t_unet0) / (step + 1):.2f}s/step")
+        if args.save_every and step and step % args.save_every == 0:
+            save_pipeline(args.out, vae, text_encoder, tokenizer, ema)
+            log(f"saved pipeline at step {step}")
+        if args.unet_minutes and time.time() - t_unet0 > args.unet_minutes * 60:
+            log(f"time limit reached at step {step}")
+            break
+
+    save_pipeline(args.out, vae, text_encoder, tokenizer, ema)
+    wall = time.time() - t0
+    n_params = {"vae": sum(p.numel() for p in vae.parameters()),
+                "unet": sum(p.numel() for p in unet.parameters()),
+                "text_encoder": sum(p.numel() for p in text_encoder.parameters())}
+    train_log = {
+        "settings": settings, "params": n_params, "vae_scaling_factor": scaling,
+        "vae": {**vae_stats, "recon_mse": recon, "seconds": round(t_vae, 1)},
+        "unet": {"steps_done": step + 1, "final_loss": sum(losses[-50:]) / max(len(losses[-50:]), 1),
+                 "seconds": round(time.time() - t_unet0, 1), "ema_decay_max": 0.995, "lr": 1e-3, "lr_schedule": "warmup 100 steps, cosine to 10% (by steps or time)",
+                 "min_snr_gamma": 5.0, "empty_caption_share": 0.1},
+        "text_encoder": "frozen, random init (seeded), real CLIP BPE tokenizer",
+        "wall_seconds": round(wall, 1),
+        "torch": torch.__version__,
+    }
+    atomic_write_text(args.out / "train_log.json", json.dumps(train_log, indent=2) + "\n")
+    log(f"done in {wall:.0f}s → {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
