@@ -126,8 +126,13 @@ class Trainer:
         self.paths = RunPaths(Path(run_dir))
         self.resume = resume
         self.quiet = quiet
-        self.events = EventWriter(self.paths.root)
+        # under torchrun / accelerate launch every process trains its shard; rank 0 alone writes the run folder
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.main = self.rank == 0
+        self.events = EventWriter(self.paths.root, enabled=self.main)
         self.control = ControlPoller(self.paths.root)
+        self.accelerator = None
         self.progress = Progress()
         self.stop_requested = False
         self.tb = None
@@ -165,7 +170,7 @@ class Trainer:
             return EXIT_FAILED
 
     def _log(self, msg: str) -> None:
-        if not self.quiet:
+        if not self.quiet and self.main:
             print(msg, file=sys.stderr, flush=True)
 
     def _warn(self, message: str, **extra) -> None:
@@ -177,10 +182,16 @@ class Trainer:
         t_start = time.time()
         for removed in clean_partial(self.paths.checkpoints):
             self._warn(f"removed a half-written state {removed} left by an earlier crash")
-        save_config(cfg, self.paths.root / "config.used.toml")
+        if self.main:
+            save_config(cfg, self.paths.root / "config.used.toml")
         self.device = pick_device(cfg)
-        self.dtype = weight_dtype(cfg, self.device)
-        torch.manual_seed(cfg.schedule.seed)
+        if self.world > 1:
+            from accelerate import Accelerator
+
+            self.accelerator = Accelerator(cpu=self.device == "cpu")
+            self.device = str(self.accelerator.device)
+        self.dtype = weight_dtype(cfg, self.device.split(":")[0])
+        torch.manual_seed(cfg.schedule.seed + self.rank)
 
         # data first: a bad dataset should fail in seconds, not after loading a 7 GB model
         self.dataset, scan, reg = load_data(cfg, self.paths.root)
@@ -216,7 +227,14 @@ class Trainer:
 
         self.optimizer = build_optimizer(cfg.optimizer, self.network.params_unet, self.network.params_te)
         self.lr_scheduler = build_lr_scheduler(cfg.schedule, self.optimizer)
-        self.noise_gen = torch.Generator(device="cpu").manual_seed(cfg.schedule.seed)
+        self.noise_gen = torch.Generator(device="cpu").manual_seed(cfg.schedule.seed + 7919 * self.rank)
+        # the modules the loss runs through: DDP-wrapped under a multi-process launch (gradients all-reduced)
+        self.unet_fwd = base.unet
+        self.te_fwd = list(base.text_encoders)
+        if self.accelerator is not None:
+            self.unet_fwd = self.accelerator.prepare_model(base.unet)
+            for i in self.network.text_encoders:
+                self.te_fwd[i] = self.accelerator.prepare_model(base.text_encoders[i])
 
         if self.resume:
             self._restore()
@@ -232,6 +250,10 @@ class Trainer:
             self._sample(with_base=cfg.sampling.with_base)
 
         status = self._loop()
+        if self.world > 1:
+            self._shard_report()
+            if not self.main:
+                return EXIT_OK if status == "finished" else EXIT_STOPPED if status == "stopped" else EXIT_FAILED
         if status == "failed":
             self.events.emit("finished", status="failed", step=self.progress.step)
             return EXIT_FAILED
@@ -306,15 +328,18 @@ class Trainer:
 
     # ---- the loop
     def _batches(self):
-        """(epoch, index in epoch, sample indices), continuing from the saved data position."""
+        """(epoch, index in epoch, sample indices), continuing from the saved data position. With N
+        processes, each micro-step consumes N consecutive batches and this rank takes its own: the
+        shards are disjoint and every rank keeps the same position."""
         p = self.progress
         epoch, start = p.epoch, p.batch_in_epoch
         while True:
             batches = self.dataset.epoch_batches(epoch)
-            if not batches:
-                raise TrainingError("the dataset yields no batch (fewer images than the batch size?)")
-            for bi in range(start, len(batches)):
-                yield epoch, bi, batches[bi]
+            usable = len(batches) - len(batches) % self.world
+            if usable == 0:
+                raise TrainingError("the dataset yields no batch (fewer images than batch size × processes?)")
+            for bi in range(start, usable, self.world):
+                yield epoch, bi + self.world - 1, batches[bi + self.rank]
             epoch, start = epoch + 1, 0
 
     def _loop(self) -> str:
@@ -331,14 +356,16 @@ class Trainer:
         self.base.unet.train()
         for i in self.network.text_encoders:
             self.base.text_encoders[i].train()
+        self.seen_keys: list[str] = []
         while p.step < max_steps:
             t0 = time.time()
             loss_sum = 0.0
             for _ in range(accum):
                 epoch, bi, idx = next(it)
                 batch = self.dataset.collate([self.dataset.sample(i, epoch) for i in idx])
+                self.seen_keys.extend(batch.get("keys", []))
                 loss = self._loss(batch) / accum
-                if not torch.isfinite(loss):
+                if not self._all_finite(loss):
                     self.events.emit("error", message=f"loss became {loss.item()} at step {p.step + 1}: "
                                      "training stopped; no adapter was written from the poisoned weights. "
                                      "Lower the learning rate or use fp32/bf16.", step=p.step + 1)
@@ -367,7 +394,7 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{lr:.2e}")
 
-            commands = self.control.poll()
+            commands = self._sync_commands(self.control.poll() if self.main else set())
             if "stop" in commands:
                 self.stop_requested = True
             if self.stop_requested:
@@ -382,6 +409,41 @@ class Trainer:
         if bar:
             bar.close()
         return "finished"
+
+    # ---- multi-process agreement: every rank must take the same branch or the collectives hang
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        ok = torch.tensor([1.0 if torch.isfinite(loss) else 0.0])
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok.item())
+
+    def _sync_commands(self, commands: set[str]) -> set[str]:
+        if self.world == 1:
+            return commands
+        import torch.distributed as dist
+
+        names = ["stop", "sample_now", "save_now"]
+        flags = torch.tensor([1.0 if (n in commands or (n == "stop" and self.stop_requested)) else 0.0
+                              for n in names])
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return {n for n, f in zip(names, flags.tolist()) if f}
+
+    def _shard_report(self) -> None:
+        """Under N processes each rank records what it trained on and a digest of its adapter, so a
+        test (or a suspicious user) can check that shards were disjoint and the replicas agree."""
+        import hashlib
+        import json
+
+        h = hashlib.sha256()
+        for k, v in sorted(self.trainable_state().items()):
+            h.update(k.encode())
+            h.update(v.detach().float().cpu().numpy().tobytes())
+        out = self.paths.root / "ddp"
+        out.mkdir(exist_ok=True)
+        (out / f"rank{self.rank}.json").write_text(json.dumps(
+            {"rank": self.rank, "world": self.world, "adapter_sha256": h.hexdigest(), "keys": self.seen_keys}))
 
     def _loss(self, batch: dict) -> torch.Tensor:
         cfg, base = self.cfg, self.base
@@ -408,7 +470,7 @@ class Trainer:
         autocast = torch.autocast(device_type=dev, dtype=self.dtype) if self.dtype != torch.float32 \
             else torch.autocast(device_type="cpu", enabled=False)
         with autocast:
-            pred = base.unet(noisy.to(self.dtype), timesteps, cond["encoder_hidden_states"].to(self.dtype),
+            pred = self.unet_fwd(noisy.to(self.dtype), timesteps, cond["encoder_hidden_states"].to(self.dtype),
                              **kwargs).sample
         target = sched.get_velocity(latents, noise, timesteps) if base.is_v else noise
         loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
@@ -428,7 +490,7 @@ class Trainer:
     def _text(self, captions: list[str]) -> dict:
         cfg = self.cfg
         if self.text_cache is None:
-            return encode_text(self.base, captions, cfg.model.clip_skip, self.device)
+            return encode_text(self.base, captions, cfg.model.clip_skip, self.device, encoders=self.te_fwd)
         missing = [c for c in dict.fromkeys(captions) if c not in self.text_cache]
         if missing:
             with torch.no_grad():
@@ -439,6 +501,8 @@ class Trainer:
 
     # ---- previews
     def _sample(self, with_base: bool = False) -> None:
+        if not self.main:
+            return
         cfg = self.cfg.sampling
         size = cfg.size or self.cfg.dataset.resolution
         step = self.progress.step
@@ -481,6 +545,8 @@ class Trainer:
     def _save(self, final: bool) -> str | None:
         """Resumable state, then the kohya adapter. A failed save (disk full…) leaves the previous
         ones intact and ends the run with the reason."""
+        if not self.main:
+            return None
         p = self.progress
         try:
             state_dir = save_state(self.paths.checkpoints, p.step, self.trainable_state(), self.optimizer,
