@@ -21,16 +21,18 @@ def decode_caption_bytes(raw: bytes) -> tuple[str, str | None]:
             return raw.decode("utf-16"), "caption is UTF-16; read as such"
         except UnicodeDecodeError:
             return raw.decode("utf-16", errors="replace"), "caption is UTF-16 with invalid bytes; those were replaced"
+    # UTF-16 without a BOM: every other byte is zero for Latin text (text captions never hold NULs)
+    if len(raw) >= 4 and len(raw) % 2 == 0:
+        for zeros, codec in ((raw[1::2], "utf-16-le"), (raw[0::2], "utf-16-be")):
+            if zeros.count(0) > len(raw) // 4:
+                try:
+                    return raw.decode(codec), f"caption looks like UTF-16 without a BOM; read as {codec.upper()}"
+                except UnicodeDecodeError:
+                    pass
     try:
         return raw.decode("utf-8"), None
     except UnicodeDecodeError:
         pass
-    # UTF-16 without a BOM: every other byte is zero for Latin text
-    if len(raw) >= 4 and raw[1::2].count(0) > len(raw) // 4:
-        try:
-            return raw.decode("utf-16-le"), "caption looks like UTF-16 without a BOM; read as UTF-16-LE"
-        except UnicodeDecodeError:
-            pass
     try:
         return raw.decode("cp1252"), "caption is not UTF-8; read as Windows-1252 (Latin-1); save it as UTF-8"
     except UnicodeDecodeError:

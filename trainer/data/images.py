@@ -65,7 +65,7 @@ def _open(path: Path, data: bytes | None = None) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data) if data is not None else path)
     except Image.DecompressionBombError as e:
-        raise ImageError(path, f"refused: claims too many pixels ({e})") from None
+        raise ImageError(path, f"refused as a possible decompression bomb: {e}") from None
     except UnidentifiedImageError:
         raise ImageError(path, _not_an_image_reason(path, data)) from None
     except FileNotFoundError:
