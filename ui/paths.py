@@ -1,0 +1,79 @@
+"""Where the studio keeps its files, and the guards that keep every path inside them."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+
+
+class UnsafePath(ValueError):
+    """A name or path that would leave the studio's data folder."""
+
+
+def safe_name(text: str, fallback: str = "untitled", max_len: int = 48) -> str:
+    """A file-system-safe name: letters, digits, '-' and '_' only (so no '..', no '/', no drive)."""
+    name = _UNSAFE.sub("-", (text or "").strip()).strip("-_")[:max_len].strip("-_")
+    return name or fallback
+
+
+def inside(root: Path, *parts: str | Path) -> Path:
+    """root/parts resolved, refused unless it stays inside root (symlinks resolved too)."""
+    root = Path(root).resolve()
+    candidate = root.joinpath(*parts).resolve()
+    if candidate != root and not candidate.is_relative_to(root):
+        raise UnsafePath(f"{Path(*parts)}: outside {root}")
+    return candidate
+
+
+@dataclass(frozen=True)
+class DataDirs:
+    """The app's data folder; nothing the browser can reach lives outside it."""
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | Path) -> "DataDirs":
+        dirs = cls(Path(root).expanduser().resolve())
+        for p in (dirs.runs, dirs.datasets, dirs.models, dirs.presets, dirs.tmp, dirs.gradio_tmp):
+            p.mkdir(parents=True, exist_ok=True)
+        return dirs
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def datasets(self) -> Path:
+        return self.root / "datasets"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def presets(self) -> Path:
+        return self.root / "presets"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def gradio_tmp(self) -> Path:
+        return self.root / ".gradio"
+
+    @property
+    def db(self) -> Path:
+        return self.root / "runs.sqlite"
+
+    def run_dir(self, run_id: str) -> Path:
+        if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+            raise UnsafePath(f"run id {run_id!r}: not a run id")
+        return inside(self.runs, run_id)
+
+    def dataset_dir(self, name: str) -> Path:
+        if not name or safe_name(name) != name:
+            raise UnsafePath(f"dataset name {name!r}: use letters, digits, '-' and '_'")
+        return inside(self.datasets, name)

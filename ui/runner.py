@@ -1,0 +1,207 @@
+"""Starts, watches and stops trainer processes. One training at a time per device, across sessions and
+app processes: the check-and-start runs under an exclusive file lock, and the active run is a file."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from trainer.atomic import atomic_write_text
+from trainer.config import REPO_ROOT
+from trainer.events import CONFIG_FILE, FINAL_STATES, PID_FILE, read_control, run_state, write_control
+
+from ui.paths import DataDirs
+from ui.store import RunStore
+
+EXIT_FILE = "exit.json"
+LOG_FILE = "trainer.log"
+ACTIVE_FILE = "active.json"
+LOCK_FILE = "train.lock"
+EXIT_STATES = {0: "finished", 3: "stopped"}  # 2 = config error, 1 = failed, <0 = killed by a signal
+
+
+class RunnerBusy(RuntimeError):
+    """Another training holds the device."""
+
+
+def _pid_alive(pid: int, run_dir: Path) -> bool:
+    """True while `pid` is a live trainer for run_dir (a reused pid of another program is not)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                return False
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc (macOS): trust the signal check
+    return str(run_dir).encode() in cmd
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def log_tail(run_dir: Path, lines: int = 15) -> str:
+    try:
+        text = (run_dir / LOG_FILE).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def resolve_state(run_dir: Path) -> dict:
+    """The run's state from its folder: events, the pid file, the exit code the watcher recorded.
+    The exit code wins over events: a process that failed is never shown as finished."""
+    info = run_state(run_dir)
+    try:
+        pid = int((run_dir / PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        pid = None
+    exit_info = _read_json(run_dir / EXIT_FILE)
+    stop_requested = bool(read_control(run_dir).get("stop"))
+    alive = bool(pid) and not exit_info and _pid_alive(int(pid), run_dir)
+    info["pid"] = pid if alive else None
+    if alive:
+        info["state"] = "stopping" if stop_requested else "running"
+        return info
+    if exit_info:
+        code = exit_info.get("code")
+        info["exit_code"] = code
+        if code in EXIT_STATES:
+            info["state"] = EXIT_STATES[code]
+        elif stop_requested and isinstance(code, int) and code < 0:
+            info["state"] = "stopped"
+            info["warnings"].append("the trainer did not stop in time and was killed; the last save may be older")
+        else:
+            info["state"] = "failed"
+            if not info.get("error"):
+                info["error"] = f"trainer exited with code {code}" + (f":\n{log_tail(run_dir)}" if log_tail(run_dir) else "")
+        return info
+    if info["state"] == "running" or (pid and info["state"] not in FINAL_STATES):
+        # the process is gone and left no final event and no exit code (app restarted while it died)
+        info["state"] = "failed"
+        info["error"] = info.get("error") or "the trainer process ended without reporting" + (
+            f":\n{log_tail(run_dir)}" if log_tail(run_dir) else "")
+    return info
+
+
+class Runner:
+    def __init__(self, dirs: DataDirs, store: RunStore, python: str = sys.executable,
+                 stop_grace_s: float = 30.0, term_grace_s: float = 15.0):
+        self.dirs, self.store, self.python = dirs, store, python
+        self.stop_grace_s, self.term_grace_s = stop_grace_s, term_grace_s
+        self._procs: dict[str, subprocess.Popen] = {}
+
+    @contextmanager
+    def _device_lock(self):
+        with open(self.dirs.root / LOCK_FILE, "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def active(self) -> str | None:
+        """The run now training on this device, if any."""
+        act = _read_json(self.dirs.root / ACTIVE_FILE)
+        run_id, pid = act.get("run_id"), act.get("pid")
+        if not run_id or not pid:
+            return None
+        try:
+            run_dir = self.dirs.run_dir(run_id)
+        except ValueError:
+            return None
+        if _pid_alive(int(pid), run_dir) and not (run_dir / EXIT_FILE).exists():
+            return run_id
+        return None
+
+    def start(self, run_id: str, resume: bool = False, overrides: list[str] | None = None) -> int:
+        """Launch `python -m trainer train`; RunnerBusy if another run holds the device. Returns the pid."""
+        run_dir = self.dirs.run_dir(run_id)
+        if not (run_dir / CONFIG_FILE).exists():
+            raise FileNotFoundError(f"{run_dir / CONFIG_FILE}: missing")
+        with self._device_lock():
+            busy = self.active()
+            if busy:
+                raise RunnerBusy(f"Run {busy} is training on this device; wait for it or stop it first.")
+            for stale in (EXIT_FILE, PID_FILE):
+                (run_dir / stale).unlink(missing_ok=True)
+            # a stop left from an earlier process must not stop the new one
+            if read_control(run_dir).get("stop"):
+                write_control(run_dir, stop=False)
+            args = [self.python, "-m", "trainer", "train", str(run_dir / CONFIG_FILE)]
+            if resume:
+                args.append("--resume")
+            for o in overrides or []:
+                args += ["--set", o]
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+            log = open(run_dir / LOG_FILE, "ab")
+            try:
+                proc = subprocess.Popen(args, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+            finally:
+                log.close()
+            atomic_write_text(run_dir / PID_FILE, str(proc.pid))
+            atomic_write_text(self.dirs.root / ACTIVE_FILE,
+                              json.dumps({"run_id": run_id, "pid": proc.pid, "started": time.time()}))
+        self._procs[run_id] = proc
+        self.store.update(run_id, state="running")
+        threading.Thread(target=self._watch, args=(run_id, proc), daemon=True, name=f"watch-{run_id}").start()
+        return proc.pid
+
+    def _watch(self, run_id: str, proc: subprocess.Popen) -> None:
+        code = proc.wait()
+        run_dir = self.dirs.run_dir(run_id)
+        atomic_write_text(run_dir / EXIT_FILE, json.dumps({"code": code, "time": time.time()}))
+        self._procs.pop(run_id, None)
+        self.refresh(run_id)
+
+    def refresh(self, run_id: str) -> dict:
+        """Re-read the run folder and bring the store's row up to date."""
+        run_dir = self.dirs.run_dir(run_id)
+        info = resolve_state(run_dir)
+        if self.store.get(run_id):
+            self.store.update(run_id, state=info["state"], steps=int(info.get("step") or 0),
+                              adapter=info.get("adapter"))
+        return info
+
+    def stop(self, run_id: str, wait: bool = False) -> str:
+        """Graceful stop: ask through control.json, then SIGTERM, then SIGKILL the process group."""
+        run_dir = self.dirs.run_dir(run_id)
+        info = resolve_state(run_dir)
+        if not info.get("pid"):
+            return f"Run {run_id} is not running ({info['state']})."
+        write_control(run_dir, stop=True)
+        t = threading.Thread(target=self._escalate, args=(run_id, int(info["pid"])), daemon=True)
+        t.start()
+        if wait:
+            t.join()
+        return f"Stopping {run_id}: the trainer saves and exits."
+
+    def _escalate(self, run_id: str, pid: int) -> None:
+        run_dir = self.dirs.run_dir(run_id)
+        for sig, grace in ((None, self.stop_grace_s), (signal.SIGTERM, self.term_grace_s), (signal.SIGKILL, 5.0)):
+            if sig is not None:
+                try:
+                    os.killpg(pid, sig)  # start_new_session made pid the group id
+                except (ProcessLookupError, PermissionError):
+                    return
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                if not _pid_alive(pid, run_dir):
+                    return
+                time.sleep(0.2)

@@ -1,0 +1,107 @@
+"""Export tab: download the adapter (resolved from the run id), edit its metadata, check compatibility,
+build the Civitai bundle."""
+from __future__ import annotations
+
+import json
+
+import gradio as gr
+
+from ui.context import Studio
+from ui.export_bundle import adapter_path, build_bundle, run_config
+from ui.live import live
+from ui.paths import UnsafePath, inside
+from ui.trainer_cli import run_trainer
+
+
+def _adapter(studio: Studio, run_id: str):
+    if not run_id or not studio.store.get(run_id):
+        raise gr.Error("Pick a run.")
+    try:
+        p = adapter_path(studio.run_dir(run_id))
+    except (UnsafePath, OSError, ValueError) as e:
+        raise gr.Error(str(e))
+    if p is None:
+        raise gr.Error(f"Run {run_id} has no adapter yet.")
+    return p
+
+
+def check_markdown(res_code: int, stdout: str, message: str) -> str:
+    head = "**Compatibility: PASS**" if res_code == 0 else "**Compatibility: FAIL**"
+    try:
+        data = json.loads(stdout)
+    except json.JSONDecodeError:
+        return f"{head}\n\n```\n{(stdout or message).strip()[:4000]}\n```"
+    return f"{head}\n\n```json\n{json.dumps(data, indent=2)[:6000]}\n```"
+
+
+def build(studio: Studio) -> dict:
+    with gr.Row():
+        run = gr.Dropdown(choices=studio.run_choices(), label="Run", elem_id="exp-run", scale=3)
+        refresh = gr.Button("Refresh runs", scale=1)
+    info = gr.Markdown(elem_id="exp-info")
+    with gr.Row():
+        dl_btn = gr.Button("Download adapter", variant="primary", elem_id="exp-download")
+        bundle_btn = gr.Button("Build Civitai bundle", elem_id="exp-bundle")
+        check_btn = gr.Button("Compatibility check", elem_id="exp-check")
+    files = gr.File(label="Files", file_count="multiple", interactive=False, elem_id="exp-files")
+    report = gr.Markdown(elem_id="exp-report")
+    with gr.Accordion("Metadata", open=False):
+        title = gr.Textbox(label="Title")
+        trigger = gr.Textbox(label="Trigger words")
+        description = gr.Textbox(label="Description", lines=3)
+        thumb = gr.Dropdown(label="Thumbnail (a preview of this run)", choices=[])
+        meta_btn = gr.Button("Save metadata", elem_id="exp-meta-save")
+        meta_msg = gr.Markdown()
+
+    refresh.click(lambda: gr.update(choices=studio.run_choices()), None, run)
+
+    def on_run(run_id):
+        if not run_id or not studio.store.get(run_id):
+            return "", "", "", "", gr.update(choices=[])
+        run_dir = studio.run_dir(run_id)
+        cfg = run_config(run_dir)
+        p = adapter_path(run_dir)
+        lr = live(run_dir)
+        lr.poll()
+        thumbs = [s["path"] for s in lr.samples if s.get("kind", "adapter") != "base" and s.get("path")]
+        text = f"Adapter: `{p.name}` ({p.stat().st_size / 1024:.0f} KB)" if p else "No adapter yet."
+        return (text, cfg.saving.title or cfg.saving.output_name, cfg.saving.trigger_phrase, cfg.saving.description,
+                gr.update(choices=thumbs, value=thumbs[-1] if thumbs else None))
+
+    run.change(on_run, run, [info, title, trigger, description, thumb])
+    dl_btn.click(lambda r: [str(_adapter(studio, r))], run, files)
+
+    def on_bundle(run_id):
+        _adapter(studio, run_id)
+        return [str(build_bundle(studio.run_dir(run_id)))]
+
+    bundle_btn.click(on_bundle, run, files)
+
+    def on_check(run_id):
+        res = run_trainer(["check", str(_adapter(studio, run_id)), "--json"], timeout=300, python=studio.python)
+        return check_markdown(res.code, res.stdout, res.message)
+
+    check_btn.click(on_check, run, report)
+
+    def on_meta(run_id, t, tw, d, th):
+        src = _adapter(studio, run_id)
+        run_dir = studio.run_dir(run_id)
+        out = run_dir / "export" / f"{run_config(run_dir).saving.output_name}.safetensors"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.stem}.edit.safetensors")
+        tmp.unlink(missing_ok=True)
+        args = ["meta", str(src), "--out", str(tmp), "--set", f"title={t}", "--set", f"trigger_words={tw}",
+                "--set", f"description={d}"]
+        if th:
+            try:
+                args += ["--set", f"thumbnail={inside(run_dir, th)}"]
+            except UnsafePath as e:
+                raise gr.Error(str(e))
+        res = run_trainer(args, timeout=300, python=studio.python)
+        if res.code != 0:
+            raise gr.Error(f"metadata edit failed: {res.message}")
+        tmp.replace(out)
+        return f"Saved metadata: downloads now give `{out.name}` with the new title and trigger words."
+
+    meta_btn.click(on_meta, [run, title, trigger, description, thumb], meta_msg)
+    return {"run": run}
