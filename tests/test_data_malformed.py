@@ -203,6 +203,8 @@ def build(root: Path) -> list[tuple[str, str | None, str, bool]]:
     Image.new("RGB", (96, 80), (90, 10, 10)).save(root / f"{nfd}.png")
     (root / f"{unicodedata.normalize('NFC', 'café')}.txt").write_text("zkq, accent", encoding="utf-8")
     case(f"{nfd}.png", None, "", True)
+    (root / "gone.png").symlink_to(root / "nowhere.png")
+    case("gone.png", "warning", "broken link", False)
     (root / "lonely.txt").write_text("orphan", encoding="utf-8")
     case("lonely.txt", "note", "without an image", False)
     (root / "0_skipped").mkdir()
@@ -265,6 +267,17 @@ def test_good_files_survive_and_captions_decode(malformed):
     assert scan.folders["set"]["n_repeats"] == 1
     assert scan.tag_frequency["set"]["zkq style"] == 4
     assert all("/" not in k and not k.startswith(str(root)) for k in scan.folders)
+
+
+def test_header_only_scan_agrees_on_what_it_can_see(malformed):
+    root, _, full = malformed
+    quick = scan_dataset(root, check_images=False)
+    sizes = {it.rel: (it.width, it.height) for it in full.items}
+    assert {it.rel: (it.width, it.height) for it in quick.items if it.rel in sizes} == sizes
+    rejected = {p.file for p in quick.errors()}
+    assert {"zero.jpg", "text.png", "svg_renamed.png", "bomb.png", "bomb_mid.png", "vector.svg"} <= rejected
+    # only a full decode finds a truncated file; training would then reject it by name
+    assert "truncated.jpg" in {it.rel for it in quick.items}
 
 
 def test_doctor_summarises(malformed):

@@ -135,6 +135,8 @@ def _to_8bit(im: Image.Image, notes: list[str]) -> Image.Image:
 
 
 def _composite(im: Image.Image, bg: tuple[int, int, int], notes: list[str]) -> Image.Image:
+    if im.mode == "La":
+        im = im.convert("LA")
     rgba = im.convert("RGBA")
     alpha = rgba.getchannel("A")
     lo, hi = alpha.getextrema()
@@ -181,6 +183,7 @@ def load_image(path: str | Path, background: str | tuple = "#ffffff", data: byte
     """Read an image file as upright 8-bit RGB; raise ImageError (file + reason) when it cannot be used.
     `data`, when given, is the file's bytes already read (so a caller can hash exactly what is decoded)."""
     path = Path(path)
+    bg = parse_background(background)  # a bad colour is a config error, not this file's fault
     notes: list[str] = []
     src = im = _open(path, data)
     try:
@@ -207,7 +210,10 @@ def load_image(path: str | Path, background: str | tuple = "#ffffff", data: byte
                 notes.append(f"EXIF orientation {orientation} applied")
             else:
                 notes.append(f"EXIF orientation {orientation} is not a valid value; ignored")
-        rgb = normalise(im, background, notes)
+        try:
+            rgb = normalise(im, bg, notes)
+        except (ValueError, OSError) as e:  # a colour mode Pillow cannot convert
+            raise ImageError(path, f"unsupported colour mode {im.mode}: {e}") from None
         # detach from the file so nothing holds it open
         rgb = rgb.copy() if rgb is src else rgb
     finally:

@@ -215,6 +215,8 @@ class _Scanner:
                 self.add(rel, "file name is not valid UTF-8; rename it", "error")
                 continue
             if not (d / name).is_file():
+                if (d / name).is_symlink():
+                    self.add(rel, "broken link skipped", "warning")
                 continue
             stem, ext = os.path.splitext(name)
             ext = ext.lower()
@@ -235,7 +237,7 @@ class _Scanner:
                 self.add(rels[1], f"{' and '.join(names)} share the name {stem!r} (and so its caption); "
                                   f"all {len(names)} are used", "warning")
             for name in names:
-                cap_name = self.pick_caption(captions.get(stem, {}), rel_dir)
+                cap_name = self.pick_caption(captions.get(stem, {}))
                 if cap_name:
                     used_captions.add(cap_name)
                 self.add_image(d, rel_dir, name, cap_name, folder, repeats)
@@ -245,7 +247,7 @@ class _Scanner:
                     rel = f"{rel_dir}/{name}" if rel_dir else name
                     self.add(rel, "caption without an image; ignored", "note")
 
-    def pick_caption(self, by_ext: dict[str, str], rel_dir: str) -> str | None:
+    def pick_caption(self, by_ext: dict[str, str]) -> str | None:
         for ext in self.caption_exts:
             if ext in by_ext:
                 return by_ext[ext]
