@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from trainer.conditioning import encode_text, sdxl_time_ids
+from trainer.conditioning import encode_text
 from trainer.config import TrainConfig, save_config
 from trainer.events import ControlPoller, EventWriter
 from trainer.network import build_network, disable_adapters
@@ -202,7 +202,7 @@ class Trainer:
         self.base = base
         for m in [base.unet, base.vae, *base.text_encoders]:
             m.requires_grad_(False)
-        base.to(self.device, self.dtype)
+        base.to(self.device, None if self.dtype == torch.float32 else self.dtype)
         self.network = build_network(base, cfg.network)
         for p in self.network.all_params():  # trainable weights in fp32 even under mixed precision
             p.data = p.data.float()
@@ -283,33 +283,37 @@ class Trainer:
                                 f"{need / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free")
 
     def _prepare_caches(self) -> None:
-        """Encode every image once (and captions, where they never change) so that the training
-        step runs the UNet alone."""
-        cfg = self.cfg
-        self.text_cache: dict[str, dict] | None = None
-        if cfg.dataset.cache_latents:
-            from trainer.data.cache import LatentCache
+        """Encode every image once (and captions, where the text encoder is frozen and captions are not
+        shuffled) so that the training step runs the UNet alone. On disk the caches live beside the
+        dataset and are reused by later runs; entries are keyed by content, so an edit invalidates
+        only its own entry."""
+        from trainer.data.cache import LatentCache, TextCache, default_cache_dir, fingerprint_module
 
+        cfg, ds = self.cfg, self.dataset
+        cache_dir = default_cache_dir(ds.scan.root) if cfg.dataset.cache_to_disk else None
+        if cache_dir is not None and not os.access(ds.scan.root, os.W_OK):
+            self._warn(f"dataset folder {ds.scan.root.name} is read-only: caches kept in memory only")
             cache_dir = None
-            if cfg.dataset.cache_to_disk:
-                cache_dir = self.dataset.default_cache_dir()
-            cache = LatentCache(cache_dir, encoder_id=self._vae_id())
-            self.dataset.attach_latent_cache(cache, self._encode_pixels)
-            t0 = time.time()
-            computed = self.dataset.precompute()
-            self._log(f"latent cache: {computed} encoded in {time.time() - t0:.1f}s")
-        static_captions = not (cfg.dataset.shuffle_caption or cfg.network.train_text_encoder)
-        if cfg.dataset.cache_text and static_captions:
-            self.text_cache = {}
+        self.cache_stats: dict = {}
+        t0 = time.time()
+        text_cached = cfg.dataset.cache_text and not cfg.network.train_text_encoder and ds.text_cacheable
+        if cfg.dataset.cache_latents:
+            vae = self.base.vae
+            vae_id = f"{self.base.family}-vae-mean:{fingerprint_module(vae, str(vae.config.scaling_factor))}"
+            ds.attach_latent_cache(LatentCache(cache_dir, vae_id), self._encode_pixels)
+        if text_cached:
+            te_id = "|".join(fingerprint_module(te) for te in self.base.text_encoders)
+            ds.attach_text_cache(TextCache(cache_dir, f"{self.base.family}-te-skip{cfg.model.clip_skip}:{te_id}"),
+                                 self._encode_captions)
+        if cfg.dataset.cache_latents or text_cached:
+            self.cache_stats = ds.precompute()
+            self._log(f"caches: {self.cache_stats} in {time.time() - t0:.1f}s")
+        self.cache_seconds = time.time() - t0
 
-    def _vae_id(self) -> str:
-        import hashlib
-
-        h = hashlib.sha256()
-        for name, p in sorted(self.base.vae.state_dict().items())[:8]:
-            h.update(name.encode())
-            h.update(p.detach().float().cpu().numpy().tobytes()[:4096])
-        return f"{self.base.family}-{h.hexdigest()[:16]}"
+    @torch.no_grad()
+    def _encode_captions(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        out = encode_text(self.base, captions, self.cfg.model.clip_skip, self.device)
+        return {k: v.float().cpu() for k, v in out.items()}
 
     @torch.no_grad()
     def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -376,6 +380,7 @@ class Trainer:
             if cfg.optimizer.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(self.network.all_params(), cfg.optimizer.max_grad_norm)
             self.optimizer.step()
+            self.network.after_step(p.step + 1)  # e.g. AdaLoRA's rank reallocation, before grads are cleared
             self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             p.step += 1
@@ -461,12 +466,15 @@ class Trainer:
                                   generator=self.noise_gen).to(dev)
         sched = base.scheduler
         noisy = sched.add_noise(latents, noise, timesteps)
-        cond = self._text(batch["captions"])
+        cond = batch.get("text") or encode_text(self.base, batch["captions"], cfg.model.clip_skip, dev,
+                                                encoders=self.te_fwd)
+        cond = {k: v.to(dev) for k, v in cond.items()}
         kwargs = {}
         if base.is_sdxl:
-            h, w = latents.shape[-2] * self._vae_factor(), latents.shape[-1] * self._vae_factor()
+            # SDXL's size conditioning: original size, crop top-left, target size (all height, width)
+            time_ids = torch.cat([batch["original_sizes"], batch["crop_top_lefts"], batch["target_sizes"]], dim=1)
             kwargs["added_cond_kwargs"] = {"text_embeds": cond["text_embeds"].to(self.dtype),
-                                           "time_ids": sdxl_time_ids(h, w, bsz, dev, self.dtype)}
+                                           "time_ids": time_ids.to(dev, self.dtype)}
         autocast = torch.autocast(device_type=dev, dtype=self.dtype) if self.dtype != torch.float32 \
             else torch.autocast(device_type="cpu", enabled=False)
         with autocast:
@@ -479,25 +487,9 @@ class Trainer:
             snr = ac / (1 - ac)
             weight = torch.clamp(snr, max=cfg.noise.min_snr_gamma) / (snr + 1 if base.is_v else snr)
             loss = loss * weight
-        is_reg = batch.get("is_reg")
-        if is_reg is not None and is_reg.any():
-            loss = torch.where(is_reg.to(dev), loss * cfg.dataset.prior_loss_weight, loss)
+        # regularisation images carry the prior-loss weight
+        loss = loss * batch["loss_weights"].to(dev)
         return loss.mean()
-
-    def _vae_factor(self) -> int:
-        return 2 ** (len(self.base.vae.config.block_out_channels) - 1)
-
-    def _text(self, captions: list[str]) -> dict:
-        cfg = self.cfg
-        if self.text_cache is None:
-            return encode_text(self.base, captions, cfg.model.clip_skip, self.device, encoders=self.te_fwd)
-        missing = [c for c in dict.fromkeys(captions) if c not in self.text_cache]
-        if missing:
-            with torch.no_grad():
-                enc = encode_text(self.base, missing, cfg.model.clip_skip, self.device)
-            for j, c in enumerate(missing):
-                self.text_cache[c] = {k: v[j] for k, v in enc.items()}
-        return {k: torch.stack([self.text_cache[c][k] for c in captions]) for k in self.text_cache[captions[0]]}
 
     # ---- previews
     def _sample(self, with_base: bool = False) -> None:

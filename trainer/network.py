@@ -40,6 +40,10 @@ class Network:
     def all_params(self) -> list[torch.nn.Parameter]:
         return self.params_unet + self.params_te
 
+    def after_step(self, step: int) -> None:
+        """Called after each optimizer step, before gradients are cleared (methods that adapt their
+        own structure during training hook in here)."""
+
 
 def _target_regex(patterns: list[str]) -> str:
     return "(?:" + "|".join(patterns) + ")"
