@@ -364,3 +364,22 @@ def test_no_usable_image_raises_naming_the_folder(tmp_path):
         scan_dataset(empty)
     with pytest.raises(DatasetError, match="not found"):
         scan_dataset(tmp_path / "missing")
+
+
+def test_doctor_command_runs_as_a_process(malformed, tmp_path):
+    import json
+    import subprocess
+    import sys
+    root, _, scan = malformed
+    out = subprocess.run([sys.executable, "-m", "trainer", "doctor", str(root), "--json", "--resolution", "128"],
+                         capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["images"] == scan.num_images
+    assert {"file": "bomb.png", "severity": "error"}.items() <= next(
+        p for p in report["problems"] if p["file"] == "bomb.png").items()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_bytes(b"")
+    out = subprocess.run([sys.executable, "-m", "trainer", "doctor", str(tmp_path / "bad")],
+                         capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 1 and "x.png" in out.stderr and "empty" in out.stderr
