@@ -156,7 +156,6 @@ def import_zip(zip_path: Path, dest_root: Path, limits: Limits) -> ImportReport:
                 rep.rejected.append(f"{label}:{info.filename}: size does not match its header")
                 continue
             target = inside(dest_root, folder)
-            target.mkdir(parents=True, exist_ok=True)
             stored, reason = _store_file(data, parts[-1], target, limits)
             (rep.added.append(stored) if stored else rep.rejected.append(f"{label}:{info.filename}: {reason}"))
     return rep
@@ -167,7 +166,6 @@ def import_uploads(paths: list[str | Path], dest_root: Path, limits: Limits = Li
     """Add uploaded files (images, captions, zips) to a dataset folder, checking each on the server."""
     rep = ImportReport()
     target = inside(dest_root, safe_name(folder, LOOSE_FOLDER, 64))
-    target.mkdir(parents=True, exist_ok=True)
     for p in paths:
         p = Path(p)
         name = p.name

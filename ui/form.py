@@ -14,7 +14,8 @@ SEPARATE = {"model.base", "dataset.path"}
 
 def _range_text(meta: dict) -> str:
     if "ge" in meta and "le" in meta:
-        return f" ({meta['ge']:g}–{meta['le']:g})"
+        fmt = lambda v: f"{int(v):,}" if float(v).is_integer() and abs(v) >= 1 else f"{v:g}"
+        return f" ({fmt(meta['ge'])}–{fmt(meta['le'])})"
     return ""
 
 

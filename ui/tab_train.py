@@ -110,23 +110,24 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
         run_name = gr.Textbox(value="my-lora", label="Run name", elem_id="train-run-name", scale=2)
         preset_save_name = gr.Textbox(label="Save settings as preset", placeholder="name", scale=2)
         save_preset = gr.Button("Save preset", scale=1)
-    status = gr.Markdown(elem_id="train-status")
-    widgets = build_form()
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            widgets = build_form()
+        with gr.Column(scale=2, elem_id="train-live"):
+            with gr.Row():
+                estimate_btn = gr.Button("Estimate", elem_id="train-estimate-btn")
+                start = gr.Button("Train", variant="primary", elem_id="train-start")
+                stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
+                resume = gr.Button("Resume", elem_id="train-resume")
+            status = gr.Markdown(elem_id="train-status")
+            estimate_md = gr.Markdown(elem_id="train-estimate")
+            run_label = gr.Markdown(elem_id="train-run-label")
+            progress = gr.HTML(progress_html("idle", live(studio.dirs.runs / "_none")), elem_id="train-progress-box")
+            problems = gr.Markdown(elem_id="train-problems")
+            loss_plot = gr.LinePlot(x="step", y="loss", title="Loss", height=240, elem_id="train-loss")
+            previews = gr.Gallery(label="Previews (base | adapter at the same seed)", columns=2, height=340,
+                                  elem_id="train-previews")
     keys, comps = list(widgets), list(widgets.values())
-    estimate_md = gr.Markdown(elem_id="train-estimate")
-    with gr.Row():
-        estimate_btn = gr.Button("Estimate", elem_id="train-estimate-btn")
-        start = gr.Button("Train", variant="primary", elem_id="train-start")
-        stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
-        resume = gr.Button("Resume", elem_id="train-resume")
-    gr.Markdown("### Progress")
-    run_label = gr.Markdown(elem_id="train-run-label")
-    progress = gr.HTML(progress_html("idle", live(studio.dirs.runs / "_none")), elem_id="train-progress-box")
-    problems = gr.Markdown(elem_id="train-problems")
-    with gr.Row():
-        loss_plot = gr.LinePlot(x="step", y="loss", title="Loss", height=260, elem_id="train-loss", scale=1)
-        previews = gr.Gallery(label="Previews (base | adapter at the same seed)", columns=2, height=360,
-                              elem_id="train-previews", scale=1)
     seen = gr.State(None)
     timer = gr.Timer(1.0)
 

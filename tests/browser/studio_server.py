@@ -1,0 +1,102 @@
+"""Helpers for browser tests: the real app in a subprocess on a free port, Chromium via Playwright."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def studio_server(data_dir: Path, *extra: str, timeout: float = 120):
+    port = free_port()
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    log = open(data_dir.parent / f"app-{port}.log", "wb")
+    proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--data-dir", str(data_dir), "--port", str(port),
+                             *extra], cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"app did not start: {(data_dir.parent / f'app-{port}.log').read_text()}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def http_status(url: str) -> int:
+    try:
+        return urllib.request.urlopen(url, timeout=10).status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+class Shots:
+    """Numbered screenshots of each step in test-artifacts/<test>/."""
+
+    def __init__(self, page, name: str):
+        self.page, self.dir, self.n = page, ARTIFACTS / name, 0
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, label: str) -> Path:
+        self.n += 1
+        path = self.dir / f"{self.n:02d}-{label}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        return path
+
+
+def choose(page, elem_id: str, option: str) -> None:
+    """Pick an option of a Gradio dropdown."""
+    box = page.locator(f"#{elem_id} input").first
+    box.click()
+    box.fill(option)
+    page.locator("ul.options li", has_text=option).first.click()
+
+
+def set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def progress(page) -> dict:
+    el = page.locator("#train-progress")
+    if el.count() == 0:
+        return {"state": None, "step": 0}
+    return {"state": el.get_attribute("data-state"), "step": int(el.get_attribute("data-step") or 0)}
+
+
+def wait_progress(page, pred, timeout: float = 300, what: str = "") -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        p = progress(page)
+        if pred(p):
+            return p
+        page.wait_for_timeout(500)
+    raise AssertionError(f"progress never {what}: {progress(page)}")
