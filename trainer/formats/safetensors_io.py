@@ -127,3 +127,30 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# ---- the same hashes on bytes in memory (before they are written), and raw re-assembly
+
+def split_bytes(data: bytes) -> tuple[int, bytes]:
+    """(header length, tensor data section) of a serialized safetensors file."""
+    if len(data) < 8:
+        raise SafetensorsError("serialized data is shorter than the 8-byte header length")
+    (n,) = struct.unpack("<Q", data[:8])
+    return n, data[8 + n:]
+
+
+def model_hash_bytes(data: bytes) -> str:
+    return hashlib.sha256(split_bytes(data)[1]).hexdigest()
+
+
+def legacy_hash_bytes(data: bytes) -> str:
+    return hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
+
+
+def assemble(tensors: dict, metadata: dict, data_section: bytes) -> bytes:
+    """A safetensors file from header tensor entries (as read_header returns them), new metadata and
+    the unchanged data section: the tensor bytes, and so sshs_model_hash, stay identical."""
+    header = {"__metadata__": dict(metadata), **tensors} if metadata else dict(tensors)
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # safetensors aligns the data section to 8 bytes
+    return struct.pack("<Q", len(raw)) + raw + data_section

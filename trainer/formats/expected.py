@@ -1,0 +1,77 @@
+"""The module names and weight shapes a kohya file for a given base must use.
+
+Real SD1.5 / SDXL: the reference tables in assets/lora_keys/*.tsv (taken from sd-scripts' naming).
+Any other UNet (the tiny test models, SD2): derived from the model itself with the same target rules
+as trainer.network, so the two can be compared in tests.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.formats.names import all_sites
+from trainer.models.base import ASSETS
+from trainer.network import TEXT_ENCODER, UNET_ATTENTION, UNET_CONV
+
+KEYS_DIR = ASSETS / "lora_keys"
+TABLES = {"sd15": KEYS_DIR / "sd15.tsv", "sdxl": KEYS_DIR / "sdxl.tsv"}
+
+
+@dataclass(frozen=True)
+class Expected:
+    kind: str  # "linear" / "conv"
+    weight_shape: tuple[int, ...]  # the base weight's shape: [out, in] or [out, in, kh, kw]
+    target: str  # "default" / "locon"
+
+
+def read_table(name: str) -> dict[str, Expected]:
+    path = TABLES[name] if name in TABLES else Path(name)
+    out: dict[str, Expected] = {}
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        if i == 0 or not line.strip():
+            continue
+        mod, kind, shape, target = line.split("\t")
+        out[mod] = Expected(kind, tuple(int(d) for d in shape.split("x")), target)
+    return out
+
+
+def _target_of(component: str, path: str) -> str | None:
+    if component == "unet":
+        if re.fullmatch(UNET_ATTENTION, path):
+            return "default"
+        if re.fullmatch(UNET_CONV, path):
+            return "locon"
+        return None
+    return "default" if re.fullmatch(TEXT_ENCODER, path) else None
+
+
+def derive_from_model(base) -> dict[str, Expected]:
+    """kohya name → Expected for every module the trainer's target rules select on this base."""
+    out: dict[str, Expected] = {}
+    for name, site in all_sites(base).items():
+        path = site.path.replace(".base_layer", "")
+        target = _target_of(site.component, path)
+        if target is None:
+            continue
+        mod = site.module.get_base_layer() if hasattr(site.module, "get_base_layer") else site.module
+        shape = tuple(mod.weight.shape)
+        out[name] = Expected("conv" if len(shape) == 4 else "linear", shape, target)
+    return out
+
+
+def table_for(family: str, base=None) -> tuple[dict[str, Expected], str]:
+    """(expected modules, where they come from) for a family; real-size models use the shipped table
+    when the base matches it, anything else is derived from `base`."""
+    if base is not None:
+        derived = derive_from_model(base)
+        ref = {"sd1": "sd15", "sdxl": "sdxl"}.get(family)
+        if ref:
+            table = read_table(ref)
+            if derived.keys() == table.keys():
+                return table, f"lora_keys/{ref}.tsv"
+        return derived, "derived from the base model"
+    ref = {"sd1": "sd15", "sdxl": "sdxl"}.get(family)
+    if ref is None:
+        raise ValueError(f"no reference table for family {family!r}; pass the base model")
+    return read_table(ref), f"lora_keys/{ref}.tsv"

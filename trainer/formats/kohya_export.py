@@ -1,0 +1,140 @@
+"""peft adapters on a Base → kohya / LyCORIS tensors (../shared/LORA_FORMAT.md, "Tensors").
+
+Every client computes W + multiplier·(alpha/dim)·ΔW with dim read from the file's own tensors, so
+`alpha` is written per module as peft's training scale × that dim: rank_pattern / alpha_pattern,
+rsLoRA and AdaLoRA's pruned ranks all come out right. Works on meta tensors (names and shapes only).
+"""
+from __future__ import annotations
+
+import torch
+
+from trainer.formats.names import Site, adapted_sites
+from trainer.network import ADAPTER
+
+
+class ExportError(ValueError):
+    pass
+
+
+def training_scale(layer, adapter: str = ADAPTER) -> float:
+    """The scale the layer trained with (set_adapter_scale's preview strength excluded)."""
+    scaling = layer.__dict__.get("_atelier_scale0") or layer.scaling
+    return float(scaling[adapter])
+
+
+def _alpha(value: float) -> torch.Tensor:
+    return torch.tensor(float(value), dtype=torch.float32)
+
+
+def _weight_shape(layer) -> torch.Size:
+    return layer.get_base_layer().weight.shape
+
+
+def _lora(site: Site, adapter: str) -> dict[str, torch.Tensor]:
+    from peft.tuners.adalora.layer import AdaLoraLayer
+
+    layer, n = site.module, site.kohya
+    if isinstance(layer, AdaLoraLayer):
+        return _adalora(site, adapter)
+    down = layer.lora_A[adapter].weight.detach()
+    up = layer.lora_B[adapter].weight.detach()
+    if layer.lora_B[adapter].bias is not None:
+        raise ExportError(f"{n}: LoRA with a bias (lora_bias=True) has no kohya form")
+    r = down.shape[0]
+    w = _weight_shape(layer)
+    if len(w) == 4 and down.dim() == 2:  # a Linear-style adapter on a 1×1 conv
+        down, up = down[:, :, None, None], up[:, :, None, None]
+    out = {f"{n}.lora_down.weight": down, f"{n}.lora_up.weight": up,
+           f"{n}.alpha": _alpha(training_scale(layer, adapter) * r)}
+    if getattr(layer, "use_dora", {}).get(adapter):
+        mag = layer.lora_magnitude_vector[adapter].weight.detach()
+        # peft's magnitude is per output row ([out] for Linear, [1,out,1,1] for conv): LyCORIS'
+        # wd_on_out layout is [out, 1] / [out, 1, 1, 1]
+        out[f"{n}.dora_scale"] = mag.reshape(w[0], *([1] * (len(w) - 1)))
+    return out
+
+
+def _adalora(site: Site, adapter: str) -> dict[str, torch.Tensor]:
+    layer, n = site.module, site.kohya
+    a, b, e = layer.lora_A[adapter].detach(), layer.lora_B[adapter].detach(), layer.lora_E[adapter].detach()
+    scale = float(layer.scaling[adapter]) / (float(layer.ranknum[adapter]) + 1e-5)
+    w = _weight_shape(layer)
+    keep = (e.reshape(-1) != 0).nonzero().reshape(-1) if not e.is_meta else torch.arange(e.shape[0])
+    if keep.numel() == 0:
+        return {}  # AdaLoRA pruned every rank: the module adds nothing
+    down = (a * e)[keep]
+    up = b[:, keep]
+    if len(w) == 4:
+        down = down.reshape(len(keep), w[1], w[2], w[3])
+        up = up.reshape(w[0], len(keep), 1, 1)
+    return {f"{n}.lora_down.weight": down, f"{n}.lora_up.weight": up,
+            f"{n}.alpha": _alpha(scale * len(keep))}
+
+
+def _loha(site: Site, adapter: str) -> dict[str, torch.Tensor]:
+    layer, n = site.module, site.kohya
+    out = {}
+    for key in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"):
+        pdict = getattr(layer, key)
+        if adapter in pdict:
+            out[f"{n}.{key}"] = pdict[adapter].detach()
+    r = layer.r[adapter]  # clients take dim from hada_w1_b.shape[0], which is r
+    out[f"{n}.alpha"] = _alpha(training_scale(layer, adapter) * r)
+    return out
+
+
+def _lokr(site: Site, adapter: str) -> dict[str, torch.Tensor]:
+    layer, n = site.module, site.kohya
+    out = {}
+    for key in ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"):
+        pdict = getattr(layer, key)
+        if adapter in pdict:
+            out[f"{n}.{key}"] = pdict[adapter].detach()
+    scale = training_scale(layer, adapter)
+    r = layer.r[adapter]
+    if f"{n}.lokr_w1_b" in out or f"{n}.lokr_w2_b" in out:
+        out[f"{n}.alpha"] = _alpha(scale * r)
+    else:
+        # both factors full: A1111 and ComfyUI then apply scale 1 whatever alpha says, so the
+        # scale goes into w1
+        out[f"{n}.lokr_w1"] = out[f"{n}.lokr_w1"] * scale
+        out[f"{n}.alpha"] = _alpha(r)
+    return out
+
+
+def algo_of(layer) -> str:
+    from peft.tuners.loha.layer import LoHaLayer
+    from peft.tuners.lokr.layer import LoKrLayer
+    from peft.tuners.lora.layer import LoraLayer
+
+    if isinstance(layer, LoHaLayer):
+        return "loha"
+    if isinstance(layer, LoKrLayer):
+        return "lokr"
+    if isinstance(layer, LoraLayer):
+        return "lora"
+    raise ExportError(f"adapter type {type(layer).__name__} has no kohya/LyCORIS form")
+
+
+def kohya_tensors(base, adapter: str = ADAPTER) -> dict[str, torch.Tensor]:
+    """All adapter tensors of the base under kohya / LyCORIS names (detached, original dtype)."""
+    sites = adapted_sites(base)
+    if not sites:
+        raise ExportError("the base has no adapter layers (was build_network called?)")
+    out: dict[str, torch.Tensor] = {}
+    for site in sites.values():
+        algo = algo_of(site.module)
+        out.update({"lora": _lora, "loha": _loha, "lokr": _lokr}[algo](site, adapter))
+    return out
+
+
+def network_summary(base, adapter: str = ADAPTER) -> dict:
+    """What the file will describe: algo, DoRA, conv modules, ranks and alphas seen."""
+    sites = adapted_sites(base)
+    algos = {algo_of(s.module) for s in sites.values()}
+    dora = any(getattr(s.module, "use_dora", {}).get(adapter) for s in sites.values())
+    conv = [s for s in sites.values() if len(_weight_shape(s.module)) == 4
+            and tuple(_weight_shape(s.module)[2:]) != (1, 1) or "resnets" in s.path]
+    return {"algos": sorted(algos), "dora": dora, "modules": len(sites), "conv_modules": len(conv),
+            "unet": any(s.component == "unet" for s in sites.values()),
+            "text_encoder": any(s.component != "unet" for s in sites.values())}
