@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from trainer.conditioning import encode_text
 from trainer.config import TrainConfig, save_config
 from trainer.events import ControlPoller, EventWriter
+from trainer.faults import crash_point
 from trainer.network import build_network, disable_adapters
 from trainer.sampling import SampleSpec, a1111_parameters, generate, save_png
 from trainer.state import clean_partial, latest_state, load_state, save_state
@@ -384,12 +385,14 @@ class Trainer:
             self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             p.step += 1
+            crash_point("step", p.step)
             p.last_loss = loss_sum
             dt = time.time() - t0
             p.step_times.append(dt)
             lr = self.lr_scheduler.get_last_lr()[0]
             eta = p.eta(max_steps)
             self.events.emit("step", step=p.step, max_steps=max_steps, loss=round(loss_sum, 6), lr=lr,
+                             batch=self._digest(self.seen_keys[-accum * cfg.dataset.batch_size:]),
                              epoch=p.epoch, it_s=round(1 / dt, 3) if dt > 0 else None,
                              eta_s=round(eta, 1) if eta is not None else None)
             if self.tb:
@@ -414,6 +417,13 @@ class Trainer:
         if bar:
             bar.close()
         return "finished"
+
+    @staticmethod
+    def _digest(keys: list[str]) -> str:
+        """A short fingerprint of what a step trained on, so a resumed run's data order can be checked."""
+        import hashlib
+
+        return hashlib.sha256("|".join(keys).encode()).hexdigest()[:12]
 
     # ---- multi-process agreement: every rank must take the same branch or the collectives hang
     def _all_finite(self, loss: torch.Tensor) -> bool:
@@ -509,6 +519,7 @@ class Trainer:
                     spec = SampleSpec(prompt=prompt, seed=cfg.seed + j, negative=cfg.negative_prompt,
                                       steps=cfg.steps, cfg=cfg.cfg, sampler=cfg.sampler, width=size, height=size)
                     img = generate(self.base, spec, self.device)
+                    crash_point("sample", step)
                     name = f"base_p{j}.png" if kind == "base" else f"step{step:06d}_p{j}.png"
                     params = a1111_parameters(spec, self.base.name,
                                               None if kind == "base" else (self.cfg.saving.output_name, 1.0))
@@ -546,6 +557,7 @@ class Trainer:
                                    {"epoch": p.epoch, "batch_in_epoch": p.batch_in_epoch,
                                     "generators": {"noise": self.noise_gen.get_state()}},
                                    self.cfg.saving.keep_last)
+            crash_point("adapter", p.step)
             adapter = self._export(final)
         except OSError as e:
             raise TrainingError(f"saving at step {p.step} failed ({e.strerror or e}); the previous adapter and "

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from trainer.atomic import atomic_write_text
+from trainer.faults import crash_point
 
 LATEST = "latest"
 
@@ -63,6 +64,7 @@ def _fsync_tree(path: Path) -> None:
 def save_state(ckpt_dir: Path, step: int, adapter: dict[str, torch.Tensor], optimizer, lr_scheduler,
                info: dict, keep_last: int) -> Path:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    crash_point("enospc", step)
     name = f"step-{step:08d}"
     final = ckpt_dir / name
     tmp = ckpt_dir / f".{name}.tmp"
@@ -82,10 +84,12 @@ def save_state(ckpt_dir: Path, step: int, adapter: dict[str, torch.Tensor], opti
     meta = {"step": step, "optimizer": opt_meta, "lr_scheduler": lr_scheduler.state_dict(), **info}
     (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
     _fsync_tree(tmp)
+    crash_point("state-written", step)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync_dir(ckpt_dir)
+    crash_point("state-renamed", step)
     atomic_write_text(ckpt_dir / LATEST, name)
     # old states go only once the new one is complete and pointed to
     states = sorted(p for p in ckpt_dir.glob("step-*") if p.is_dir())
