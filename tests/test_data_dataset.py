@@ -156,3 +156,19 @@ def test_caption_dropout_is_seeded(data_root):
     assert 0.25 < caps.count("") / len(caps) < 0.75
     assert caps == [TrainDataset(scan_dataset(data_root), c, seed=4).caption_for(i, e)
                     for e in range(4) for i in range(len(ds))]
+
+
+def test_caption_extension_precedence_and_nested_repeat_folders(tmp_path):
+    root = tmp_path / "d"
+    (root / "10_char" / "closeups").mkdir(parents=True)
+    for rel in ("a.png", "10_char/b.png", "10_char/closeups/c.png"):
+        Image.new("RGB", (64, 64), (10, 20, 30)).save(root / rel)
+    (root / "a.txt").write_text("from txt", encoding="utf-8")
+    (root / "a.caption").write_text("from caption", encoding="utf-8")
+    (root / "10_char" / "closeups" / "c.txt").write_text("closeup", encoding="utf-8")
+    by = {it.rel: it for it in scan_dataset(root, "caption", 2).items}
+    assert by["a.png"].caption == "from caption" and by["a.png"].repeats == 2
+    assert {it.rel: it.caption for it in scan_dataset(root, ".txt").items}["a.png"] == "from txt"
+    assert by["10_char/closeups/c.png"].folder == "10_char" and by["10_char/closeups/c.png"].repeats == 10
+    assert by["10_char/closeups/c.png"].caption == "closeup"
+    assert scan_dataset(root).folders["10_char"] == {"n_repeats": 10, "img_count": 2}
