@@ -64,3 +64,39 @@ def build_random(family: str, parts=("unet",), device: str | torch.device = "met
             model = model.to(dtype=dtype)
         out[part] = model.eval()
     return out
+
+
+# SDXL's OpenCLIP-G text encoder is 695 M parameters (2.8 GB in fp32); with the text cache on it runs
+# once per caption, never per step, so the benchmark base keeps its width (real output shapes) and
+# only this many of its 32 layers.
+SDXL_TE2_BENCH_LAYERS = 2
+
+
+def build_random_base(family: str, seed: int = 0, te2_layers: int | None = SDXL_TE2_BENCH_LAYERS):
+    """A whole Base of the real architecture with random weights (the `random:<family>` model spec):
+    real UNet, VAE and text encoders from the bundled configs, the real tokenizer and training schedule.
+    For SDXL the second text encoder keeps `te2_layers` layers (None = all 32)."""
+    from trainer.models.base import Base, load_clip_tokenizer
+    from trainer.models.tiny import noise_scheduler
+
+    torch.manual_seed(seed)
+    parts = ("unet", "vae", "text_encoder") + (("text_encoder_2",) if family == "sdxl" else ())
+    if family == "sdxl" and te2_layers is not None:
+        parts = parts[:-1]
+    built = build_random(family, parts, device="cpu")
+    encoders = [built["text_encoder"]]
+    if family == "sdxl":
+        if te2_layers is None:
+            encoders.append(build_random(family, ("text_encoder_2",), device="cpu")["text_encoder_2"])
+        else:
+            from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+            cfg = component_config(family, "text_encoder_2")
+            cfg = {k: v for k, v in cfg.items() if k != "architectures"}
+            cfg["num_hidden_layers"] = te2_layers
+            encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(**cfg)).eval())
+    pads = {"sd1": ["<|endoftext|>"], "sd2": ["!"], "sd2-v": ["!"], "sdxl": ["<|endoftext|>", "!"]}[family]
+    pred = "v_prediction" if family == "sd2-v" else "epsilon"
+    return Base(family=family, unet=built["unet"], vae=built["vae"], text_encoders=encoders,
+                tokenizers=[load_clip_tokenizer(p) for p in pads], scheduler=noise_scheduler(pred),
+                prediction_type=pred, name=f"random-{family}")

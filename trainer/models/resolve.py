@@ -12,6 +12,13 @@ def load_any(spec: str, family: str = "auto", prediction_type: str = "auto", vae
 
         parts = spec.split(":")
         return build_tiny(parts[1], seed=int(parts[2]) if len(parts) > 2 else 0)
+    if spec.startswith("random:"):
+        # architecture-true, random weights (benchmarks): `random:<family>[:seed]`, sd15 = sd1
+        from trainer.models.random_arch import build_random_base
+
+        parts = spec.split(":")
+        fam = {"sd15": "sd1", "sd21": "sd2"}.get(parts[1], parts[1])
+        return build_random_base(fam, seed=int(parts[2]) if len(parts) > 2 else 0)
     from trainer.models.loading import load_base
 
     return load_base(spec, family=family, prediction_type=prediction_type, vae=vae)

@@ -1,0 +1,209 @@
+"""DoRA's two norm axes, and how each client applies a `dora_scale` (../shared/LORA_FORMAT.md, "DoRA").
+
+peft's DoRA (use_dora) keeps one magnitude per output row: W' = m_row · (W+ΔW) / ||W+ΔW||_row, saved as
+dora_scale [out, 1]. A1111/Forge assume one magnitude per input column, [1, in]:
+W' = (W+ΔW) · m_col / ||W+ΔW||_col. `ColumnDora` trains that second form as a peft LoRA variant, so that
+a file made for A1111 applies there exactly as it was trained.
+
+Column-wise DoRA is a per-input-channel rescaling of the layer's input: (W+ΔW)·diag(d)·x = (W+ΔW)·(d⊙x)
+with d = m / ||W+ΔW||_col, so the variant scales x and runs base + LoRA on it (for a conv, d scales the
+input channels: zero padding commutes with that). As in the DoRA paper (§4.3), the norm is treated as a
+constant in the backward pass.
+
+The client rules below are transcribed from their sources (LyCORIS `apply_weight_decompose` with
+wd_on_out, A1111 `NetworkModule.apply_weight_decompose`, ComfyUI `weight_adapter.base.weight_decompose`);
+the tests recompute each client's merged weight with them and compare to the trained module.
+"""
+from __future__ import annotations
+
+import torch
+from peft.tuners.lora.layer import LoraVariant
+
+AXES = ("out", "in")
+
+
+def row_norm(w: torch.Tensor) -> torch.Tensor:
+    """||w||₂ of each output row (over every other dim), shaped to broadcast against w: [out, 1, …]."""
+    return w.reshape(w.shape[0], -1).norm(dim=1).reshape(w.shape[0], *[1] * (w.dim() - 1))
+
+
+def col_norm(w: torch.Tensor) -> torch.Tensor:
+    """||w||₂ of each input column (over out and the kernel), shaped [1, in, 1, …]."""
+    return w.transpose(0, 1).reshape(w.shape[1], -1).norm(dim=1).reshape(1, w.shape[1], *[1] * (w.dim() - 2))
+
+
+class _Magnitude(torch.nn.Module):
+    """Holds m like peft's DoraLinearLayer does (`.weight`), so lora_magnitude_vector[adapter].weight works."""
+
+    def __init__(self, m: torch.Tensor):
+        super().__init__()
+        self.weight = torch.nn.Parameter(m, requires_grad=True)
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - never called, the variant reads .weight
+        raise RuntimeError("a DoRA magnitude is not a layer")
+
+
+def base_weight(layer) -> torch.Tensor:
+    """The frozen weight the layer multiplies by (dequantised for a 4-bit base), fp32."""
+    from peft.utils.integrations import dequantize_module_weight
+
+    base = layer.get_base_layer()
+    if type(base.weight).__name__ == "Params4bit":
+        from trainer.quantize import dequantized_weight
+
+        return dequantized_weight(base).reshape(base.weight.shape if base.weight.dim() > 1 else
+                                                (base.out_features, base.in_features))
+    return dequantize_module_weight(base).detach().float()
+
+
+def lora_delta(layer, adapter: str) -> torch.Tensor:
+    """scaling · B @ A in the base weight's shape (differentiable: used in the forward)."""
+    a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+    r = a.shape[0]
+    shape = layer.get_base_layer().weight.shape
+    if len(shape) < 2:  # Params4bit stores packed codes; the logical shape is out × in
+        base = layer.get_base_layer()
+        shape = (base.out_features, base.in_features)
+    return (b.reshape(b.shape[0], r) @ a.reshape(r, -1)).reshape(shape) * layer.scaling[adapter]
+
+
+class ColumnDora(LoraVariant):
+    """DoRA with one magnitude per input column (the layout A1111 applies)."""
+
+    @staticmethod
+    def init(module, adapter_name: str, **kwargs) -> None:
+        if "lora_magnitude_vector" not in module.adapter_layer_names:
+            module.adapter_layer_names = module.adapter_layer_names[:] + ("lora_magnitude_vector",)
+        with torch.no_grad():
+            w = base_weight(module) + lora_delta(module, adapter_name).float()
+            m = col_norm(w).reshape(-1)
+        dev = module.lora_A[adapter_name].weight.device
+        module.lora_magnitude_vector[adapter_name] = _Magnitude(m.to(dev))
+
+    @staticmethod
+    def factor(module, adapter: str) -> torch.Tensor:
+        """d = m / ||W+ΔW||_col as a flat [in] vector, the norm detached."""
+        with torch.no_grad():
+            norm = col_norm(base_weight(module) + lora_delta(module, adapter).float()).reshape(-1)
+        m = module.lora_magnitude_vector[adapter].weight
+        return m / norm.to(m.device)
+
+    @staticmethod
+    def forward(module, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs) -> torch.Tensor:
+        d = ColumnDora.factor(module, active_adapter).to(x.dtype)
+        xs = x * (d.view(1, -1, *[1] * (x.dim() - 2)) if x.dim() == 4 else d)
+        out = module.get_base_layer()(xs)
+        lora_A, lora_B = module.lora_A[active_adapter], module.lora_B[active_adapter]
+        dropout = module.lora_dropout[active_adapter]
+        return out + lora_B(lora_A(dropout(xs))) * module.scaling[active_adapter]
+
+    @staticmethod
+    def merged(module, adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
+        w = orig_weight.float() + lora_delta(module, adapter).detach().float()
+        m = module.lora_magnitude_vector[adapter].weight.detach().float()
+        return (w * (m.reshape(col_norm(w).shape) / col_norm(w))).to(orig_weight.dtype)
+
+    @staticmethod
+    def merge_safe(module, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
+        return ColumnDora.merged(module, active_adapter, orig_weight)
+
+    @staticmethod
+    def merge_unsafe(module, active_adapter: str, orig_weight: torch.Tensor) -> None:
+        orig_weight.data = ColumnDora.merged(module, active_adapter, orig_weight.data)
+
+    @staticmethod
+    def unmerge(module, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("column-wise DoRA cannot be unmerged (the pre-merge norms are not kept)")
+
+    def supports_lora_conversion(self) -> bool:
+        return False
+
+
+def attach_column_dora(model: torch.nn.Module, adapter: str) -> int:
+    """Turn every plain LoRA layer of `model` (peft Linear / Conv2d, bnb Linear4bit) into column-wise DoRA."""
+    from peft.tuners.lora.layer import LoraLayer
+
+    n = 0
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and adapter in module.lora_A:
+            if adapter in module.lora_variant:
+                raise ValueError(f"{type(module).__name__} already has a LoRA variant; column DoRA replaces none")
+            module.lora_variant[adapter] = ColumnDora()
+            ColumnDora.init(module, adapter)
+            n += 1
+    return n
+
+
+def dora_axis(layer, adapter: str) -> str | None:
+    """'out' (peft DoRA), 'in' (ColumnDora) or None (no DoRA on this layer)."""
+    if isinstance(getattr(layer, "lora_variant", {}).get(adapter), ColumnDora):
+        return "in"
+    if getattr(layer, "use_dora", {}).get(adapter):
+        return "out"
+    return None
+
+
+def dora_scale_tensor(layer, adapter: str) -> torch.Tensor | None:
+    """The `dora_scale` to write for this layer: [out, 1(, 1, 1)] or [1, in(, 1, 1)]; None without DoRA."""
+    axis = dora_axis(layer, adapter)
+    if axis is None:
+        return None
+    mag = layer.lora_magnitude_vector[adapter].weight.detach()
+    w = base_weight(layer)
+    if axis == "out":
+        return mag.reshape(w.shape[0], *[1] * (w.dim() - 1))
+    return mag.reshape(1, w.shape[1], *[1] * (w.dim() - 2))
+
+
+# ---------------------------------------------------------------- how the clients apply dora_scale
+
+def merge_lycoris(w: torch.Tensor, delta: torch.Tensor, dora_scale: torch.Tensor) -> torch.Tensor:
+    """LyCORIS (and peft): the norm of the merged weight on the axis the scale's shape names."""
+    merged = w + delta
+    norm = row_norm(merged) if dora_scale.shape[0] == w.shape[0] and dora_scale.shape[0] != 1 else col_norm(merged)
+    return merged * (dora_scale / norm)
+
+
+def merge_a1111(w: torch.Tensor, delta: torch.Tensor, dora_scale: torch.Tensor) -> torch.Tensor:
+    """A1111/Forge: always per input column of W+ΔW; an [out, 1] scale broadcasts into nonsense."""
+    merged = w + delta
+    return merged * (dora_scale / col_norm(merged))
+
+
+def merge_comfyui(w: torch.Tensor, delta: torch.Tensor, dora_scale: torch.Tensor,
+                  eps: float | None = None) -> torch.Tensor:
+    """ComfyUI: the axis from the shape (dora_scale.shape[0] == out → rows); on the row axis it takes the
+    norm of the *base* weight W, not of W+ΔW; on the column axis the norm of W+ΔW."""
+    eps = torch.finfo(w.dtype).eps if eps is None else eps
+    merged = w + delta
+    if dora_scale.shape[0] == merged.shape[0]:
+        norm = row_norm(w)
+    else:
+        norm = col_norm(merged)
+    return merged * (dora_scale / (norm + eps))
+
+
+CLIENT_MERGES = {"lycoris": merge_lycoris, "a1111": merge_a1111, "comfyui": merge_comfyui}
+# what the compatibility report says, per axis: client → (applies it as trained?, why)
+CLIENT_SUPPORT = {
+    "out": {
+        "lycoris": (True, "per-row norm of W+ΔW, as peft trains it"),
+        "comfyui": (False, "rescales by the norm of the base W instead of W+ΔW: close only while ΔW is small"),
+        "a1111": (False, "assumes per-input-column magnitudes; an [out,1] dora_scale is mis-applied"),
+        "diffusers": (False, "ignores dora_scale: plain LoRA"),
+        "sd-scripts": (False, "ignores dora_scale: plain LoRA"),
+    },
+    "in": {
+        "a1111": (True, "per-input-column norm of W+ΔW, as trained (Forge the same)"),
+        "comfyui": (True, "detects the column axis from the shape; norm of W+ΔW, as trained"),
+        "lycoris": (True, "wd_on_out=False layout"),
+        "diffusers": (False, "ignores dora_scale: plain LoRA"),
+        "sd-scripts": (False, "ignores dora_scale: plain LoRA"),
+    },
+}
+
+
+def compatibility(axis: str) -> dict[str, tuple[bool, str]]:
+    if axis not in CLIENT_SUPPORT:
+        raise ValueError(f"dora axis {axis!r}: expected one of {AXES}")
+    return dict(CLIENT_SUPPORT[axis])
