@@ -138,6 +138,7 @@ class Trainer:
         self.stop_requested = False
         self.tb = None
         self.sample_count = 0
+        self.data_seconds = self.save_seconds = 0.0  # where the wall time goes (bench/, the finished event)
 
     # ---- signals: SIGTERM / Ctrl-C request a graceful stop (save, then exit)
     def _install_signals(self) -> None:
@@ -265,10 +266,17 @@ class Trainer:
                 cfg.sampling.every_n_steps == 0 or self.progress.step % cfg.sampling.every_n_steps):
             self._sample()
         self.events.emit("finished", status=status, step=self.progress.step, adapter=adapter,
-                         wall_s=round(time.time() - t_start, 2))
+                         wall_s=round(time.time() - t_start, 2), timing=self._timing())
         if self.tb:
             self.tb.close()
         return EXIT_OK if status == "finished" else EXIT_STOPPED
+
+    def _timing(self) -> dict:
+        """Seconds spent per activity over this process's run (the benchmark reads them)."""
+        return {k: round(v, 3) for k, v in {
+            "cache": getattr(self, "cache_seconds", 0.0), "data": self.data_seconds,
+            "sample": getattr(self, "sample_seconds", 0.0), "save": self.save_seconds,
+            "steps": sum(self.progress.step_times)}.items()}
 
     # ---- set-up helpers
     def _check_disk(self) -> None:
@@ -367,7 +375,9 @@ class Trainer:
             loss_sum = 0.0
             for _ in range(accum):
                 epoch, bi, idx = next(it)
+                t_data = time.time()
                 batch = self.dataset.collate([self.dataset.sample(i, epoch) for i in idx])
+                self.data_seconds += time.time() - t_data
                 self.seen_keys.extend(batch.get("keys", []))
                 loss = self._loss(batch) / accum
                 if not self._all_finite(loss):
@@ -551,6 +561,7 @@ class Trainer:
         if not self.main:
             return None
         p = self.progress
+        t_save = time.time()
         try:
             state_dir = save_state(self.paths.checkpoints, p.step, self.trainable_state(), self.optimizer,
                                    self.lr_scheduler,
@@ -562,6 +573,7 @@ class Trainer:
         except OSError as e:
             raise TrainingError(f"saving at step {p.step} failed ({e.strerror or e}); the previous adapter and "
                                 "state are intact") from None
+        self.save_seconds += time.time() - t_save
         self.events.emit("checkpoint", step=p.step, state=str(state_dir.relative_to(self.paths.root)),
                          adapter=adapter)
         return adapter
