@@ -193,6 +193,8 @@ def test_single_file_ldm_checkpoint_loads_offline(tmp_path, family):
     shapes, _ = header_keys_and_shapes(ckpt)
     assert detect_family(shapes) == family.removesuffix("-v")
 
+    if family == "sd2-v":  # the same file read as the 512 px epsilon family when the user says so
+        assert load_base(str(ckpt), family="sd2", config_dir=configs, resolution=768).prediction_type == "epsilon"
     base = load_base(str(ckpt), config_dir=configs, resolution=768 if family == "sd2-v" else 512)
     assert base.family == family
     assert base.prediction_type == ("v_prediction" if family == "sd2-v" else "epsilon")
@@ -364,6 +366,16 @@ def test_detection_refuses_variants_it_cannot_train():
     with pytest.raises(FamilyDetectionError, match="mixed or broken"):
         detect_family({"cond_stage_model.transformer.text_model.final_layer_norm.weight": (768,),
                        "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 1024)})
+
+
+def test_display_names_never_hold_a_path(tmp_path):
+    from trainer.models.loading import display_name
+
+    (tmp_path / "sd-v1.5").mkdir()
+    assert display_name(str(tmp_path / "sd-v1.5")) == "sd-v1.5"
+    assert display_name(str(tmp_path / "models" / "dreamy_v2.safetensors")) == "dreamy_v2"
+    assert display_name("stabilityai/stable-diffusion-xl-base-1.0") == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert display_name("builtin:shapes") == "shapes"
 
 
 def test_prediction_type_rules():

@@ -46,9 +46,11 @@ def display_name(spec: str) -> str:
     """A name to show and to record: file or folder stem, or the hub id; never an absolute path."""
     if spec in BUILTINS:
         return spec.split(":", 1)[1]
-    p = Path(spec)
-    if p.exists() or p.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES) or p.is_absolute():
-        return p.stem if p.suffix else p.name
+    p = Path(spec).expanduser()
+    if p.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES) or p.is_file():
+        return p.stem
+    if p.exists() or p.is_absolute() or _looks_like_path(spec) or not _HUB_ID.match(spec):
+        return p.name
     return spec
 
 
@@ -166,6 +168,8 @@ def _load_single_file(path: Path, family: str, prediction_type: str, dtype, reso
     except FamilyDetectionError as e:
         raise ModelLoadError(f"{where}: unknown model family: {e}") from None
     fam = _resolve_family(where, family, detected)
+    if family == "sd2" and prediction_type in ("auto", ""):
+        prediction_type = "epsilon"  # the user named the 512 px base family rather than sd2-v
     pred = detect_prediction_type(fam, shapes, metadata, name=path.name, resolution=resolution,
                                   override=prediction_type)
     fam = family_name(fam, pred)
