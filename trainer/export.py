@@ -38,40 +38,42 @@ def _thumbnail(trainer) -> bytes | None:
 
 
 def run_facts(trainer) -> dict:
-    """What the metadata builders need, as plain values (no absolute paths)."""
+    """What the metadata builders need (see trainer.formats.metadata), as plain values: folder names,
+    never absolute paths."""
     ds = trainer.dataset
     p = trainer.progress
-    batches_per_epoch = max(1, len(ds.epoch_batches(0)))
+    batches_per_epoch = max(1, len(ds.epoch_batches(0)) // trainer.world)
     if not hasattr(trainer, "session_id"):
         trainer.session_id = str(uuid.uuid4().int % 2**31)
+    sched = trainer.cfg.schedule
     return {
         "family": trainer.base.family,
         "prediction_type": trainer.base.prediction_type,
         "base_name": trainer.base.name,
         "base_hash": trainer.base.model_hash,
         "folders": ds.folders,
+        "reg_folders": ds.reg_folders,
         "tag_frequency": ds.tag_frequency,
         "bucket_info": ds.bucket_info,
-        "num_images": ds.num_images,
-        "num_reg_images": getattr(ds, "num_reg_images", 0),
-        "num_batches_per_epoch": batches_per_epoch,
+        "num_images": sum(f["img_count"] * f["n_repeats"] for f in ds.folders.values()),
+        "num_reg_images": ds.num_reg_images,
+        "batches_per_epoch": batches_per_epoch,
+        "num_epochs": -(-sched.max_train_steps * sched.grad_accum // batches_per_epoch),
         "steps": p.step,
-        "epoch": p.epoch + (1 if p.batch_in_epoch >= batches_per_epoch else 0),
-        "num_epochs": -(-trainer.cfg.schedule.max_train_steps * trainer.cfg.schedule.grad_accum // batches_per_epoch),
-        "training_started_at": trainer.progress.started_at,
-        "training_finished_at": time.time(),
+        "epochs": p.epoch,
+        "started_at": p.started_at,
+        "finished_at": time.time(),
         "session_id": trainer.session_id,
         "thumbnail_png": _thumbnail(trainer),
-        "trained_text_encoder": bool(trainer.network.text_encoders),
-        "trained_unet": trainer.network.unet,
     }
 
 
 def export_adapter(trainer, out_dir: Path, stem: str) -> Path:
-    from trainer.formats.kohya_export import build_metadata, save_adapter
+    from trainer.formats.metadata import build_metadata
+    from trainer.formats.save import save_adapter
 
     cfg = trainer.cfg
     metadata = build_metadata(cfg, run_facts(trainer), minimal=cfg.saving.minimal_metadata)
     path = free_path(out_dir, stem)
-    result = save_adapter(path, trainer.base, metadata, SAVE_DTYPES[cfg.saving.precision])
+    result = save_adapter(path, trainer.base, trainer.network, metadata, SAVE_DTYPES[cfg.saving.precision])
     return Path(result.path)

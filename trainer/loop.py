@@ -260,11 +260,10 @@ class Trainer:
             self.events.emit("finished", status="failed", step=self.progress.step)
             return EXIT_FAILED
 
+        if status == "finished" and cfg.sampling.prompts:
+            self._sample()  # the final previews, before saving so the adapter's thumbnail shows them
         # a stopped run's adapter is named by its step, so the resumed run's final file takes the plain name
         adapter = self._save(final=status == "finished")
-        if status == "finished" and cfg.sampling.prompts and (
-                cfg.sampling.every_n_steps == 0 or self.progress.step % cfg.sampling.every_n_steps):
-            self._sample()
         self.events.emit("finished", status=status, step=self.progress.step, adapter=adapter,
                          wall_s=round(time.time() - t_start, 2), timing=self._timing())
         if self.tb:
