@@ -66,7 +66,7 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def train_vae(vae, steps: int, batch: int, lr: float, seed: int, n_images: int) -> dict:
+def train_vae(vae, steps: int, batch: int, lr: float, seed: int, n_images: int, crop: int) -> dict:
     images = shapes.to_tensor_batch(shapes.vae_examples(n_images, seed + 1))
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / max(steps, 1), 1.0))))
@@ -75,6 +75,11 @@ def train_vae(vae, steps: int, batch: int, lr: float, seed: int, n_images: int) 
     losses = []
     for step in range(steps):
         x = images[torch.randint(0, len(images), (batch,), generator=g)]
+        if crop < x.shape[-1]:
+            # the VAE is fully convolutional (no mid-block attention): crops teach it the same local
+            # reconstruction at a fraction of the cost; crop corners on the latent grid (multiples of 4)
+            oy, ox = (torch.randint(0, (x.shape[-1] - crop) // 4 + 1, (2,), generator=g) * 4).tolist()
+            x = x[..., oy:oy + crop, ox:ox + crop]
         post = vae.encode(x).latent_dist
         # a little fixed noise instead of the learned variance: sampled latents stalled training
         z = post.mean + 0.05 * torch.randn(post.mean.shape, generator=g)
@@ -120,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, type=Path, help="pipeline folder to write")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--vae-steps", type=int, default=800)
-    ap.add_argument("--vae-batch", type=int, default=8)
+    ap.add_argument("--vae-steps", type=int, default=1200)
+    ap.add_argument("--vae-batch", type=int, default=16)
+    ap.add_argument("--vae-crop", type=int, default=32, help="train the VAE on random crops of this size")
     ap.add_argument("--unet-steps", type=int, default=1400)
     ap.add_argument("--unet-batch", type=int, default=16)
     ap.add_argument("--unet-minutes", type=float, default=0.0,
@@ -129,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=16000, help="generated training images for the UNet")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--save-every", type=int, default=0, help="also save the pipeline every N UNet steps")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="continue from a pipeline folder this script wrote (skips the VAE stage)")
+    ap.add_argument("--unet-lr", type=float, default=1e-3)
     ap.add_argument("--short", action="store_true", help="a handful of steps on little data (for tests)")
     args = ap.parse_args(argv)
     if args.short:
@@ -143,9 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings["torch_threads"] = torch.get_num_threads()
 
-    vae = build_vae()
-    vae_stats = train_vae(vae, args.vae_steps, args.vae_batch, lr=2e-3, seed=args.seed,
-                          n_images=min(args.images, 8000))
+    if args.init_from:
+        # continue from an earlier run: its VAE and text encoder as they are, its UNet as the start
+        from diffusers import AutoencoderKL
+        from transformers import CLIPTextModel
+
+        vae = AutoencoderKL.from_pretrained(str(args.init_from / "vae"))
+        vae_stats = {"init_from": str(args.init_from), "steps": 0}
+    else:
+        vae = build_vae()
+        vae_stats = train_vae(vae, args.vae_steps, args.vae_batch, lr=2e-3, seed=args.seed,
+                              n_images=min(args.images, 8000), crop=args.vae_crop)
     vae.requires_grad_(False)
     t_vae = time.time() - t0
     recon = {"shapes": vae_recon_mse(vae, [im for im, _ in shapes.reg_examples(24, seed=99)]),
@@ -153,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"vae done in {t_vae:.0f}s, recon mse {recon}")
 
     tokenizer = load_clip_tokenizer()
-    text_encoder = build_text_encoder().eval().requires_grad_(False)
+    text_encoder = (CLIPTextModel.from_pretrained(str(args.init_from / "text_encoder")) if args.init_from
+                    else build_text_encoder()).eval().requires_grad_(False)
 
     examples = shapes.base_examples(args.images, args.seed + 3)
     captions = sorted({c for _, c in examples})
@@ -162,19 +180,23 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         lat = torch.cat([vae.encode(shapes.to_tensor_batch([im for im, _ in examples[i:i + 256]])).latent_dist.mean
                          for i in range(0, len(examples), 256)])
-    scaling = float(1.0 / lat.std())
+    scaling = float(vae.config.scaling_factor) if args.init_from else float(1.0 / lat.std())
     vae.register_to_config(scaling_factor=scaling)
     lat = lat * scaling
     log(f"cached {len(lat)} latents {tuple(lat.shape[1:])}, {len(captions)} captions, scaling {scaling:.3f}")
 
     unet = build_unet(lat.shape[-1])
+    if args.init_from:
+        from diffusers import UNet2DConditionModel
+
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(str(args.init_from / "unet")).state_dict())
     ema = build_unet(lat.shape[-1]).requires_grad_(False)
     ema.load_state_dict(unet.state_dict())
     warmup = min(100, max(args.unet_steps // 10, 1))
     noise_sched = DDPMScheduler(**sd_schedule_kwargs())
     alphas = noise_sched.alphas_cumprod
     snr = alphas / (1 - alphas)
-    opt = torch.optim.AdamW(unet.parameters(), lr=1e-3 / warmup, weight_decay=0.01)
+    opt = torch.optim.AdamW(unet.parameters(), lr=args.unet_lr / warmup, weight_decay=0.01)
 
     def lr_factor(step: int) -> float:
         # warmup, then cosine down to 10% over the run; with a time limit, over whichever ends first
@@ -205,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
         for group in opt.param_groups:
-            group["lr"] = 1e-3 * lr_factor(step + 1)
+            group["lr"] = args.unet_lr * lr_factor(step + 1)
         decay = min(0.995, (1 + step) / (10 + step))
         with torch.no_grad():
             for pe, p in zip(ema.parameters(), unet.parameters()):
@@ -230,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": settings, "params": n_params, "vae_scaling_factor": scaling,
         "vae": {**vae_stats, "recon_mse": recon, "seconds": round(t_vae, 1)},
         "unet": {"steps_done": step + 1, "final_loss": sum(losses[-50:]) / max(len(losses[-50:]), 1),
-                 "seconds": round(time.time() - t_unet0, 1), "ema_decay_max": 0.995, "lr": 1e-3, "lr_schedule": "warmup 100 steps, cosine to 10% (by steps or time)",
+                 "seconds": round(time.time() - t_unet0, 1), "ema_decay_max": 0.995, "lr": args.unet_lr, "lr_schedule": "warmup 100 steps, cosine to 10% (by steps or time)",
                  "min_snr_gamma": 5.0, "empty_caption_share": 0.1},
         "text_encoder": "frozen, random init (seeded), real CLIP BPE tokenizer",
         "wall_seconds": round(wall, 1),
