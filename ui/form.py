@@ -47,10 +47,13 @@ def build_form() -> dict[str, gr.components.Component]:
         simple = [f for f in fields if not field_meta(f[1])["advanced"]]
         advanced = [f for f in fields if field_meta(f[1])["advanced"]]
         with gr.Accordion(GROUPS.get(section, section), open=section in ("network", "schedule", "sampling")):
-            with gr.Row(equal_height=False):
-                for key, finfo, ann in simple:
-                    k = f"{section}.{key}"
-                    widgets[k] = _widget(k, finfo, ann, defaults[section][key])
+            # checkboxes in a row of their own: mixed with text fields they get squeezed
+            for group in ([f for f in simple if f[2] is not bool], [f for f in simple if f[2] is bool]):
+                if group:
+                    with gr.Row(equal_height=False):
+                        for key, finfo, ann in group:
+                            k = f"{section}.{key}"
+                            widgets[k] = _widget(k, finfo, ann, defaults[section][key])
             if advanced:
                 with gr.Accordion(f"Advanced {GROUPS.get(section, section).lower()}", open=False):
                     with gr.Row(equal_height=False):

@@ -12,14 +12,19 @@ from ui.paths import UnsafePath, inside
 from ui.trainer_cli import run_trainer
 
 
-def _generate(studio: Studio, run_id: str, adapter, prompt, negative, seed, steps, cfg_scale, strengths: str):
+def _generate(studio: Studio, run_id: str, adapters: list, prompt, negative, seed, steps, cfg_scale,
+              strengths: str):
+    """One `trainer generate` call: a row per adapter, a column per strength."""
     run_dir = studio.run_dir(run_id)
     cfg = run_config(run_dir)
     out = run_dir / "generate" / time.strftime("%Y%m%d-%H%M%S")
-    res = run_trainer(["generate", "--base", cfg.model.base, "--adapter", str(adapter), "--prompt", prompt,
-                       "--negative", negative or "", "--seed", str(int(seed)), "--steps", str(int(steps)),
-                       "--cfg", str(cfg_scale), "--strengths", strengths, "--out", str(out), "--json"],
-                      python=studio.python)
+    args = ["generate", "--base", cfg.model.base, "--prompt", prompt or "", "--negative", negative or "",
+            "--seed", str(int(seed)), "--steps", str(int(steps)), "--cfg", str(cfg_scale),
+            "--sampler", cfg.sampling.sampler, "--size", str(cfg.sampling.size or cfg.dataset.resolution),
+            "--strengths", strengths, "--out", str(out), "--json"]
+    for a in adapters:
+        args += ["--adapter", str(a)]
+    res = run_trainer(args, python=studio.python)
     if res.code != 0:
         raise gr.Error(f"generate failed: {res.message}")
     try:
@@ -32,7 +37,7 @@ def _generate(studio: Studio, run_id: str, adapter, prompt, negative, seed, step
             p = inside(run_dir, it["path"]) if not str(it["path"]).startswith("/") else inside(out, it["path"])
         except (UnsafePath, KeyError):
             continue
-        imgs.append((str(p), f"strength {it.get('strength')} · seed {it.get('seed')}"))
+        imgs.append((str(p), f"{it.get('adapter') or 'base'} · strength {it.get('strength')} · seed {it.get('seed')}"))
     return imgs
 
 
@@ -61,7 +66,7 @@ def build(studio: Studio) -> dict:
         adapter = adapter_path(studio.run_dir(run_id))
         if adapter is None:
             raise gr.Error("This run has no adapter yet.")
-        return _generate(studio, run_id, adapter, p, n, s, k, c, st)
+        return _generate(studio, run_id, [adapter], p, n, s, k, c, st)
 
     grid_btn.click(on_grid, [run, prompt, negative, seed, steps, cfg_scale, strengths], gallery)
 
@@ -71,10 +76,7 @@ def build(studio: Studio) -> dict:
         ckpts = checkpoint_adapters(studio.run_dir(run_id))
         if not ckpts:
             raise gr.Error("This run has no saved checkpoints.")
-        out = []
-        for label, path in ckpts:
-            out += [(img, f"{label} · {cap}") for img, cap in _generate(studio, run_id, path, p, n, s, k, c, "1")]
-        return out
+        return _generate(studio, run_id, [path for _, path in ckpts], p, n, s, k, c, "1")
 
     ckpt_btn.click(on_ckpts, [run, prompt, negative, seed, steps, cfg_scale], gallery)
     return {"run": run}

@@ -8,7 +8,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from trainer.config import ConfigError, load_preset, preset_names, save_config
+from trainer.config import ConfigError, load_config, load_preset, preset_names, save_config
 from trainer.events import CONFIG_FILE
 
 from ui import dataset_files as df
@@ -248,7 +248,9 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
         for e in lr.errors:
             if info["state"] != "failed" or e != info.get("error"):
                 msgs.append(f"**Error:** {e}")
-        msgs += [f"Warning: {w}" for w in lr.warnings[-10:]]
+        if lr.warnings:
+            more = f" (latest 5 of {len(lr.warnings)})" if len(lr.warnings) > 5 else ""
+            msgs.append(f"**Warnings{more}:**\n" + "\n".join(f"- {w}" for w in lr.warnings[-5:]))
         loss = pd.DataFrame(lr.losses, columns=["step", "loss"]) if lr.losses else pd.DataFrame(
             {"step": [], "loss": []})
         row = studio.store.get(run_id)
@@ -257,5 +259,16 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
 
     timer.tick(on_tick, [run_state, seen], [progress, problems, loss_plot, previews, run_label, seen],
                show_progress="hidden")
-    run_state.change(lambda: None, None, seen)
+    def on_run_change(run_id):
+        # re-opened or re-attached run: show the settings it was started with
+        if not run_id:
+            return [gr.skip()] * (len(comps) + 3)
+        try:
+            cfg = load_config(studio.run_dir(run_id) / CONFIG_FILE)
+        except (ConfigError, UnsafePath):
+            return [gr.skip()] * (len(comps) + 3)
+        row = studio.store.get(run_id)
+        return [*config_to_values(cfg, keys), cfg.model.base, row["name"] if row else gr.skip(), None]
+
+    run_state.change(on_run_change, run_state, [*comps, base, run_name, seen])
     return {"base": base, "preset": preset}
