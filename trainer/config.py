@@ -221,6 +221,11 @@ class TrainConfig(BaseModel):
             raise ValueError("network.loftq needs network.quantize_base = 'nf4'")
         if not (self.network.train_unet or self.network.train_text_encoder):
             raise ValueError("network: train_unet or train_text_encoder must be on")
+        from trainer.network_rules import network_problems, schedule_problems
+
+        problems = network_problems(self.network) + schedule_problems(self.network, self.schedule.max_train_steps)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 

@@ -51,8 +51,7 @@ def base_weight(layer) -> torch.Tensor:
     if type(base.weight).__name__ == "Params4bit":
         from trainer.quantize import dequantized_weight
 
-        return dequantized_weight(base).reshape(base.weight.shape if base.weight.dim() > 1 else
-                                                (base.out_features, base.in_features))
+        return dequantized_weight(base).reshape(base.out_features, base.in_features)
     return dequantize_module_weight(base).detach().float()
 
 
@@ -60,10 +59,9 @@ def lora_delta(layer, adapter: str) -> torch.Tensor:
     """scaling · B @ A in the base weight's shape (differentiable: used in the forward)."""
     a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
     r = a.shape[0]
-    shape = layer.get_base_layer().weight.shape
-    if len(shape) < 2:  # Params4bit stores packed codes; the logical shape is out × in
-        base = layer.get_base_layer()
-        shape = (base.out_features, base.in_features)
+    base = layer.get_base_layer()
+    # Params4bit stores packed codes; its logical shape is out × in
+    shape = (base.out_features, base.in_features) if type(base.weight).__name__ == "Params4bit" else base.weight.shape
     return (b.reshape(b.shape[0], r) @ a.reshape(r, -1)).reshape(shape) * layer.scaling[adapter]
 
 

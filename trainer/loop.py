@@ -205,7 +205,7 @@ class Trainer:
         for m in [base.unet, base.vae, *base.text_encoders]:
             m.requires_grad_(False)
         base.to(self.device, None if self.dtype == torch.float32 else self.dtype)
-        self.network = build_network(base, cfg.network)
+        self.network = build_network(base, cfg.network, total_steps=cfg.schedule.max_train_steps)
         for p in self.network.all_params():  # trainable weights in fp32 even under mixed precision
             p.data = p.data.float()
         if cfg.network.init_weights:

@@ -27,7 +27,10 @@ def _alpha(value: float) -> torch.Tensor:
 
 
 def _weight_shape(layer) -> torch.Size:
-    return layer.get_base_layer().weight.shape
+    base = layer.get_base_layer()
+    if type(base.weight).__name__ == "Params4bit":  # packed 4-bit codes (QLoRA): the logical shape
+        return torch.Size((base.out_features, base.in_features))
+    return base.weight.shape
 
 
 def _lora(site: Site, adapter: str) -> dict[str, torch.Tensor]:
@@ -40,17 +43,20 @@ def _lora(site: Site, adapter: str) -> dict[str, torch.Tensor]:
     up = layer.lora_B[adapter].weight.detach()
     if layer.lora_B[adapter].bias is not None:
         raise ExportError(f"{n}: LoRA with a bias (lora_bias=True) has no kohya form")
+    from trainer.dora import dora_scale_tensor
+    from trainer.quantize import loftq_export_factors
+
+    # a LoftQ start is the 4-bit base's correction: clients add the file to the full-precision W
+    down, up = loftq_export_factors(layer, adapter, down, up)
     r = down.shape[0]
     w = _weight_shape(layer)
     if len(w) == 4 and down.dim() == 2:  # a Linear-style adapter on a 1×1 conv
         down, up = down[:, :, None, None], up[:, :, None, None]
     out = {f"{n}.lora_down.weight": down, f"{n}.lora_up.weight": up,
            f"{n}.alpha": _alpha(training_scale(layer, adapter) * r)}
-    if getattr(layer, "use_dora", {}).get(adapter):
-        mag = layer.lora_magnitude_vector[adapter].weight.detach()
-        # peft's magnitude is per output row ([out] for Linear, [1,out,1,1] for conv): LyCORIS'
-        # wd_on_out layout is [out, 1] / [out, 1, 1, 1]
-        out[f"{n}.dora_scale"] = mag.reshape(w[0], *([1] * (len(w) - 1)))
+    dora_scale = dora_scale_tensor(layer, adapter)  # [out, 1, …] (peft, LyCORIS) or [1, in, …] (A1111)
+    if dora_scale is not None:
+        out[f"{n}.dora_scale"] = dora_scale
     return out
 
 
@@ -132,9 +138,12 @@ def network_summary(base, adapter: str = ADAPTER) -> dict:
     """What the file will describe: algo, DoRA, conv modules, ranks and alphas seen."""
     sites = adapted_sites(base)
     algos = {algo_of(s.module) for s in sites.values()}
-    dora = any(getattr(s.module, "use_dora", {}).get(adapter) for s in sites.values())
+    from trainer.dora import dora_axis
+
+    axes = {dora_axis(s.module, adapter) for s in sites.values()} - {None}
+    dora = bool(axes)
     conv = [s for s in sites.values() if len(_weight_shape(s.module)) == 4
             and tuple(_weight_shape(s.module)[2:]) != (1, 1) or "resnets" in s.path]
-    return {"algos": sorted(algos), "dora": dora, "modules": len(sites), "conv_modules": len(conv),
+    return {"algos": sorted(algos), "dora": dora, "dora_axis": next(iter(axes)) if len(axes) == 1 else None, "modules": len(sites), "conv_modules": len(conv),
             "unet": any(s.component == "unet" for s in sites.values()),
             "text_encoder": any(s.component != "unet" for s in sites.values())}

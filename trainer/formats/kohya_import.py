@@ -174,7 +174,9 @@ def _load_lora(layer, mw: ModuleWeights, adapter: str) -> bool:
     layer.r[adapter] = r
     layer.lora_alpha[adapter] = mw.alpha if mw.alpha is not None else r
     _set_scale(layer, adapter, mw.scale)
-    if getattr(layer, "use_dora", {}).get(adapter):
+    from trainer.dora import dora_axis
+
+    if dora_axis(layer, adapter):
         _load_magnitude(layer, mw, adapter)
     elif "dora_scale" in mw.tensors:
         raise KohyaImportError(f"{mw.name}: the file is DoRA (dora_scale) but the layer is plain LoRA; "
@@ -183,23 +185,26 @@ def _load_lora(layer, mw: ModuleWeights, adapter: str) -> bool:
 
 
 def _load_magnitude(layer, mw: ModuleWeights, adapter: str) -> None:
+    from trainer.dora import base_weight, col_norm, dora_axis, lora_delta, row_norm
+
     mag = layer.lora_magnitude_vector[adapter].weight
-    base_w = layer.get_base_layer().weight
-    out = base_w.shape[0]
+    axis = dora_axis(layer, adapter)
+    base_w = base_weight(layer)  # dequantised for a 4-bit base
+    n = base_w.shape[0] if axis == "out" else base_w.shape[1]
     if "dora_scale" in mw.tensors:
         ds = mw.tensors["dora_scale"]
-        if ds.shape[0] != out or ds.numel() != out:
-            raise KohyaImportError(f"{mw.name}: dora_scale {tuple(ds.shape)} is not per output row "
-                                   f"([{out}, 1]); the per-input-column convention cannot be loaded into peft")
+        fits = ds.numel() == n and (ds.shape[0] == n if axis == "out" else ds.shape[0] == 1 or ds.dim() == 1)
+        if not fits:
+            want = f"[{n}, 1] per output row" if axis == "out" else f"[1, {n}] per input column"
+            other = "in" if axis == "out" else "out"
+            raise KohyaImportError(f"{mw.name}: dora_scale {tuple(ds.shape)} is not {want}; "
+                                   f"set network.dora_axis = {other!r} to load this file")
         _set(mag, ds.reshape(mag.shape))
         return
     # DoRA layer, plain LoRA file: the magnitude that makes DoRA equal W + scale·ΔW
     with torch.no_grad():
-        a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
-        r = a.shape[0]
-        delta = (b.reshape(out, r).float() @ a.reshape(r, -1).float()).reshape(base_w.shape)
-        w = base_w.float() + layer.scaling[adapter] * delta
-        _set(mag, w.reshape(out, -1).norm(dim=1).reshape(mag.shape))
+        w = base_w + lora_delta(layer, adapter).float()
+        _set(mag, (row_norm(w) if axis == "out" else col_norm(w)).reshape(mag.shape))
 
 
 def _load_lycoris(layer, mw: ModuleWeights, adapter: str, keys: tuple[str, ...], fresh: bool) -> bool:
@@ -290,9 +295,13 @@ def _inject_for(base, kf: KohyaFile) -> None:
         ranks = {p: (mw.dim or 1) for p, mw in items}
         r0 = max(ranks.values())
         common = dict(target_modules=paths, rank_pattern={p: r for p, r in ranks.items() if r != r0})
+        column_dora = False
         if algo == "lora":
-            dora = any("dora_scale" in mw.tensors for _, mw in items)
-            config = LoraConfig(r=r0, lora_alpha=r0, use_dora=dora, init_lora_weights=True, **common)
+            scales = [mw.tensors["dora_scale"] for _, mw in items if "dora_scale" in mw.tensors]
+            # [1, in] is A1111's per-input-column layout (trainer.dora.ColumnDora); [out, 1] is peft's
+            column_dora = any(t.shape[0] == 1 and t.numel() > 1 for t in scales)
+            config = LoraConfig(r=r0, lora_alpha=r0, use_dora=bool(scales) and not column_dora,
+                                init_lora_weights=True, **common)
         elif algo == "loha":
             config = LoHaConfig(r=r0, alpha=r0, init_weights=True, **common)
         else:
@@ -300,6 +309,10 @@ def _inject_for(base, kf: KohyaFile) -> None:
         for p in models[comp].parameters():
             p.requires_grad_(False)
         inject_adapter_in_model(config, models[comp], adapter_name=ADAPTER)
+        if column_dora:
+            from trainer.dora import attach_column_dora
+
+            attach_column_dora(models[comp], ADAPTER)
 
 
 def apply_kohya(base, path, strength: float = 1.0) -> ImportReport:
