@@ -134,9 +134,6 @@ def test_new_user_trains_stops_and_exports(world, tmp_path):
     page.locator("#exp-download").click()
     adapter = download_file(page, tmp_path)
     assert adapter.suffix == ".safetensors"
-    check = subprocess.run([sys.executable, "-m", "trainer", "check", str(adapter)], cwd=REPO,
-                           capture_output=True, text=True, timeout=300)
-    assert check.returncode == 0, check.stdout + check.stderr
     page.locator("#exp-bundle").click()
     page.locator("#exp-files").get_by_text("civitai.zip").wait_for(timeout=60_000)
     bundle = download_file(page, tmp_path)
@@ -149,12 +146,22 @@ def test_new_user_trains_stops_and_exports(world, tmp_path):
         assert "Seed: " in params and f"<lora:{adapter.stem}:1>" in params
         assert "Trigger words" in z.read("README.md").decode()
     shot("exported")
+    page.locator("#exp-check").click()
+    page.locator("#exp-report").get_by_text("Compatibility:").wait_for(timeout=300_000)
+    report_text = page.locator("#exp-report").inner_text()
     page.context.close()
+    assert "Compatibility: PASS" in report_text, report_text
+    check = subprocess.run([sys.executable, "-m", "trainer", "check", str(adapter)], cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_failing_training_is_shown_as_failed(world):
     page = new_page(world)
     shot = Shots(page, "failing_run")
+    page.locator("#ds-upload input[type=file]").set_input_files(
+        [str(p) for p in sorted(world["imgs"].glob("cat*.png"))])
+    page.locator("#ds-import-report").get_by_text("Added").wait_for(timeout=60_000)
     open_tab(page, "Train")
     choose(page, "train-preset", "tiny-test")
     page.wait_for_function("document.querySelector('#train-base input').value.includes('Tiny')", timeout=30_000)

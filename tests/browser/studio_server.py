@@ -76,7 +76,7 @@ def choose(page, elem_id: str, option: str) -> None:
     box = page.locator(f"#{elem_id} input").first
     box.click()
     box.fill(option)
-    page.locator("ul.options li", has_text=option).first.click()
+    page.locator("[role=option]", has_text=option).first.click()
 
 
 def set_number(page, elem_id: str, value) -> None:
@@ -99,4 +99,5 @@ def wait_progress(page, pred, timeout: float = 300, what: str = "") -> dict:
         if pred(p):
             return p
         page.wait_for_timeout(500)
-    raise AssertionError(f"progress never {what}: {progress(page)}")
+    status = page.locator("#train-status").inner_text() if page.locator("#train-status").count() else ""
+    raise AssertionError(f"progress never {what}: {progress(page)}; status: {status}")
