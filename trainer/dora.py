@@ -205,3 +205,31 @@ def compatibility(axis: str) -> dict[str, tuple[bool, str]]:
     if axis not in CLIENT_SUPPORT:
         raise ValueError(f"dora axis {axis!r}: expected one of {AXES}")
     return dict(CLIENT_SUPPORT[axis])
+
+
+def kohya_delta(parts: dict[str, torch.Tensor], alpha: float | None, shape) -> torch.Tensor:
+    """ΔW as the clients compute it from one module's tensors (suffix → tensor, without alpha): LoRA
+    up@down·alpha/dim, LoHa (w1a@w1b)⊙(w2a@w2b)·alpha/dim, LoKr kron(w1, w2)·alpha/dim (scale 1 when
+    both factors are full), in the base weight's `shape`, fp32. dora_scale is applied by the merge_* rules."""
+    p = {k: v.float() for k, v in parts.items()}
+    if "lora_down.weight" in p:
+        down, up = p["lora_down.weight"], p["lora_up.weight"]
+        dim = down.shape[0]
+        delta = up.reshape(up.shape[0], dim) @ down.reshape(dim, -1)
+    elif "hada_w1_a" in p:
+        dim = p["hada_w1_b"].shape[0]
+        delta = (p["hada_w1_a"] @ p["hada_w1_b"]) * (p["hada_w2_a"] @ p["hada_w2_b"])
+    elif any(k.startswith("lokr_") for k in p):
+        w1 = p["lokr_w1"] if "lokr_w1" in p else p["lokr_w1_a"] @ p["lokr_w1_b"]
+        w2 = p["lokr_w2"] if "lokr_w2" in p else p["lokr_w2_a"] @ p["lokr_w2_b"]
+        dim = p["lokr_w1_b"].shape[0] if "lokr_w1_b" in p else p["lokr_w2_b"].shape[0] if "lokr_w2_b" in p else None
+        if len(shape) == 4 and w2.dim() == 2:
+            w2 = w2.reshape(w2.shape[0], -1, *shape[2:]) if w2.numel() != w2.shape[0] * w2.shape[1] else w2
+        delta = torch.kron(w1.reshape(w1.shape[0], w1.shape[1], *[1] * (w2.dim() - 2)), w2) if w2.dim() > 2 \
+            else torch.kron(w1, w2)
+        if dim is None:
+            alpha = None  # both factors full: clients apply scale 1
+    else:
+        raise ValueError(f"no LoRA/LoHa/LoKr tensors in {sorted(parts)}")
+    scale = alpha / dim if (alpha is not None and dim) else 1.0
+    return (delta * scale).reshape(shape)
