@@ -174,7 +174,7 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
 
     estimate_btn.click(on_estimate, [ds_name, base, *comps], estimate_md)
 
-    def on_start(ds, name, base_value, *values):
+    def on_start(ds, name, preset_name, base_value, *values):
         try:
             cfg = cfg_from(values, base_value, ds)
         except ConfigError as e:
@@ -194,7 +194,7 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
         df.copy_dataset(src, run_dir / "dataset")
         cfg.dataset.path = str(run_dir / "dataset")
         save_config(cfg, run_dir / CONFIG_FILE)
-        studio.store.add(run_id, name or "run", cfg.model.base, "", run_dir, 0)
+        studio.store.add(run_id, name or "run", cfg.model.base, preset_name or "", run_dir, 0)
         try:
             studio.runner.start(run_id)
         except RunnerBusy as e:  # another session won the race for the device
@@ -203,7 +203,7 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
             return gr.skip(), f"**Refused:** {e}"
         return run_id, f"Started run `{run_id}`."
 
-    start.click(on_start, [ds_name, run_name, base, *comps], [run_state, status])
+    start.click(on_start, [ds_name, run_name, preset, base, *comps], [run_state, status])
 
     def on_stop(run_id):
         if not run_id:
