@@ -1,0 +1,171 @@
+"""Memory and time before launch: steps, epochs, peak memory and seconds per step for a config.
+
+Pure Python (no torch import), so the GUI can call it on every form change. The model is deliberately
+simple — weights + adapter/optimizer state + activations + a fixed process overhead — with its constants
+calibrated where they can be measured:
+- CPU: measured by bench/bench_cpu.py on this project's 2-core machines (bench/results/cpu.md), fp32
+  (the trainer never runs mixed precision on CPU). Speeds there vary 3-10x with machine load.
+- CUDA: NOT measured here (no GPU was available); from public LoRA-training figures (kohya sd-scripts /
+  diffusers reports: SD1.5 512 px ~7 it/s and SDXL 1024 px ~1.5 it/s at batch 1 on a 24 GB card;
+  SDXL LoRA at 1024 px fits 12 GB only with gradient checkpointing). Flagged `measured: False`.
+bench/bench_gpu.py measures them whenever a GPU is at hand; put its numbers here.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+
+# parameter counts of the bundled configs (trainer/assets/configs, counted from the built modules) and the
+# sum of (in + out) features over sd-scripts' default LoRA targets, so LoRA params = rank × that sum
+FAMILY_PARAMS: dict[str, dict] = {
+    "sd1": {"unet": 859_520_964, "vae": 83_653_863, "text": [123_060_480],
+            "unet_lora_io": 423_936, "conv_lora_io": 626_880, "te_lora_io": [165_888]},
+    "sd2": {"unet": 865_910_724, "vae": 83_653_863, "text": [340_387_840],
+            "unet_lora_io": 432_128, "conv_lora_io": 626_880, "te_lora_io": [423_936]},
+    "sdxl": {"unet": 2_567_463_684, "vae": 83_653_863, "text": [123_060_480, 694_659_840],
+             "unet_lora_io": 2_659_840, "conv_lora_io": 414_400, "te_lora_io": [165_888, 737_280]},
+    "tiny": {"unet": 792_964, "vae": 658_375, "text": [1_626_304],
+             "unet_lora_io": 5_376, "conv_lora_io": 12_832, "te_lora_io": [2_240]},
+}
+# `random:sdxl` (benchmarks) keeps 2 of text_encoder_2's 32 layers (trainer/models/random_arch.py)
+SPEC_TEXT_PARAMS = {"random:sdxl": [123_060_480, 104_540_160]}
+
+LATENT_CHANNELS = 4
+FP32 = 4
+
+# ---- CPU calibration (bench/bench_cpu.py, fp32, this machine; see bench/results/cpu.md)
+CPU_PROCESS_BYTES = 700e6          # python + torch + diffusers + transformers + peft, imported and running
+# activation bytes kept for backward, per latent pixel of one sample, fp32, gradient checkpointing off
+CPU_ACT_BYTES_PER_LATENT_PX = {"sd1": 1.0e6, "sd2": 1.0e6, "sdxl": 1.5e6, "tiny": 2.0e4}
+CPU_S_PER_LATENT_PX = {"sd1": 3.5e-3, "sd2": 3.6e-3, "sdxl": 1.0e-2, "tiny": 1.0e-5}
+CPU_STEP_OVERHEAD_S = 0.01
+CPU_CALIBRATION = "measured on this machine (2 cores, shared, load noted in bench/results/cpu.md)"
+
+# ---- CUDA figures (public, unmeasured here)
+CUDA_CONTEXT_BYTES = 0.6e9
+CUDA_ACT_BYTES_PER_LATENT_PX = {"sd1": 0.6e6, "sd2": 0.6e6, "sdxl": 0.9e6, "tiny": 1.0e4}  # fp16/bf16
+CUDA_S_PER_LATENT_PX = {"sd1": 3.2e-5, "sd2": 3.2e-5, "sdxl": 3.7e-5, "tiny": 1.0e-7}      # fp16/bf16
+CUDA_STEP_OVERHEAD_S = 0.02
+CUDA_FP32_SLOWDOWN = 2.5
+CUDA_CALIBRATION = "unmeasured: public figures for a 24 GB consumer GPU (RTX 4090 class)"
+
+GC_MEMORY_FACTOR = 0.55   # diffusers checkpoints per block: SD1.5 512 px 3.3 -> 1.9 GB activations (MEASURED.md)
+GC_TIME_FACTOR = 1.3      # one extra forward per block (MEASURED.md: 4.1 -> 4.6 s/step at 256 px, 11-13 -> 16 at 512)
+# optimizer state bytes per trainable parameter, beside the fp32 weight and its fp32 gradient
+OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16, "lion": 4, "adafactor": 4}
+
+
+def family_of(cfg, family: str | None = None) -> str:
+    """The estimate's family: the argument, else the config's, else what the base spec names."""
+    if family:
+        return "sd2" if family == "sd2-v" else family
+    if cfg.model.family != "auto":
+        return "sd2" if cfg.model.family == "sd2-v" else cfg.model.family
+    spec = cfg.model.base.lower()
+    if spec.startswith("tiny:") or spec.startswith("builtin:"):
+        return "tiny"
+    for prefix in ("random:",):
+        if spec.startswith(prefix):
+            fam = spec.split(":")[1]
+            return {"sd15": "sd1", "sd21": "sd2", "sd2-v": "sd2"}.get(fam, fam)
+    if "xl" in spec:
+        return "sdxl"
+    if "v2" in spec or "sd2" in spec or "2-1" in spec or "2.1" in spec:
+        return "sd2"
+    return "sd1"
+
+
+def pick_device(cfg, device: str | None = None) -> str:
+    want = device or cfg.precision.device
+    if want in ("cpu", "cuda", "mps"):
+        return want
+    # "auto" without importing torch: an NVIDIA device node means CUDA
+    return "cuda" if os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi") else "cpu"
+
+
+def trainable_params(cfg, family: str) -> int:
+    fp, net = FAMILY_PARAMS[family], cfg.network
+    n = 0
+    if net.train_unet:
+        n += net.rank * fp["unet_lora_io"]
+        if net.conv:
+            n += net.conv_rank * fp["conv_lora_io"]
+    if net.train_text_encoder:
+        n += net.rank * sum(fp["te_lora_io"])
+    if net.algo in ("loha",):  # two low-rank pairs per module
+        n *= 2
+    return n
+
+
+def estimate(cfg, num_images: int | None = None, family: str | None = None, device: str | None = None) -> dict:
+    """Predicted steps, epochs, peak memory and seconds per step of training `cfg` (a TrainConfig).
+
+    num_images: training images in the dataset (for epochs; repeats and batch size are applied).
+    family: sd1 / sd2 / sdxl / tiny (default: from the config). device: cpu / cuda (default: the config's,
+    auto = cuda when an NVIDIA device is present). Memory is peak RSS on CPU, peak VRAM on CUDA."""
+    fam = family_of(cfg, family)
+    if fam not in FAMILY_PARAMS:
+        raise ValueError(f"unknown family {fam!r}; expected one of {sorted(FAMILY_PARAMS)}")
+    dev = pick_device(cfg, device)
+    fp = FAMILY_PARAMS[fam]
+    ds, sch = cfg.dataset, cfg.schedule
+    batch = ds.batch_size
+    steps = sch.max_train_steps
+    epochs = batches_per_epoch = None
+    if num_images:
+        samples = num_images * ds.repeats
+        batches_per_epoch = max(1, math.ceil(samples / batch))
+        epochs = math.ceil(steps * sch.grad_accum / batches_per_epoch)
+
+    latent_px = (ds.resolution // 8) ** 2
+    gc = cfg.precision.gradient_checkpointing
+    half = dev == "cuda" and cfg.precision.mixed_precision in ("fp16", "bf16")
+    weight_bytes = 2 if half else FP32
+    text = SPEC_TEXT_PARAMS.get(cfg.model.base.lower(), fp["text"])
+    n_base = fp["unet"] + fp["vae"] + sum(text)
+    n_train = trainable_params(cfg, fam)
+    opt_bytes = OPTIMIZER_STATE_BYTES.get(cfg.optimizer.name, 8)
+
+    act_table = CUDA_ACT_BYTES_PER_LATENT_PX if dev == "cuda" else CPU_ACT_BYTES_PER_LATENT_PX
+    act = batch * latent_px * act_table[fam] * (GC_MEMORY_FACTOR if gc else 1.0)
+    if dev == "cuda" and not half:
+        act *= 2
+    breakdown = {
+        "base_weights": n_base * weight_bytes,
+        "adapter_and_optimizer": n_train * (FP32 + FP32 + opt_bytes),
+        "activations": act,
+        "process": CUDA_CONTEXT_BYTES if dev == "cuda" else CPU_PROCESS_BYTES,
+    }
+    peak = sum(breakdown.values())
+
+    if dev == "cuda":
+        s = CUDA_STEP_OVERHEAD_S + batch * latent_px * CUDA_S_PER_LATENT_PX[fam] * (1 if half else CUDA_FP32_SLOWDOWN)
+    else:
+        s = CPU_STEP_OVERHEAD_S + batch * latent_px * CPU_S_PER_LATENT_PX[fam]
+    if gc:
+        s = CUDA_STEP_OVERHEAD_S + (s - CUDA_STEP_OVERHEAD_S) * GC_TIME_FACTOR if dev == "cuda" else s * GC_TIME_FACTOR
+    s *= sch.grad_accum
+    if not ds.cache_latents:  # the VAE encoder runs each step: roughly a third of a UNet step
+        s *= 1.35
+    measured = dev == "cpu"
+    return {
+        "family": fam, "device": dev, "dtype": ("bf16/fp16" if half else "fp32"),
+        "steps": steps, "epochs": epochs, "batches_per_epoch": batches_per_epoch,
+        "trainable_params": n_train,
+        "peak_memory_bytes": int(peak), "memory_kind": "vram" if dev == "cuda" else "rss",
+        "memory_breakdown": {k: int(v) for k, v in breakdown.items()},
+        "seconds_per_step": s, "total_seconds": s * steps,
+        "measured": measured, "calibration": CPU_CALIBRATION if measured else CUDA_CALIBRATION,
+    }
+
+
+def format_estimate(e: dict) -> str:
+    """One line for the GUI: '≈ 4.6 GB RAM, 3.9 s/step, 1000 steps ≈ 65 min (10 epochs)'."""
+    mins = e["total_seconds"] / 60
+    span = f"{mins / 60:.1f} h" if mins >= 90 else f"{mins:.0f} min"
+    epochs = f" ({e['epochs']} epochs)" if e["epochs"] else ""
+    flag = "" if e["measured"] else " (GPU figures unmeasured)"
+    kind = "VRAM" if e["memory_kind"] == "vram" else "RAM"
+    return (f"≈ {e['peak_memory_bytes'] / 1e9:.1f} GB {kind}, {e['seconds_per_step']:.2f} s/step, "
+            f"{e['steps']} steps ≈ {span}{epochs}{flag}")
