@@ -90,6 +90,13 @@ def build(studio: Studio) -> dict:
 
     image_pick.change(on_pick, [ds_name, image_pick], caption)
 
+    def on_gallery_select(name, evt: gr.SelectData):
+        # the gallery's captions are the images' relative paths: clicking one opens its caption
+        rels = [str(p.relative_to(_root(name))) for p in df.list_images(_root(name))]
+        return rels[evt.index] if isinstance(evt.index, int) and evt.index < len(rels) else gr.skip()
+
+    gallery.select(on_gallery_select, ds_name, image_pick)
+
     def on_save(name, pick, text):
         from ui.paths import inside
         if not pick:

@@ -34,7 +34,7 @@ def main() -> int:
         files = shapes(tmp / "up")
         with studio_server(tmp / "data") as url, sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page = browser.new_page(viewport={"width": 1440, "height": 1380})
             page.goto(url)
             page.locator("#ds-upload input[type=file]").set_input_files([str(f) for f in files])
             page.locator("#ds-import-report").get_by_text("Added").wait_for(timeout=60_000)
