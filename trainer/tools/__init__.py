@@ -1,0 +1,1 @@
+"""Adapter tools: merge into a base, resize the rank by SVD."""
