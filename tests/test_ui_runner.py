@@ -77,7 +77,11 @@ def test_two_racing_starts_get_one_training_and_stop_is_graceful(tmp_path):
     assert msg.startswith("Stopping")
     info = wait_state(owner, winner, ("stopped", "failed", "finished"), timeout=60)
     assert info["state"] == "stopped", (info, (a.run_dir(winner) / "trainer.log").read_text()[-2000:])
-    assert info["exit_code"] == 3
+    deadline = time.monotonic() + 30  # the watcher thread records the exit code once it has reaped the process
+    while "exit_code" not in info and time.monotonic() < deadline:
+        time.sleep(0.2)
+        info = owner.runner.refresh(winner)
+    assert info["state"] == "stopped" and info["exit_code"] == 3
     assert a.store.get(winner)["state"] == "stopped"
     assert a.runner.active() is None
 
