@@ -116,3 +116,15 @@ def test_cli_json_and_exit_codes(sd1_real, tmp_path):
     assert json.loads(ok.stdout)["verdict"] == "pass"
     ko = subprocess.run(run + [str(bad)], capture_output=True, text=True, timeout=300)
     assert ko.returncode == 1 and "te1_on_sd1" in ko.stdout and "FAIL" in ko.stdout
+
+
+def test_duplicate_keys_make_the_file_fail(tmp_path):
+    import struct
+
+    entry = '{"dtype":"F32","shape":[1],"data_offsets":[0,4]}'
+    header = ('{"lora_unet_x.alpha":' + entry + ',"lora_unet_x.alpha":' + entry + '}').encode()
+    header += b" " * (-len(header) % 8)
+    path = tmp_path / "dup.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + struct.pack("<f", 1.0))
+    rep = check_file(path)
+    assert rep.verdict == "fail" and "duplicate key" in rep.findings[0].message

@@ -218,3 +218,30 @@ def test_hand_written_kohya_file_imports_like_diffusers(family, writer, tmp_path
     rep = load_kohya_into(trained, path)
     assert rep.loaded and rep.not_in_file  # the file covers fewer modules: the rest stay at zero
     assert max_diff(outputs(trained), ref) <= 1e-5
+
+
+def test_adalora_exports_its_pruned_per_module_ranks(tmp_path):
+    from peft import AdaLoraConfig, inject_adapter_in_model
+
+    from trainer.network import UNET_ATTENTION
+
+    base = build_tiny("sd1")
+    inject_adapter_in_model(AdaLoraConfig(init_r=4, target_r=2, lora_alpha=8, target_modules=UNET_ATTENTION,
+                                          total_step=10), base.unet, adapter_name="default")
+    g = torch.Generator().manual_seed(3)
+    kept = {}
+    with torch.no_grad():
+        for i, (name, m) in enumerate((n, m) for n, m in base.unet.named_modules() if hasattr(m, "lora_E")):
+            e = torch.randn(4, 1, generator=g)
+            e[: i % 4] = 0  # AdaLoRA's budget pruned a different number of ranks in each module
+            m.lora_E["default"].copy_(e)
+            m.lora_B["default"].copy_(torch.randn(m.lora_B["default"].shape, generator=g) * 0.1)
+            kept[name] = 4 - i % 4
+    sd = kohya_tensors(base)
+    ranks = {k.split(".")[0]: v.shape[0] for k, v in sd.items() if k.endswith("lora_down.weight")}
+    assert sorted(ranks.values()) == sorted(r for r in kept.values() if r)  # fully pruned modules are left out
+    path = tmp_path / "ada.safetensors"
+    save_tensors(path, sd, {}, "fp32")
+    fresh = build_tiny("sd1")
+    apply_kohya(fresh, path)
+    assert (unet_output(fresh) - unet_output(base)).abs().max().item() <= 1e-5
