@@ -82,12 +82,9 @@ def projected_shares(ours: dict, sample_steps: int) -> dict:
 
 def bench_one(name: str, work: Path, threads: int | None, quick: bool, timeout: float) -> dict:
     from trainer.config import from_dict, save_config
-    from trainer.estimate import estimate
-
     m, cfg_dict = bench_config(name, work / name / "data", quick)
     cfg = from_dict(cfg_dict)
-    n_images = 4
-    make_dataset(work / name / "data", n_images, m["resolution"])
+    make_dataset(work / name / "data", 4, m["resolution"])
     run = work / name / "run"
     run.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run / "config.toml")
@@ -98,11 +95,10 @@ def bench_one(name: str, work: Path, threads: int | None, quick: bool, timeout: 
                            "steps": m["steps"]}, threads, timeout, work / name / "floor.json")
     ours = measure_ours(run / "config.toml", run, m["warmup"], threads, timeout)
     load_after = os.getloadavg()
-    est = estimate(cfg, num_images=n_images, device="cpu")
     shares = projected_shares(ours, m["sample_steps"])
     t = ours["timing"]
     wall = ours["wall_s"]
-    return {
+    row = {
         "name": name, "label": m["label"], "model": m["model"], "resolution": m["resolution"], "batch": 1,
         "dtype": ours["dtype"], "rank": cfg.network.rank, "trainable_params": ours["trainable_params"],
         "caching": "latents+text, in memory and on disk",
@@ -116,12 +112,10 @@ def bench_one(name: str, work: Path, threads: int | None, quick: bool, timeout: 
         "this_run": {"wall_s": wall, "share_sampling": t["sample"] / wall, "share_data": t["data"] / wall,
                      "share_saving": t["save"] / wall, "share_cache": t["cache"] / wall},
         "default_run": shares,
-        "estimate": {"peak_memory_bytes": est["peak_memory_bytes"], "seconds_per_step": est["seconds_per_step"],
-                     "memory_error": est["peak_memory_bytes"] / ours["peak_rss_bytes"] - 1,
-                     "time_error": est["seconds_per_step"] / ours["s_per_step"] - 1,
-                     "breakdown": est["memory_breakdown"]},
         "load_avg_before": [round(x, 2) for x in load_before], "load_avg_after": [round(x, 2) for x in load_after],
     }
+    row["estimate"] = estimate_row(row)
+    return row
 
 
 def markdown(report: dict) -> str:
@@ -217,6 +211,36 @@ def run_bench(models=("tiny", "sd15", "sdxl"), out_dir: str | Path = HERE / "res
     return report
 
 
+def estimate_row(r: dict) -> dict:
+    """trainer/estimate.py's prediction for a measured row, and its error against the measurement."""
+    from trainer.config import TrainConfig, deep_merge, from_dict
+    from trainer.estimate import estimate
+
+    cfg = from_dict(deep_merge(TrainConfig().model_dump(mode="json"), {
+        "model": {"base": r["model"]}, "dataset": {"resolution": r["resolution"], "batch_size": r["batch"]},
+        "precision": {"device": "cpu"}}))
+    est = estimate(cfg, device="cpu")
+    return {"peak_memory_bytes": est["peak_memory_bytes"], "seconds_per_step": est["seconds_per_step"],
+            "memory_error": est["peak_memory_bytes"] / r["peak_rss_bytes"] - 1,
+            "time_error": est["seconds_per_step"] / r["ours_s_per_step"] - 1,
+            "breakdown": est["memory_breakdown"]}
+
+
+def recheck(out_dir: str | Path = HERE / "results") -> dict:
+    """Recompute the estimate columns of a stored cpu.json with today's trainer/estimate.py (no training)."""
+    from trainer.atomic import atomic_write_bytes
+
+    out = Path(out_dir)
+    report = json.loads((out / "cpu.json").read_text())
+    for r in report["results"]:
+        r["estimate"] = estimate_row(r)
+    atomic_write_bytes(out / "cpu.json", json.dumps(report, indent=1).encode())
+    md = markdown(report)
+    atomic_write_bytes(out / "cpu.md", md.encode())
+    print(md)
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="tiny,sd15,sdxl", help="comma-separated: " + ", ".join(MODELS))
@@ -227,7 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="3 steps each (checks the script, not the machine)")
     ap.add_argument("--work", default="/tmp/atelier-bench", help="scratch folder (datasets, run folders)")
     ap.add_argument("--note", action="append", default=[], help="a line added to the report's notes")
+    ap.add_argument("--recheck", action="store_true",
+                    help="only recompute the estimate columns of <out>/cpu.json (after changing trainer/estimate.py)")
     a = ap.parse_args(argv)
+    if a.recheck:
+        recheck(a.out)
+        return 0
     run_bench([m.strip() for m in a.models.split(",") if m.strip()], a.out, a.threads or None, a.quick, a.work,
               notes=a.note)
     return 0

@@ -1,0 +1,108 @@
+"""trainer/estimate.py: cheap to import, arithmetic of steps and epochs, parameter counts that match the
+real architectures, sensible directions, and within 25% of the peak RSS measured by bench/bench_cpu.py."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO
+from trainer.config import load_preset
+from trainer.estimate import FAMILY_PARAMS, estimate, family_of, format_estimate, trainable_params
+
+
+def cfg(**sets):
+    return load_preset("tiny-test", [f"{k}={v}" for k, v in sets.items()])
+
+
+def test_importing_the_estimate_does_not_import_torch():
+    code = "import sys, trainer.estimate; print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
+
+
+def test_steps_and_epochs():
+    e = estimate(cfg(**{"dataset.batch_size": 4, "dataset.repeats": 2, "schedule.max_train_steps": 100}),
+                 num_images=10, device="cpu")
+    assert (e["steps"], e["batches_per_epoch"], e["epochs"]) == (100, 5, 20)
+    e = estimate(cfg(**{"dataset.batch_size": 3, "schedule.max_train_steps": 10, "schedule.grad_accum": 2}),
+                 num_images=7, device="cpu")
+    assert (e["batches_per_epoch"], e["epochs"]) == (3, 7)  # 20 micro-batches over 3 per epoch
+    assert estimate(cfg(), device="cpu")["epochs"] is None
+
+
+def test_family_from_spec_and_argument():
+    assert family_of(cfg(**{"model.base": "random:sdxl"})) == "sdxl"
+    assert family_of(cfg(**{"model.base": "random:sd15"})) == "sd1"
+    assert family_of(cfg()) == "tiny"
+    assert family_of(cfg(**{"model.base": "/models/sd_xl_base_1.0.safetensors"})) == "sdxl"
+    assert family_of(cfg(**{"model.base": "/models/v1-5-pruned.safetensors"})) == "sd1"
+    assert family_of(cfg(**{"model.base": "/m/x.safetensors", "model.family": "sd2-v"})) == "sd2"
+    assert family_of(cfg(), "sdxl") == "sdxl"
+    with pytest.raises(ValueError, match="unknown family"):
+        estimate(cfg(), family="sd9")
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_parameter_counts_match_the_real_architectures(family):
+    """Built on the meta device (no memory): base sizes and LoRA sizes as peft really injects them."""
+    from trainer.models.base import Base
+    from trainer.models.random_arch import build_random
+    from trainer.network import build_network
+
+    parts = ("unet", "vae", "text_encoder") + (("text_encoder_2",) if family == "sdxl" else ())
+    built = build_random(family, parts)
+    counts = {k: sum(p.numel() for p in m.parameters()) for k, m in built.items()}
+    fp = FAMILY_PARAMS[family]
+    assert counts["unet"] == fp["unet"] and counts["vae"] == fp["vae"]
+    assert [counts[k] for k in parts if k.startswith("text")] == fp["text"]
+    c = cfg(**{"model.base": f"random:{family}", "network.rank": 8, "network.conv": "true",
+               "network.conv_rank": 4, "network.train_text_encoder": "true"})
+    base = Base(family=family, unet=built["unet"], vae=built["vae"],
+                text_encoders=[built[k] for k in parts if k.startswith("text")], tokenizers=[], scheduler=None)
+    net = build_network(base, c.network)
+    assert sum(p.numel() for p in net.all_params()) == trainable_params(c, family)
+
+
+def test_tiny_parameter_count_matches_the_built_network():
+    from trainer.models.tiny import build_tiny
+    from trainer.network import build_network
+
+    c = cfg(**{"network.rank": 4})
+    net = build_network(build_tiny("sd1"), c.network)
+    assert sum(p.numel() for p in net.all_params()) == estimate(c, device="cpu")["trainable_params"]
+
+
+def test_directions():
+    sd = {"model.base": "random:sd1", "dataset.resolution": 512}
+    base = estimate(cfg(**sd), device="cpu")
+    assert estimate(cfg(**{**sd, "dataset.resolution": 768}), device="cpu")["peak_memory_bytes"] > base["peak_memory_bytes"]
+    assert estimate(cfg(**{**sd, "dataset.batch_size": 4}), device="cpu")["seconds_per_step"] > base["seconds_per_step"]
+    gc = estimate(cfg(**{**sd, "precision.gradient_checkpointing": "true"}), device="cpu")
+    assert gc["peak_memory_bytes"] < base["peak_memory_bytes"] and gc["seconds_per_step"] > base["seconds_per_step"]
+    assert estimate(cfg(**{**sd, "network.rank": 128}), device="cpu")["peak_memory_bytes"] > base["peak_memory_bytes"]
+    xl = estimate(cfg(**{"model.base": "random:sdxl", "dataset.resolution": 512}), device="cpu")
+    assert xl["peak_memory_bytes"] > base["peak_memory_bytes"]
+    # on a GPU, half precision halves the weights; those figures are flagged as unmeasured
+    g16 = estimate(cfg(**{**sd, "precision.mixed_precision": "bf16"}), device="cuda")
+    g32 = estimate(cfg(**{**sd, "precision.mixed_precision": "no"}), device="cuda")
+    assert g16["peak_memory_bytes"] < g32["peak_memory_bytes"] and g16["seconds_per_step"] < g32["seconds_per_step"]
+    assert g16["memory_kind"] == "vram" and not g16["measured"] and base["measured"]
+    assert "GPU figures unmeasured" in format_estimate(g16) and "RAM" in format_estimate(base)
+
+
+def test_memory_estimate_within_25_percent_of_the_measured_bench():
+    """Recomputes the estimate with today's constants for every configuration bench/bench_cpu.py measured."""
+    from trainer.config import TrainConfig, deep_merge, from_dict
+
+    report = json.loads((REPO / "bench" / "results" / "cpu.json").read_text())
+    assert {r["name"] for r in report["results"]} >= {"tiny", "sd15", "sdxl"}
+    for r in report["results"]:
+        c = from_dict(deep_merge(TrainConfig().model_dump(mode="json"), {
+            "model": {"base": r["model"]}, "dataset": {"resolution": r["resolution"], "batch_size": r["batch"]}}))
+        e = estimate(c, device="cpu")
+        err = e["peak_memory_bytes"] / r["peak_rss_bytes"] - 1
+        assert abs(err) <= 0.25, (r["name"], f"{err:+.1%}")
