@@ -135,7 +135,7 @@ def test_new_user_trains_stops_and_exports(world, tmp_path):
     adapter = download_file(page, tmp_path)
     assert adapter.suffix == ".safetensors"
     page.locator("#exp-bundle").click()
-    page.locator("#exp-files").get_by_text("civitai.zip").wait_for(timeout=60_000)
+    page.locator("#exp-files").get_by_text("civitai").wait_for(timeout=60_000)
     bundle = download_file(page, tmp_path)
     with zipfile.ZipFile(bundle) as z:
         names = z.namelist()
@@ -168,6 +168,7 @@ def test_failing_training_is_shown_as_failed(world):
     choose(page, "train-base", "corrupt.safetensors")
     page.locator("#train-run-name input, #train-run-name textarea").first.fill("broken")
     page.locator("#train-start").click()
+    page.locator("#train-run-label").get_by_text("broken").wait_for(timeout=60_000)
     wait_progress(page, lambda p: p["state"] in ("failed", "finished", "stopped"), timeout=180, what="ended")
     assert progress(page)["state"] == "failed"
     problems = page.locator("#train-problems").inner_text()

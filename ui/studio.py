@@ -31,10 +31,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                 exp = tab_export.build(studio)
 
         def on_load(ds_name):
-            # re-attach: the run training now, else the newest run
-            active = studio.runner.active()
-            rows = studio.store.list()
-            current = active or (rows[0]["id"] if rows else None)
+            # re-attach to the run training now (older runs open from the Runs tab)
+            current = studio.runner.active()
             choices = gr.update(choices=studio.run_choices(), value=current)
             return (current, *ds["refresh"](ds_name), *runs["refresh"](), choices, choices)
 
