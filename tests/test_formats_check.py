@@ -101,8 +101,10 @@ def test_tiny_export_passes_with_base_and_dora_clients_reported(tmp_path):
     rep = check_file(path, base=build_tiny("sdxl"))
     assert rep.reference == "derived from the base model"
     assert {f.code for f in rep.findings if f.severity == "error"} == set(), rep.text()
-    assert rep.dora_clients == {"ComfyUI": True, "A1111/Forge": False, "diffusers": False, "sd-scripts": False,
-                                "LoRA Atelier": True}
+    from trainer.dora import compatibility
+
+    assert rep.dora_clients == {**{c: ok for c, (ok, _) in compatibility("out").items()}, "LoRA Atelier": True}
+    assert rep.dora_clients["a1111"] is False and rep.dora_clients["diffusers"] is False
     assert rep.verdict == "warn" and codes(rep) == {"dora"}
 
 
@@ -128,3 +130,13 @@ def test_duplicate_keys_make_the_file_fail(tmp_path):
     path.write_bytes(struct.pack("<Q", len(header)) + header + struct.pack("<f", 1.0))
     rep = check_file(path)
     assert rep.verdict == "fail" and "duplicate key" in rep.findings[0].message
+
+
+def test_column_dora_file_is_reported_for_a1111(tmp_path):
+    base = build_tiny("sd1")
+    build_network(base, NetworkSection(rank=2, alpha=1, use_dora=True, dora_axis="in"))
+    path = tmp_path / "col.safetensors"
+    save_tensors(path, kohya_tensors(base), meta_for("sd1", 2, 1), "fp32")
+    rep = check_file(path, base=build_tiny("sd1"))
+    assert rep.dora_clients["a1111"] is True and rep.dora_clients["diffusers"] is False
+    assert "per input column" in next(f.message for f in rep.findings if f.code == "dora")

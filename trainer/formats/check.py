@@ -258,23 +258,30 @@ def _check_alpha_and_values(rep: Report, path: Path, mods: dict, meta: dict) -> 
 
 
 def _dora(rep: Report, mods: dict) -> None:
+    from trainer.dora import compatibility
+
     axes = set()
     for n, parts in mods.items():
         if "dora_scale" in parts:
             ds, up = parts["dora_scale"]["shape"], parts.get("lora_up.weight", {}).get("shape")
-            if up and ds[0] == up[0] and all(d == 1 for d in ds[1:]):
+            if up and ds[0] == up[0] and ds[0] != 1 and all(d == 1 for d in ds[1:]):
                 axes.add("out")
             elif len(ds) >= 2 and ds[0] == 1:
                 axes.add("in")
             else:
                 axes.add("?")
-    per_out = axes == {"out"}
-    rep.dora_clients = {"ComfyUI": axes <= {"out", "in"}, "A1111/Forge": axes == {"in"},
-                        "diffusers": False, "sd-scripts": False, "LoRA Atelier": per_out}
-    rep.add("warning", "dora", "DoRA (dora_scale, " + ("per output row [out, 1]" if per_out else
-            f"axes {sorted(axes)}") + "): ComfyUI detects the axis from the shape; A1111/Forge assume [1, in]"
-            + (" and mis-apply this file" if per_out else "") + "; diffusers and sd-scripts ignore dora_scale "
-            "(they apply it as plain LoRA)")
+    if len(axes) != 1 or "?" in axes:
+        rep.add("error", "dora_axis", f"dora_scale shapes of mixed or unknown axes {sorted(axes)}: no client "
+                "applies this file as trained")
+        return
+    axis = axes.pop()
+    support = compatibility(axis)  # one table of client behaviour, shared with trainer.dora's tests
+    rep.dora_clients = {client: ok for client, (ok, _) in support.items()}
+    rep.dora_clients["LoRA Atelier"] = True
+    layout = "per output row [out, 1]" if axis == "out" else "per input column [1, in]"
+    wrong = [f"{c}: {why}" for c, (ok, why) in support.items() if not ok]
+    rep.add("warning", "dora", f"DoRA (dora_scale {layout}); applied as trained by "
+            f"{', '.join(c for c, (ok, _) in support.items() if ok)}; not by " + "; ".join(wrong))
 
 
 def _check_metadata(rep: Report, path: Path, meta: dict) -> None:
