@@ -151,7 +151,7 @@ def test_new_user_trains_stops_and_exports(world, tmp_path):
     report_text = page.locator("#exp-report").inner_text()
     page.context.close()
     assert "Compatibility: PASS" in report_text, report_text
-    check = subprocess.run([sys.executable, "-m", "trainer", "check", str(adapter)], cwd=REPO,
+    check = subprocess.run([sys.executable, "-m", "trainer", "check", str(adapter), "--base", "tiny:sd1"], cwd=REPO,
                            capture_output=True, text=True, timeout=300)
     assert check.returncode == 0, check.stdout + check.stderr
 
@@ -168,7 +168,7 @@ def test_failing_training_is_shown_as_failed(world):
     choose(page, "train-base", "corrupt.safetensors")
     page.locator("#train-run-name input, #train-run-name textarea").first.fill("broken")
     page.locator("#train-start").click()
-    page.locator("#train-run-label").get_by_text("broken").wait_for(timeout=60_000)
+    page.locator("#train-run-label").get_by_text("broken").first.wait_for(timeout=60_000)
     wait_progress(page, lambda p: p["state"] in ("failed", "finished", "stopped"), timeout=180, what="ended")
     assert progress(page)["state"] == "failed"
     problems = page.locator("#train-problems").inner_text()

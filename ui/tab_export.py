@@ -78,7 +78,11 @@ def build(studio: Studio) -> dict:
     bundle_btn.click(on_bundle, run, files)
 
     def on_check(run_id):
-        res = run_trainer(["check", str(_adapter(studio, run_id)), "--json"], timeout=300, python=studio.python)
+        args = ["check", str(_adapter(studio, run_id)), "--json"]
+        base = run_config(studio.run_dir(run_id)).model.base
+        if base.startswith(("tiny:", "builtin:")):  # non-standard UNets: check against the run's own base
+            args += ["--base", base]
+        res = run_trainer(args, timeout=300, python=studio.python)
         return check_markdown(res.code, res.stdout, res.message)
 
     check_btn.click(on_check, run, report)
