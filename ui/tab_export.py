@@ -94,11 +94,11 @@ def build(studio: Studio) -> dict:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.stem}.edit.safetensors")
         tmp.unlink(missing_ok=True)
-        args = ["meta", str(src), "--out", str(tmp), "--set", f"title={t}", "--set", f"trigger_words={tw}",
+        args = ["meta", str(src), "--out", str(tmp), "--set", f"title={t}", "--set", f"trigger={tw}",
                 "--set", f"description={d}"]
         if th:
             try:
-                args += ["--set", f"thumbnail={inside(run_dir, th)}"]
+                args += ["--thumbnail", str(inside(run_dir, th))]
             except UnsafePath as e:
                 raise gr.Error(str(e))
         res = run_trainer(args, timeout=300, python=studio.python)
