@@ -70,23 +70,17 @@ def preset_path_or_name(studio: Studio, name: str) -> str:
 
 
 def estimate_text(cfg, n_images: int, repeats_total: int) -> str:
-    try:
-        from trainer.estimate import estimate  # optional: the trainer's own estimate
-    except ImportError:
-        estimate = None
+    from trainer.estimate import estimate, format_estimate
+
     steps = cfg.schedule.max_train_steps
     per_epoch = max(1, repeats_total // max(1, cfg.dataset.batch_size))
     lines = [f"**{steps} steps** · {n_images} image(s), {repeats_total} image views per epoch → "
              f"about {steps / per_epoch:.1f} epoch(s) at batch {cfg.dataset.batch_size}."]
-    if estimate is not None:
-        try:
-            est = estimate(cfg)
-            items = est.items() if isinstance(est, dict) else vars(est).items()
-            lines.append(" · ".join(f"{k.replace('_', ' ')}: {v}" for k, v in items))
-        except Exception as e:  # an estimate must never block a launch
-            lines.append(f"Time/memory estimate unavailable ({e}).")
-    else:
-        lines.append("Time and memory estimate unavailable.")
+    try:
+        est = estimate(cfg, num_images=n_images or None)
+        lines.append(f"{format_estimate(est)} — estimated for {est['family']} on {est['device']}.")
+    except Exception as e:  # an estimate must never block a launch
+        lines.append(f"Time/memory estimate unavailable ({e}).")
     return "\n\n".join(lines)
 
 
