@@ -4,10 +4,24 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """temp file in the same folder + fsync + rename, so a reader never sees half a file."""
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (best effort: not every filesystem allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _publish(path: Path, data: bytes, publish: Callable[[str, Path], None]) -> None:
+    """Write `data` to a temp file beside `path`, fsync it, then `publish(tmp, path)`; the temp file
+    never outlives the call."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -16,21 +30,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        publish(tmp, path)
+    finally:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        raise
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace `path` atomically (temp file + fsync + rename)."""
+    _publish(path, data, os.replace)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -38,18 +49,6 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_new_file(path: Path, data: bytes) -> None:
-    """Atomically create `path`; refuse if it exists (never overwrite a user's file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)  # fails with FileExistsError if another writer got there first
-    finally:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    """Atomically create `path`; FileExistsError if it exists (never overwrite a user's file, even when
+    another writer races us: link() does not replace)."""
+    _publish(path, data, os.link)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from trainer.atomic import atomic_write_text
+from trainer.atomic import atomic_write_text, fsync_dir
 from trainer.faults import crash_point
 
 LATEST = "latest"
@@ -43,22 +43,11 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
 def _fsync_tree(path: Path) -> None:
     for p in path.iterdir():
         with open(p, "rb") as f:
             os.fsync(f.fileno())
-    _fsync_dir(path)
+    fsync_dir(path)
 
 
 def save_state(ckpt_dir: Path, step: int, adapter: dict[str, torch.Tensor], optimizer, lr_scheduler,
@@ -88,7 +77,7 @@ def save_state(ckpt_dir: Path, step: int, adapter: dict[str, torch.Tensor], opti
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(ckpt_dir)
+    fsync_dir(ckpt_dir)
     crash_point("state-renamed", step)
     atomic_write_text(ckpt_dir / LATEST, name)
     # old states go only once the new one is complete and pointed to
