@@ -51,12 +51,12 @@ def child_env(threads: int | None) -> dict:
     return env
 
 
-def run_child(args: list[str], threads: int | None, timeout: float) -> tuple[int, float, str]:
+def run_child(args: list[str], threads: int | None, timeout: float, extra_env: dict | None = None) -> tuple[int, float, str]:
     """(exit code, launch time, stderr tail) of `python bench/harness.py *args`. The child reports its own
     peak RSS (getrusage of itself) in its result file: RUSAGE_CHILDREN would be a max over all children."""
     t_launch = time.time()
     proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args], cwd=REPO,
-                            env=child_env(threads), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            env={**child_env(threads), **(extra_env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = t_launch + timeout
     err_chunks = []
     try:
@@ -82,10 +82,13 @@ def read_events(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
-def measure_ours(config_path: Path, run_dir: Path, warmup: int, threads: int | None, timeout: float) -> dict:
-    """Train through our trainer in a child process; times from its events, memory from the child."""
+def measure_ours(config_path: Path, run_dir: Path, warmup: int, threads: int | None, timeout: float,
+                 inproc_floor_steps: int = 0) -> dict:
+    """Train through our trainer in a child process; times from its events, memory from the child. With
+    inproc_floor_steps, the child then times that many bare passes of its own UNet (after warm-up)."""
     result_path = run_dir / "bench-result.json"
-    rc, t_launch, err = run_child(["ours", str(config_path), str(run_dir), str(result_path)], threads, timeout)
+    rc, t_launch, err = run_child(["ours", str(config_path), str(run_dir), str(result_path)], threads, timeout,
+                                  {"BENCH_INPROC_FLOOR": str(inproc_floor_steps)})
     if rc != 0 or not result_path.exists():
         raise RuntimeError(f"our trainer failed (exit {rc}) on {config_path}:\n{err}")
     child = json.loads(result_path.read_text())
@@ -101,6 +104,8 @@ def measure_ours(config_path: Path, run_dir: Path, warmup: int, threads: int | N
     timing = finished.get("timing", {})
     n_images_sampled = sum(1 for e in ev if e["type"] == "sample")
     return {
+        "inproc_floor_s_per_step": child.get("inproc_floor_s_per_step"),
+        "inproc_floor_step_times": child.get("inproc_floor_step_times"),
         "steps": len(steps),
         "s_per_step": steady_step_seconds(per_step, max(0, warmup - 1)),
         "step_times": [round(x, 4) for x in per_step],
@@ -149,8 +154,21 @@ def child_ours(config: str, run_dir: str, result: str) -> int:
     from trainer.loop import Trainer
 
     cfg = load_config(config)
-    code = Trainer(cfg, Path(run_dir), quiet=True).run()
+    trainer = Trainer(cfg, Path(run_dir), quiet=True)
+    code = trainer.run()
     out = {"exit": code, "wall_s": time.time() - t0, **_peaks()}
+    inproc = int(os.environ.get("BENCH_INPROC_FLOOR", "0"))
+    if code == 0 and inproc:
+        # the floor again, in this process on the trainer's own UNet right after training: same memory state
+        # and load as our steps, so the ratio is not a comparison of two different moments of a busy machine
+        import torch
+
+        spec = {"model": cfg.model.base, "resolution": cfg.dataset.resolution, "batch": cfg.dataset.batch_size,
+                "warmup": 1, "steps": inproc}
+        times = bare_steps(trainer.base.unet, trainer.base.family, spec, trainer.device.split(":")[0],
+                           trainer.dtype, trainer.network.all_params())
+        out["inproc_floor_s_per_step"] = steady_step_seconds(times, 1)
+        out["inproc_floor_step_times"] = [round(x, 4) for x in times]
     Path(result).write_text(json.dumps(out))
     return code
 
@@ -186,23 +204,15 @@ def floor_unet(spec: dict):
     return family, unet, network
 
 
-def child_floor(spec_path: str, result: str) -> int:
-    """Bare forward+backward: random latents/conditioning of the trainer's shapes, MSE to random noise."""
+def bare_steps(unet, family: str, spec: dict, device: str, dtype, params) -> list[float]:
+    """Wall times of warmup+steps bare forward+backward passes: random latents and conditioning of the
+    trainer's shapes, MSE to random noise, gradients of `params` cleared between passes."""
     import torch
     import torch.nn.functional as F
 
-    spec = json.loads(Path(spec_path).read_text())
-    device, dtype = spec.get("device", "cpu"), getattr(torch, spec.get("dtype", "float32"))
-    family, unet, network = floor_unet(spec)
-    unet.to(device, None if dtype == torch.float32 else dtype)
-    for p in network.all_params():
-        p.data = p.data.float()
-    if spec.get("gradient_checkpointing"):
-        unet.enable_gradient_checkpointing()
-    if spec.get("attention") == "xformers":
-        unet.enable_xformers_memory_efficient_attention()
-    unet.train()
-    b, h, w = spec["batch"], spec["resolution"] // 8, spec["resolution"] // 8
+    # the tiny model's VAE downsamples by 2 (two blocks), the real ones by 8
+    factor = 2 if spec["model"].startswith("tiny:") else 8
+    b, h, w = spec["batch"], spec["resolution"] // factor, spec["resolution"] // factor
     cross = unet.config.cross_attention_dim
     g = torch.Generator().manual_seed(0)
     lat = torch.randn(b, 4, h, w, generator=g).to(device, dtype)
@@ -228,8 +238,27 @@ def child_floor(spec_path: str, result: str) -> int:
         F.mse_loss(pred.float(), noise).backward()
         sync()
         times.append(time.perf_counter() - t0)
-        for p in network.all_params():
+        for p in params:
             p.grad = None
+    return times
+
+
+def child_floor(spec_path: str, result: str) -> int:
+    """The floor in a process of its own: the UNet alone, with the trainer's LoRA, dtype and shapes."""
+    import torch
+
+    spec = json.loads(Path(spec_path).read_text())
+    device, dtype = spec.get("device", "cpu"), getattr(torch, spec.get("dtype", "float32"))
+    family, unet, network = floor_unet(spec)
+    unet.to(device, None if dtype == torch.float32 else dtype)
+    for p in network.all_params():
+        p.data = p.data.float()
+    if spec.get("gradient_checkpointing"):
+        unet.enable_gradient_checkpointing()
+    if spec.get("attention") == "xformers":
+        unet.enable_xformers_memory_efficient_attention()
+    unet.train()
+    times = bare_steps(unet, family, spec, device, dtype, network.all_params())
     out = {"s_per_step": steady_step_seconds(times, spec["warmup"]), "step_times": [round(x, 4) for x in times],
            **_peaks()}
     Path(result).write_text(json.dumps(out))

@@ -32,6 +32,7 @@ FAMILY_PARAMS: dict[str, dict] = {
 SPEC_TEXT_PARAMS = {"random:sdxl": [123_060_480, 104_540_160]}
 
 LATENT_CHANNELS = 4
+VAE_DOWNSCALE = {"tiny": 2}  # the tiny VAE has two blocks; real SD VAEs downsample by 8
 FP32 = 4
 
 # ---- CPU calibration (bench/bench_cpu.py, fp32, this machine; see bench/results/cpu.md)
@@ -118,7 +119,7 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
         batches_per_epoch = max(1, math.ceil(samples / batch))
         epochs = math.ceil(steps * sch.grad_accum / batches_per_epoch)
 
-    latent_px = (ds.resolution // 8) ** 2
+    latent_px = (ds.resolution // VAE_DOWNSCALE.get(fam, 8)) ** 2
     gc = cfg.precision.gradient_checkpointing
     half = dev == "cuda" and cfg.precision.mixed_precision in ("fp16", "bf16")
     weight_bytes = 2 if half else FP32
