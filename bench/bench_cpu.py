@@ -62,22 +62,29 @@ def bench_config(name: str, data: Path, quick: bool = False) -> tuple[dict, dict
     return m, deep_merge(TrainConfig().model_dump(mode="json"), over)
 
 
-def projected_shares(ours: dict, sample_steps: int) -> dict:
-    """Shares of wall time in a run at the default settings, from this run's unit costs."""
-    t = ours["timing"]
-    n_img = max(1, ours["images_sampled"])
-    per_image = t["sample"] / n_img * (DEFAULT_RUN["sample_steps"] / sample_steps)
+def projected_shares(sample_s: float, images: int, sample_steps: int, s_per_step: float, save_s: float,
+                     data_per_step: float, startup: float) -> dict:
+    """Shares of wall time in a run at the default settings, from this run's unit costs. A preview image
+    measured at n < 20 sampling steps gets 20 - n more UNet passes at batch 2 (CFG), each taken as 2/3 of a
+    training step (a forward is about a third of forward+backward, at twice the batch)."""
+    measured = sample_s / max(1, images)
+    per_image = measured + (DEFAULT_RUN["sample_steps"] - sample_steps) * s_per_step * 2 / 3
     steps = DEFAULT_RUN["steps"]
-    images = DEFAULT_RUN["prompts"] * (2 + (steps - 1) // DEFAULT_RUN["preview_every"] + 1)  # start ×2, every N, end
-    data_per_step = t["data"] / max(1, ours["steps"])
-    startup = ours["startup_to_started_s"]
-    total = startup + steps * ours["s_per_step"] + images * per_image + t["save"]
+    n_img = DEFAULT_RUN["prompts"] * (2 + (steps - 1) // DEFAULT_RUN["preview_every"] + 1)  # start ×2, every N, end
+    total = startup + steps * s_per_step + n_img * per_image + save_s
     return {
-        "preview_image_s": per_image, "preview_images": images, "save_s": t["save"],
-        "data_per_step_s": data_per_step, "total_s": total,
-        "share_sampling": images * per_image / total, "share_data": steps * data_per_step / total,
-        "share_saving": t["save"] / total, "share_startup": startup / total,
+        "preview_image_s": per_image, "preview_image_measured_s": measured, "preview_images": n_img,
+        "save_s": save_s, "data_per_step_s": data_per_step, "total_s": total,
+        "share_sampling": n_img * per_image / total, "share_data": steps * data_per_step / total,
+        "share_saving": save_s / total, "share_startup": startup / total,
     }
+
+
+def shares_of_row(r: dict) -> dict:
+    t = r["this_run"]
+    return projected_shares(t["share_sampling"] * t["wall_s"], r.get("images_sampled", 3), r["sample_steps_measured"],
+                            r["ours_s_per_step"], r["default_run"]["save_s"], r["default_run"]["data_per_step_s"],
+                            r["startup_to_started_s"])
 
 
 def bench_one(name: str, work: Path, threads: int | None, quick: bool, timeout: float) -> dict:
@@ -95,7 +102,9 @@ def bench_one(name: str, work: Path, threads: int | None, quick: bool, timeout: 
                            "steps": m["steps"]}, threads, timeout, work / name / "floor.json")
     ours = measure_ours(run / "config.toml", run, m["warmup"], threads, timeout, inproc_floor_steps=m["steps"])
     load_after = os.getloadavg()
-    shares = projected_shares(ours, m["sample_steps"])
+    shares = projected_shares(ours["timing"]["sample"], ours["images_sampled"], m["sample_steps"],
+                              ours["s_per_step"], ours["timing"]["save"], ours["timing"]["data"] / max(1, ours["steps"]),
+                              ours["startup_to_started_s"])
     t = ours["timing"]
     wall = ours["wall_s"]
     row = {
@@ -111,7 +120,7 @@ def bench_one(name: str, work: Path, threads: int | None, quick: bool, timeout: 
         "peak_rss_bytes": ours["peak_rss_bytes"], "floor_peak_rss_bytes": floor["peak_rss_bytes"],
         "startup_to_first_step_s": ours["startup_to_first_step_s"],
         "startup_to_started_s": ours["startup_to_started_s"],
-        "cache_s": t["cache"], "sample_steps_measured": m["sample_steps"],
+        "cache_s": t["cache"], "sample_steps_measured": m["sample_steps"], "images_sampled": ours["images_sampled"],
         "this_run": {"wall_s": wall, "share_sampling": t["sample"] / wall, "share_data": t["data"] / wall,
                      "share_saving": t["save"] / wall, "share_cache": t["cache"] / wall},
         "default_run": shares,
@@ -154,7 +163,8 @@ def markdown(report: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         d = r["default_run"]
-        scaled = "" if r["sample_steps_measured"] == 20 else f" (×{20 // r['sample_steps_measured']} from {r['sample_steps_measured']} steps)"
+        n = r["sample_steps_measured"]
+        scaled = "" if n == 20 else f" ({d.get('preview_image_measured_s', 0):.0f} s at {n} steps + {20 - n} UNet passes)"
         rows.append(
             f"| {r['name']} | {d['preview_image_s']:.2f} s{scaled} | {d['save_s']:.2f} s | "
             f"{d['data_per_step_s'] * 1000:.2f} ms | {r['cache_s']:.1f} s | {r['startup_to_started_s']:.1f} s | "
@@ -171,8 +181,12 @@ def markdown(report: dict) -> str:
              "(random init here, instead of reading a file), encoding the caches, and the two start previews.",
              "- SDXL's second text encoder keeps 2 of its 32 layers (real width, so real output shapes); with "
              "the text cache on it never runs during steps. Its previews' cost is thus slightly low.",
-             "- previews measured at fewer than 20 steps are scaled linearly to 20 (overstates the fixed "
-             "text-encode and VAE-decode share a little)."]
+             "- previews measured at fewer than 20 sampling steps: each missing step is counted as a batch-2 "
+             "UNet forward, taken as 2/3 of a training step.",
+             "- the two floors: 'own process' is measured in a separate process just before ours (a different "
+             "moment of a busy machine: load swings make it unreliable); 'same process' runs right after "
+             "training in the trainer's process on its own UNet (same memory state, nearest moment). The bold "
+             "ratio uses the latter."]
     for note in report.get("notes", []):
         rows.append(f"- {note}")
     return "\n".join(rows) + "\n"
@@ -247,6 +261,7 @@ def recheck(out_dir: str | Path = HERE / "results") -> dict:
     report = json.loads((out / "cpu.json").read_text())
     for r in report["results"]:
         r["estimate"] = estimate_row(r)
+        r["default_run"] = shares_of_row(r)
     atomic_write_bytes(out / "cpu.json", json.dumps(report, indent=1).encode())
     md = markdown(report)
     atomic_write_bytes(out / "cpu.md", md.encode())

@@ -35,13 +35,18 @@ LATENT_CHANNELS = 4
 VAE_DOWNSCALE = {"tiny": 2}  # the tiny VAE has two blocks; real SD VAEs downsample by 8
 FP32 = 4
 
-# ---- CPU calibration (bench/bench_cpu.py, fp32, this machine; see bench/results/cpu.md)
-CPU_PROCESS_BYTES = 700e6          # python + torch + diffusers + transformers + peft, imported and running
-# activation bytes kept for backward, per latent pixel of one sample, fp32, gradient checkpointing off
-CPU_ACT_BYTES_PER_LATENT_PX = {"sd1": 1.0e6, "sd2": 1.0e6, "sdxl": 1.5e6, "tiny": 2.0e4}
-CPU_S_PER_LATENT_PX = {"sd1": 3.5e-3, "sd2": 3.6e-3, "sdxl": 1.0e-2, "tiny": 1.0e-5}
+# ---- CPU calibration (bench/bench_cpu.py, fp32, 1 thread, this machine; see bench/results/cpu.md)
+# memory is load-independent: process baseline from the tiny row, activations from the SD1.5 and SDXL rows
+CPU_PROCESS_BYTES = 0.56e9         # python + torch + diffusers + transformers + peft, imported and running
+# activation bytes held for backward, per latent pixel of one sample, fp32, gradient checkpointing off
+CPU_ACT_BYTES_PER_LATENT_PX = {"sd1": 1.02e6, "sd2": 1.02e6, "sdxl": 2.03e6, "tiny": 2.0e4}
+# speed is not: the bench ran 1 thread on a 2-core machine shared by several jobs (3-10x slower than idle).
+# The figures below are for an idle 2-core machine: SD1.5 3.6-4.1 s/step at 256 px (../shared/MEASURED.md),
+# SDXL from the SD1.5:SDXL ratio of the bench's floors (1.27), tiny 50 ms/step at batch 2 (MEASURED.md).
+CPU_S_PER_LATENT_PX = {"sd1": 3.8e-3, "sd2": 3.9e-3, "sdxl": 4.8e-3, "tiny": 2.5e-5}
 CPU_STEP_OVERHEAD_S = 0.01
-CPU_CALIBRATION = "measured on this machine (2 cores, shared, load noted in bench/results/cpu.md)"
+CPU_CALIBRATION = ("memory measured on this project's 2-core machines; speed for an idle machine "
+                   "(a busy one is several times slower)")
 
 # ---- CUDA figures (public, unmeasured here)
 CUDA_CONTEXT_BYTES = 0.6e9
@@ -52,6 +57,8 @@ CUDA_FP32_SLOWDOWN = 2.5
 CUDA_CALIBRATION = "unmeasured: public figures for a 24 GB consumer GPU (RTX 4090 class)"
 
 GC_MEMORY_FACTOR = 0.55   # diffusers checkpoints per block: SD1.5 512 px 3.3 -> 1.9 GB activations (MEASURED.md)
+# on GPUs the public figures show a bigger saving (SDXL 1024 px LoRA: ~24 GB without, fits 12 GB with)
+GC_MEMORY_FACTOR_CUDA = 0.25
 GC_TIME_FACTOR = 1.3      # one extra forward per block (MEASURED.md: 4.1 -> 4.6 s/step at 256 px, 11-13 -> 16 at 512)
 # optimizer state bytes per trainable parameter, beside the fp32 weight and its fp32 gradient
 OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16, "lion": 4, "adafactor": 4}
@@ -129,7 +136,8 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
     opt_bytes = OPTIMIZER_STATE_BYTES.get(cfg.optimizer.name, 8)
 
     act_table = CUDA_ACT_BYTES_PER_LATENT_PX if dev == "cuda" else CPU_ACT_BYTES_PER_LATENT_PX
-    act = batch * latent_px * act_table[fam] * (GC_MEMORY_FACTOR if gc else 1.0)
+    gc_factor = GC_MEMORY_FACTOR_CUDA if dev == "cuda" else GC_MEMORY_FACTOR
+    act = batch * latent_px * act_table[fam] * (gc_factor if gc else 1.0)
     if dev == "cuda" and not half:
         act *= 2
     breakdown = {
