@@ -188,10 +188,16 @@ def import_uploads(paths: list[str | Path], dest_root: Path, limits: Limits = Li
     return rep
 
 
+def _own_file(p: Path, real_root: Path) -> bool:
+    """A regular file that really lies in the dataset: a symlink planted there could point anywhere."""
+    return p.is_file() and not p.is_symlink() and p.resolve().is_relative_to(real_root)
+
+
 def list_images(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS
+    real_root = root.resolve()
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and _own_file(p, real_root)
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
@@ -202,7 +208,7 @@ def caption_path(image: Path) -> Path:
 def read_caption(image: Path) -> str:
     for ext in (".txt", ".caption"):
         side = image.with_suffix(ext)
-        if side.exists():
+        if _own_file(side, image.parent.resolve()):
             return side.read_text(encoding="utf-8", errors="replace").strip()
     return ""
 
@@ -248,7 +254,7 @@ def tag_frequency(root: Path) -> list[tuple[str, int]]:
 def folders(root: Path) -> list[tuple[str, int | None, int]]:
     """(folder, repeats from the `N_name` prefix or None, image count) for each image folder."""
     out = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []:
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")) if root.is_dir() else []:
         m = _REPEAT_FOLDER.fullmatch(d.name)
         out.append((d.name, int(m.group(1)) if m else None, len(list_images(d))))
     return out
@@ -279,7 +285,7 @@ def copy_dataset(src: Path, dest: Path) -> int:
         (dest / rel.parent).mkdir(parents=True, exist_ok=True)
         shutil.copy2(img, dest / rel)
         side = caption_path(img)
-        if side.exists():
+        if _own_file(side, img.parent.resolve()):
             shutil.copy2(side, dest / rel.with_suffix(".txt"))
         n += 1
     return n

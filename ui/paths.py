@@ -22,7 +22,14 @@ def safe_name(text: str, fallback: str = "untitled", max_len: int = 48) -> str:
 def inside(root: Path, *parts: str | Path) -> Path:
     """root/parts resolved, refused unless it stays inside root (symlinks resolved too)."""
     root = Path(root).resolve()
-    candidate = root.joinpath(*parts).resolve()
+    rel = Path(*parts)
+    # an over-long name would only fail later, in the middle of a handler, as an OSError
+    if len(str(rel).encode()) > 4096 or any(len(p.encode()) > 255 for p in rel.parts):
+        raise UnsafePath(f"{str(rel)[:80]}…: name too long")
+    try:
+        candidate = root.joinpath(*parts).resolve()
+    except (OSError, ValueError) as e:  # symlink loops, null bytes
+        raise UnsafePath(f"{str(rel)[:80]}: {e}") from None
     if candidate != root and not candidate.is_relative_to(root):
         raise UnsafePath(f"{Path(*parts)}: outside {root}")
     return candidate

@@ -98,9 +98,12 @@ def build(studio: Studio) -> dict:
                 "--set", f"description={d}"]
         if th:
             try:
-                args += ["--thumbnail", str(inside(run_dir, th))]
-            except UnsafePath as e:
+                thumb = inside(run_dir, th)
+            except (UnsafePath, OSError) as e:
                 raise gr.Error(str(e))
+            if not thumb.is_file():
+                raise gr.Error(f"{th}: not a preview of this run")
+            args += ["--thumbnail", str(thumb)]
         res = run_trainer(args, timeout=300, python=studio.python)
         if res.code != 0:
             raise gr.Error(f"metadata edit failed: {res.message}")

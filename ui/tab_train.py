@@ -8,14 +8,14 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from trainer.config import ConfigError, load_config, load_preset, preset_names, save_config
+from trainer.config import REPO_ROOT, ConfigError, load_config, load_preset, preset_names, save_config
 from trainer.events import CONFIG_FILE
 
 from ui import dataset_files as df
 from ui.context import Studio
 from ui.form import build_form, config_to_values, values_to_config
 from ui.live import live, progress_html
-from ui.paths import UnsafePath, safe_name
+from ui.paths import UnsafePath, inside, safe_name
 from ui.runner import RunnerBusy, log_tail, resolve_state
 
 BUILTIN_BASES = [("Demo base (bundled shapes model)", "builtin:shapes"), ("Tiny random SD1 (tests)", "tiny:sd1")]
@@ -45,7 +45,11 @@ def check_base(studio: Studio, text: str) -> str:
         raise ConfigError("Base model: pick one")
     if text.startswith(("builtin:", "tiny:")):
         return text
-    looks_like_path = text.startswith(("/", ".", "~")) or text.endswith(MODEL_SUFFIXES) or Path(text).exists()
+    try:  # the trainer runs in the repository folder: a relative name there is a path, not a hub id
+        exists = Path(text).exists() or (REPO_ROOT / text).exists()
+    except (OSError, ValueError):  # too long, or a null byte: not a file name
+        exists = False
+    looks_like_path = text.startswith(("/", ".", "~")) or text.endswith(MODEL_SUFFIXES) or exists
     if not looks_like_path and _HUB_ID.fullmatch(text):
         return text  # hub id: the trainer downloads (or refuses offline)
     try:
@@ -55,6 +59,28 @@ def check_base(studio: Studio, text: str) -> str:
     if not p.exists():
         raise ConfigError(f"Base model: {p} does not exist")
     return str(p)
+
+
+def check_extra_paths(studio: Studio, cfg) -> None:
+    """The form's other path fields stay inside the studio's folders too: a VAE and a start-from adapter in
+    the models folders (or a run's adapter), regularisation images in the datasets folder."""
+    roots = {"model.vae": studio.model_roots, "network.init_weights": [*studio.model_roots, studio.dirs.runs],
+             "dataset.reg_path": [studio.dirs.datasets]}
+    for key, allowed in roots.items():
+        section, name = key.split(".")
+        text = getattr(getattr(cfg, section), name).strip()
+        if not text:
+            continue
+        for root in allowed:
+            try:
+                p = Path(text).expanduser()
+                found = inside(root, p if p.is_absolute() else root / p)
+            except (UnsafePath, OSError, ValueError):
+                continue
+            setattr(getattr(cfg, section), name, str(found))
+            break
+        else:
+            raise ConfigError(f"{key}: {text[:200]} must be inside {', '.join(str(r) for r in allowed)}")
 
 
 def user_presets(studio: Studio) -> list[str]:
@@ -127,6 +153,7 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
 
     def cfg_from(values, base_value, ds):
         cfg = values_to_config(keys, list(values), {"model.base": check_base(studio, base_value)})
+        check_extra_paths(studio, cfg)
         return cfg
 
     def on_preset(name):
