@@ -1,0 +1,465 @@
+"""Path traversal: hostile names and paths against every route of the real server and every handler field that
+takes a name or a path. A canary file with a random token lies next to the data folder and in /tmp (and
+symlinks inside the data folder point at it); no response, download or written file may contain the token,
+and nothing may be written outside the data folder."""
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import secrets
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.browser.studio_server import studio_server
+
+TOKEN = f"CANARY-{secrets.token_hex(12)}"
+
+
+def png_bytes(color=(200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def traversal_payloads(near: Path, tmp_canary: Path) -> list[str]:
+    """Names and paths that try to leave the data folder (≥ 40 distinct ones)."""
+    nm, n2 = near.name, tmp_canary.name
+    deep = "../" * 12
+    return list(dict.fromkeys([
+        # absolute paths and ../ chains
+        str(near), str(tmp_canary), "/etc/passwd", "//" + str(near).lstrip("/"), str(near) + "/.",
+        "../" + nm, "../../" + nm, "../../../" + nm, "../../../../" + nm, deep + str(tmp_canary).lstrip("/"),
+        "images/../../../" + nm, "./../" + nm, "....//....//" + nm, "..././..././" + nm, "..;/" + nm,
+        # URL-encoded and double-encoded
+        "%2e%2e%2f" + nm, "%2e%2e/%2e%2e/" + nm, "..%2f..%2f..%2f" + nm, "%2e%2e%5c" + nm,
+        "%252e%252e%252f" + nm, "..%252f..%252f" + nm, str(tmp_canary).replace("/", "%2f"),
+        "%c0%ae%c0%ae/" + nm, "..%c0%af" + nm, "..%e2%88%95" + nm,
+        # backslashes, drives, UNC
+        "..\\" + nm, "..\\..\\..\\" + nm, "..\\/..\\/" + nm, "C:\\Windows\\win.ini", "\\\\server\\share\\" + nm,
+        # null bytes, control characters, whitespace
+        "../" + nm + "\x00.png", nm + "\x00", "\x00", "..\n/" + nm, " ../" + nm, "../" + nm + " ", "\t..",
+        # unicode look-alike dots and slashes
+        "\uff0e\uff0e\uff0f" + nm, "\u2024\u2024/" + nm, "..\u2215" + nm, "..\u2044" + nm, "\u2025/" + n2,
+        "\u0000\u202e../" + nm,
+        # special names
+        ".", "..", "...", "~", "~/", "~root", "$HOME", "${HOME}/.bashrc", "CON", "NUL", "PRN.txt", "AUX",
+        "COM1", "LPT1.png",
+        # URLs
+        "file://" + str(near), "file:///etc/passwd", "file:" + str(near), "http://127.0.0.1:1/" + nm,
+        # very long names
+        "a" * 300, "a/" * 2000, "x" * 5000, "../" * 2000 + nm,
+        # symlinks planted inside the data folder (see `world`)
+        "evil-link", "evil-link/" + nm, "images/evil.png", "images/evil.txt", "evil-ds", "presets/tiny-test.toml",
+    ]))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A data folder with a dataset, a run with an adapter, a model, and symlinks that point at the canary."""
+    root = tmp_path_factory.mktemp("sec")
+    near = root / "canary-near.txt"
+    near.write_text(f"{TOKEN} next to the data folder\n")
+    tmp_canary = Path("/tmp") / f"atelier-canary-{secrets.token_hex(6)}.txt"
+    tmp_canary.write_text(f"{TOKEN} in /tmp\n")
+    outside_dir = root / "outside"
+    outside_dir.mkdir()
+    (outside_dir / near.name).write_text(f"{TOKEN} in a folder outside\n")
+    (outside_dir / "evil.png").write_bytes(png_bytes() + TOKEN.encode())  # a valid PNG with the token appended
+    data = root / "data"
+    ds = data / "datasets" / "set" / "images"
+    ds.mkdir(parents=True)
+    for i in range(2):
+        (ds / f"{i}.png").write_bytes(png_bytes((40 * i, 90, 200)))
+        (ds / f"{i}.txt").write_text("a photo of a sks cat")
+    (ds / "evil.png").symlink_to(outside_dir / "evil.png")
+    (ds / "evil.txt").symlink_to(near)
+    (ds / "2.png").write_bytes(png_bytes((9, 9, 9)))
+    (ds / "2.txt").symlink_to(near)  # a real image whose caption sidecar points outside
+    (ds.parent / "evil-link").symlink_to(outside_dir)
+    (data / "datasets" / "evil-ds").symlink_to(outside_dir)
+    (data / "models").mkdir(parents=True)
+    (data / "models" / "evil-link").symlink_to(outside_dir)
+    (data / "models" / "linked.safetensors").symlink_to(near)
+    (data / "presets").mkdir(parents=True)
+    (data / "presets" / "evil.toml").symlink_to(near)
+
+    from safetensors.torch import save_file
+    import torch
+    from trainer.config import load_preset, save_config
+    from ui.context import Studio
+    studio = Studio.create(data, python=str(_recorder(root)))
+    rid = studio.store.new_id("victim")
+    rd = studio.run_dir(rid)
+    (rd / "output").mkdir(parents=True)
+    (rd / "samples").mkdir()
+    cfg = load_preset("tiny-test")
+    cfg.dataset.path = str(rd / "dataset")
+    save_config(cfg, rd / "config.toml")
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(2, 2)}, str(rd / "output" / "tiny-test.safetensors"))
+    (rd / "samples" / "evil.png").symlink_to(outside_dir / "evil.png")
+    (rd / "export").mkdir()
+    (rd / "evil-link").symlink_to(outside_dir)
+    events = [{"type": "sample", "step": 1, "kind": "adapter", "seed": 1, "prompt": "p", "path": p}
+              for p in ("samples/evil.png", str(near), "../../../" + near.name, "evil-link/evil.png")]
+    events += [{"type": "finished", "step": 1, "adapter": str(near)},
+               {"type": "checkpoint", "step": 1, "adapter": "evil-link/" + near.name}]
+    (rd / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    studio.store.add(rid, "victim", cfg.model.base, "tiny-test", rd, 1)
+    yield dict(root=root, data=data, near=near, tmp_canary=tmp_canary, outside=outside_dir, studio=studio,
+               run_id=rid, payloads=traversal_payloads(near, tmp_canary))
+    tmp_canary.unlink(missing_ok=True)
+
+
+def _recorder(root: Path) -> Path:
+    """Stands in for the Python interpreter the studio starts the trainer with: records argv, prints '[]'."""
+    p = root / "fake-python"
+    p.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                 f"open({str(root / 'argv.jsonl')!r}, 'a').write(json.dumps(sys.argv) + '\\n')\nprint('[]')\n")
+    p.chmod(0o755)
+    return p
+
+
+def _outside_snapshot(world) -> dict[str, tuple[int, int]]:
+    """Every file outside the data folder (in the test root and /tmp's top level) with its size and mtime."""
+    out = {}
+    for base in (world["root"], Path("/tmp")):
+        for dirpath, dirnames, files in os.walk(base):
+            d = Path(dirpath)
+            if d == world["data"] or world["data"] in d.parents:
+                dirnames[:] = []
+                continue
+            if base == Path("/tmp") and d != base:
+                dirnames[:] = []
+                continue
+            for f in files:
+                try:
+                    st = (d / f).lstat()
+                except OSError:
+                    continue
+                out[str(d / f)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _new_outside_files(world, before: dict) -> list[str]:
+    after = _outside_snapshot(world)
+    changed = [p for p, v in after.items() if before.get(p) != v]
+    # other programs write to /tmp too: count only what names our token or lies under our test root
+    ours = [p for p in changed if p.startswith(str(world["root"]))
+            and Path(p).name != "argv.jsonl" and not Path(p).name.startswith("app-")]  # recorder and server logs
+    return ours + [p for p in changed if TOKEN in p and p not in ours]
+
+
+def _data_files_with_token(data: Path) -> list[str]:
+    hits = []
+    for dirpath, _, files in os.walk(data):  # os.walk does not follow the planted symlinks
+        for f in files:
+            p = Path(dirpath) / f
+            if p.is_symlink():
+                continue
+            try:
+                if TOKEN.encode() in p.read_bytes():
+                    hits.append(str(p))
+            except OSError:
+                pass
+    return hits
+
+
+# ---------------------------------------------------------------- the handlers, called in-process
+def _handlers(studio):
+    from ui.studio import build_app
+    demo = build_app(studio)
+    by_name = {}
+    for fn in demo.fns.values():
+        by_name.setdefault(fn.name, _Handler(fn.fn, fn.outputs))
+    lambdas = {fn.api_name: _Handler(fn.fn, fn.outputs) for fn in demo.fns.values() if fn.name == "<lambda>"}
+    form_inputs = next(fn for fn in demo.fns.values() if fn.name == "on_start").inputs[4:]
+    keys = [b.elem_id.removeprefix("cfg-").replace("-", ".", 1) for b in form_inputs]
+    return by_name, lambdas, keys, [b.value for b in form_inputs]
+
+
+class _Handler:
+    """A tab handler and its output components; records which outputs hand files to Gradio to serve."""
+    served: list[str] = []
+
+    def __init__(self, fn, outputs):
+        self.fn, self.outputs = fn, outputs
+
+    def __call__(self, *args):
+        import gradio as gr
+        out = self.fn(*args)
+        values = list(out) if isinstance(out, tuple) and len(self.outputs) > 1 else [out]
+        _Handler.served = [path for comp, v in zip(self.outputs, values)
+                           if isinstance(comp, (gr.Gallery, gr.File, gr.Image)) for path in _paths_in(v)]
+        return out
+
+
+def _calls(world, p: str, keys: list[str], values: list, upload_file: str):
+    """(field, thunk) for every handler field that takes a name or a path, with payload p in it."""
+    h, lam, rid = world["h"], world["lam"], world["run_id"]
+
+    def form(**over):
+        v = list(values)
+        for k, x in over.items():
+            v[keys.index(k.replace("__", "."))] = x
+        return v
+
+    ok_form = form(schedule__max_train_steps=1)
+    return [
+        ("dataset name (upload)", lambda: h["on_upload"]([upload_file], p, "images")),
+        ("upload folder", lambda: h["on_upload"]([upload_file], "set", p)),
+        ("dataset name (refresh)", lambda: lam["lambda"](p)),
+        ("image pick (caption)", lambda: h["on_pick"]("set", p)),
+        ("dataset name (caption)", lambda: h["on_pick"](p, "images/0.png")),
+        ("image pick (save caption)", lambda: h["on_save"]("set", p, "a caption")),
+        ("dataset name (save caption)", lambda: h["on_save"](p, "images/0.png", "a caption")),
+        ("dataset name (bulk tools)", lambda: h["on_bulk"](p, "trigger", "sks", "", None)),
+        ("repeats folder", lambda: h["on_repeats"]("set", p, 3)),
+        ("dataset name (repeats)", lambda: h["on_repeats"](p, "images", 3)),
+        ("preset", lambda: h["on_preset"](p)),
+        ("user preset", lambda: h["on_preset"]("user/" + p)),
+        ("preset save name", lambda: h["on_save_preset"](p, "tiny:sd1", *ok_form)),
+        ("base model (estimate)", lambda: h["on_estimate"]("set", p, *ok_form)),
+        ("dataset (estimate)", lambda: h["on_estimate"](p, "tiny:sd1", *ok_form)),
+        ("base model (train)", lambda: h["on_start"]("set", "r", None, p, *ok_form)),
+        ("dataset (train)", lambda: h["on_start"](p, "r", None, "tiny:sd1", *ok_form)),
+        ("run name (train)", lambda: h["on_start"]("set", p, None, "tiny:sd1", *ok_form)),
+        ("preset name (train)", lambda: h["on_start"]("set", "r", p, "tiny:sd1", *ok_form)),
+        ("separate VAE", lambda: h["on_start"]("set", "r", None, "tiny:sd1", *form(model__vae=p, schedule__max_train_steps=1))),
+        ("start-from adapter", lambda: h["on_start"]("set", "r", None, "tiny:sd1", *form(network__init_weights=p, schedule__max_train_steps=1))),
+        ("regularisation folder", lambda: h["on_start"]("set", "r", None, "tiny:sd1", *form(dataset__reg_path=p, schedule__max_train_steps=1))),
+        ("caption extension", lambda: h["on_start"]("set", "r", None, "tiny:sd1", *form(dataset__caption_extension=p, schedule__max_train_steps=1))),
+        ("output name", lambda: h["on_start"]("set", "r", None, "tiny:sd1", *form(saving__output_name=p, schedule__max_train_steps=1))),
+        ("run id (stop)", lambda: h["on_stop"](p)),
+        ("run id (resume)", lambda: h["on_resume"](p)),
+        ("run id (progress)", lambda: h["on_tick"](p, None)),
+        ("run id (re-open)", lambda: h["on_run_change"](p)),
+        ("run id (runs: open)", lambda: h["on_open"](p)),
+        ("run id (runs: delete)", lambda: h["on_delete"](p)),
+        ("run id (generate grid)", lambda: h["on_grid"](p, "x", "", 1, 1, 7.0, "1")),
+        ("run id (compare checkpoints)", lambda: h["on_ckpts"](p, "x", "", 1, 1, 7.0)),
+        ("run id (export info)", lambda: h["on_run"](p)),
+        ("run id (download)", lambda: lam["lambda_4"](p)),
+        ("run id (bundle)", lambda: h["on_bundle"](p)),
+        ("run id (check)", lambda: h["on_check"](p)),
+        ("run id (metadata)", lambda: h["on_meta"](p, "t", "w", "d", None)),
+        ("thumbnail (metadata)", lambda: h["on_meta"](rid, "t", "w", "d", p)),
+        ("dataset name (page load)", lambda: h["on_load"](p)),
+    ]
+
+
+def test_handler_fields_never_leave_the_data_folder(world):
+    import gradio as gr
+    studio = world["studio"]
+    h, lam, keys, values = _handlers(studio)
+    world.update(h=h, lam=lam)
+    upload = world["root"] / "upload"
+    upload.mkdir()
+    up = upload / "cat.png"
+    up.write_bytes(png_bytes())
+    before = _outside_snapshot(world)
+    canaries = {p: p.read_bytes() for p in (world["near"], world["tmp_canary"])}
+    tried = refused = 0
+    fields = set()
+    leaks, crashes = [], []
+    for p in world["payloads"]:
+        for field, call in _calls(world, p, keys, values, str(up)):
+            tried += 1
+            fields.add(field)
+            _Handler.served = []
+            try:
+                out = call()
+            except (gr.Error, ValueError) as e:  # UnsafePath and ConfigError are ValueErrors: a clean refusal
+                refused += 1
+                out = str(e)
+            except Exception as e:  # noqa: BLE001 - any other exception is a bug in the handler
+                crashes.append(f"{field} ← {p[:60]!r}: {type(e).__name__}: {str(e)[:300]}")
+                continue
+            text = repr(out)
+            if TOKEN in text:
+                leaks.append(f"{field} ← {p[:60]!r}: token in the response")
+            for path in _Handler.served:
+                try:
+                    if TOKEN.encode() in Path(path).read_bytes():
+                        leaks.append(f"{field} ← {p[:60]!r}: returns {path}, which holds the token")
+                except OSError:
+                    pass
+    time.sleep(1.0)  # the runner's watcher threads record the fake trainers' exits
+    written_outside = _new_outside_files(world, before)
+    in_data = _data_files_with_token(world["data"])
+    print(f"\npath-traversal payloads tried: {len(world['payloads'])}")
+    print(f"handler fields attacked: {len(fields)}; handler calls: {tried}; cleanly refused: {refused}")
+    reached = _paths_the_trainer_got(world)
+    print(f"trainer starts with payload values: {len(reached)}; path fields outside the data folder: "
+          f"{sum(not ok for _, ok in reached)}")
+    assert not crashes, "\n".join(crashes[:40])
+    assert reached and all(ok for _, ok in reached), [r for r, ok in reached if not ok][:20]
+    assert not leaks, "\n".join(leaks[:40])
+    assert not written_outside, written_outside[:20]
+    assert not in_data, in_data
+    assert all(p.read_bytes() == b for p, b in canaries.items())
+    assert len(world["payloads"]) >= 40
+
+
+def _paths_the_trainer_got(world) -> list[tuple[str, bool]]:
+    """(field=value, inside the data folder?) for each path field of each config the fake trainer was given."""
+    from trainer.config import REPO_ROOT, load_config
+    from ui.tab_train import _HUB_ID
+    data = world["data"].resolve()
+    out = []
+    for line in (world["root"] / "argv.jsonl").read_text().splitlines():
+        argv = json.loads(line)
+        if argv[1:4] != ["-m", "trainer", "train"]:
+            continue
+        cfg = load_config(argv[4])
+        for key in ("model.base", "model.vae", "network.init_weights", "dataset.reg_path", "dataset.path"):
+            section, name = key.split(".")
+            v = getattr(getattr(cfg, section), name)
+            hub_id = key == "model.base" and _HUB_ID.fullmatch(v) and not (REPO_ROOT / v).exists()
+            ok = bool(not v or v.startswith(("tiny:", "builtin:")) or hub_id or Path(v).resolve().is_relative_to(data))
+            out.append((f"{key}={v[:80]}", ok))
+    return out
+
+
+def _paths_in(out) -> list[str]:
+    """File paths a handler hands to Gradio (gallery items, file lists)."""
+    found = []
+
+    def walk(x):
+        if isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+        elif isinstance(x, str) and x.startswith("/") and len(x) < 4096 and "\x00" not in x:
+            if Path(x).is_file():
+                found.append(x)
+    walk(out)
+    return found
+
+
+# ---------------------------------------------------------------- the real server's routes
+def _wire(p: str) -> str:
+    """p as it goes on the wire: printable ASCII as is (so %2e stays %2e), the rest percent-encoded."""
+    return urllib.parse.quote(p, safe="".join(chr(c) for c in range(0x21, 0x7F)))
+
+
+def _get(host: str, port: int, path: str) -> tuple[int, bytes]:
+    c = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+@pytest.fixture(scope="module")
+def server(world):
+    with studio_server(world["data"]) as url:
+        u = urllib.parse.urlsplit(url)
+        yield u.hostname, u.port
+
+
+def test_routes_serve_no_byte_outside_the_data_folder(world, server):
+    host, port = server
+    data = world["data"]
+    prefixes = ["", f"{data}/runs/", f"{data}/datasets/", f"{data}/datasets/set/images/",
+                f"{data}/.gradio/uploads/", f"{data}/runs/{world['run_id']}/"]
+    routes = ["/gradio_api/file={}", "/file={}", "/gradio_api/file/{}", "/static/{}", "/assets/{}",
+              "/gradio_api/proxy={}", "/{}", "/gradio_api/{}", "/gradio_api/custom_component/x/client/{}/a"]
+    before = _outside_snapshot(world)
+    requests, served, leaks = 0, 0, []
+    for p in world["payloads"]:
+        for route in routes:
+            for prefix in (prefixes if "file" in route else [""]):
+                for enc in (_wire(prefix + p), urllib.parse.quote(prefix + p, safe="/")):
+                    requests += 1
+                    status, body = _get(host, port, route.format(enc))
+                    served += status == 200
+                    if TOKEN.encode() in body:
+                        leaks.append(f"{route.format(enc)[:120]} → {status}")
+    written_outside = _new_outside_files(world, before)
+    print(f"\npath-traversal payloads tried against routes: {len(world['payloads'])}; "
+          f"HTTP requests: {requests}; routes: {len(routes)}")
+    assert not leaks, leaks[:20]
+    assert not written_outside
+    # the route does serve files that are inside the allowed folders (so the refusals above mean something)
+    ok, body = _get(host, port, "/gradio_api/file=" + urllib.parse.quote(f"{data}/datasets/set/images/0.png"))
+    assert ok == 200 and body.startswith(b"\x89PNG")
+
+
+def test_upload_file_names_stay_in_the_upload_folder(world, server):
+    host, port = server
+    uploads = (world["data"] / ".gradio" / "uploads").resolve()
+    before = _outside_snapshot(world)
+    stored = 0
+    for i, p in enumerate(world["payloads"]):
+        name = p.replace("\r", "").replace("\n", "").replace('"', "") + f"-up{TOKEN}-{i}.png"
+        boundary = "secboundary" + secrets.token_hex(4)
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+                f"Content-Type: image/png\r\n\r\n").encode("utf-8") + png_bytes() + f"\r\n--{boundary}--\r\n".encode()
+        c = http.client.HTTPConnection(host, port, timeout=30)
+        c.request("POST", "/gradio_api/upload", body=body,
+                  headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        r = c.getresponse()
+        resp = r.read()
+        c.close()
+        if r.status != 200:
+            continue
+        for path in json.loads(resp):
+            assert Path(path).resolve().is_relative_to(uploads), (p, path)
+            stored += 1
+    leaked = [f for f in _new_outside_files(world, before) if "up" + TOKEN in f]
+    tmp_hits = [str(f) for f in Path("/tmp").glob(f"*{TOKEN}*")]
+    print(f"\nupload file-name payloads tried: {len(world['payloads'])}; stored (inside the upload folder): {stored}")
+    assert stored >= len(world["payloads"]) - 5  # Gradio keeps most, renamed; none lands outside
+    assert not leaked and not tmp_hits
+
+
+def test_forged_file_paths_in_queue_calls_are_refused(world, server):
+    """A client naming a server file (not an upload) as a File input: Gradio refuses it before our handler."""
+    host, port = server
+    targets = [str(world["near"]), str(world["tmp_canary"]), str(world["outside"] / "evil.png"),
+               f"{world['data']}/datasets/set/images/evil.png", f"{world['data']}/datasets/set/images/2.txt",
+               f"{world['data']}/.gradio/uploads/../../../{world['near'].name}", "file://" + str(world["near"])]
+    session = "sec" + secrets.token_hex(6)
+    for i, target in enumerate(targets):
+        payload = {"data": [[{"path": target, "orig_name": "x.txt", "meta": {"_type": "gradio.FileData"}}],
+                            "set", "images"], "fn_index": 0, "session_hash": session, "event_data": None,
+                   "trigger_id": None}
+        c = http.client.HTTPConnection(host, port, timeout=30)
+        c.request("POST", "/gradio_api/queue/join", body=json.dumps(payload),
+                  headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        r.read()
+        c.close()
+        assert r.status == 200
+        stream = _sse_until_completed(host, port, session)
+        assert TOKEN not in stream
+        assert '"success": false' in stream.replace('"success":false', '"success": false'), stream[-600:]
+    assert not _data_files_with_token(world["data"])
+    print(f"\nforged server paths in File inputs tried: {len(targets)}; all refused")
+
+
+def _sse_until_completed(host: str, port: int, session: str, timeout: float = 60) -> str:
+    c = http.client.HTTPConnection(host, port, timeout=timeout)
+    c.request("GET", f"/gradio_api/queue/data?session_hash={session}")
+    r = c.getresponse()
+    lines, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = r.fp.readline().decode("utf-8", "replace")
+        if not line:
+            break
+        lines.append(line)
+        if "process_completed" in line:
+            break
+    c.close()
+    return "".join(lines)
