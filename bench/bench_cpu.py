@@ -221,7 +221,9 @@ def run_bench(models=("tiny", "sd15", "sdxl"), out_dir: str | Path = HERE / "res
     out = Path(out_dir)
     if (out / "cpu.json").exists() and not quick:
         # a partial re-run replaces its own rows and keeps the others
-        kept = [r for r in json.loads((out / "cpu.json").read_text())["results"] if r["name"] not in models]
+        previous = json.loads((out / "cpu.json").read_text())
+        kept = [r for r in previous["results"] if r["name"] not in models]
+        notes = notes or previous.get("notes", [])
         results = sorted(kept + results, key=lambda r: list(MODELS).index(r["name"]))
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": f"{cpu}, {os.cpu_count()} cores",
