@@ -145,8 +145,7 @@ class Runner:
             args = [self.python, "-m", "trainer", "train", str(run_dir / CONFIG_FILE)]
             if resume:
                 args.append("--resume")
-            for o in overrides or []:
-                args += ["--set", o]
+            args += [f"--set={o}" for o in overrides or []]  # `=`: a value can never turn into an option
             env = dict(os.environ, PYTHONUNBUFFERED="1")
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
             log = open(run_dir / LOG_FILE, "ab")

@@ -78,10 +78,10 @@ def build(studio: Studio) -> dict:
     bundle_btn.click(on_bundle, run, files)
 
     def on_check(run_id):
-        args = ["check", str(_adapter(studio, run_id)), "--json"]
+        args = ["check", str(_adapter(studio, run_id)), "--json"]  # the adapter path is absolute: never an option
         base = run_config(studio.run_dir(run_id)).model.base
         if base.startswith(("tiny:", "builtin:")):  # non-standard UNets: check against the run's own base
-            args += ["--base", base]
+            args.append(f"--base={base}")
         res = run_trainer(args, timeout=300, python=studio.python)
         return check_markdown(res.code, res.stdout, res.message)
 
@@ -94,8 +94,8 @@ def build(studio: Studio) -> dict:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.stem}.edit.safetensors")
         tmp.unlink(missing_ok=True)
-        args = ["meta", str(src), "--out", str(tmp), "--set", f"title={t}", "--set", f"trigger={tw}",
-                "--set", f"description={d}"]
+        args = ["meta", str(src), f"--out={tmp}", f"--set=title={t}", f"--set=trigger={tw}",
+                f"--set=description={d}"]
         if th:
             try:
                 thumb = inside(run_dir, th)
@@ -103,7 +103,7 @@ def build(studio: Studio) -> dict:
                 raise gr.Error(str(e))
             if not thumb.is_file():
                 raise gr.Error(f"{th}: not a preview of this run")
-            args += ["--thumbnail", str(thumb)]
+            args.append(f"--thumbnail={thumb}")
         res = run_trainer(args, timeout=300, python=studio.python)
         if res.code != 0:
             raise gr.Error(f"metadata edit failed: {res.message}")

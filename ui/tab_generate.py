@@ -18,12 +18,13 @@ def _generate(studio: Studio, run_id: str, adapters: list, prompt, negative, see
     run_dir = studio.run_dir(run_id)
     cfg = run_config(run_dir)
     out = run_dir / "generate" / time.strftime("%Y%m%d-%H%M%S")
-    args = ["generate", "--base", cfg.model.base, "--prompt", prompt or "", "--negative", negative or "",
-            "--seed", str(int(seed)), "--steps", str(int(steps)), "--cfg", str(cfg_scale),
-            "--sampler", cfg.sampling.sampler, "--size", str(cfg.sampling.size or cfg.dataset.resolution),
-            "--strengths", strengths, "--out", str(out), "--json"]
+    # `--opt=value`: a prompt such as "--out=/x" or "-h" stays the option's value, never becomes an option
+    args = ["generate", f"--base={cfg.model.base}", f"--prompt={prompt or ''}", f"--negative={negative or ''}",
+            f"--seed={int(seed)}", f"--steps={int(steps)}", f"--cfg={cfg_scale}",
+            f"--sampler={cfg.sampling.sampler}", f"--size={cfg.sampling.size or cfg.dataset.resolution}",
+            f"--strengths={strengths}", f"--out={out}", "--json"]
     for a in adapters:
-        args += ["--adapter", str(a)]
+        args.append(f"--adapter={a}")
     res = run_trainer(args, python=studio.python)
     if res.code != 0:
         raise gr.Error(f"generate failed: {res.message}")

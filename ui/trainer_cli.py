@@ -22,6 +22,8 @@ class CliResult:
 
 
 def run_trainer(args: list[str], timeout: float = 900, python: str = sys.executable) -> CliResult:
+    if any("\x00" in a for a in args):  # the OS cannot pass it; say so instead of raising ValueError
+        return CliResult(2, "", "a value contains a null character (\\x00), which a command line cannot carry")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
     try:
