@@ -168,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     recon = {"shapes": vae_recon_mse(vae, [im for im, _ in shapes.reg_examples(24, seed=99)]),
              "concept": vae_recon_mse(vae, [im for im, _ in shapes.concept_examples(16, seed=99)])}
     log(f"vae done in {t_vae:.0f}s, recon mse {recon}")
+    if not args.init_from:
+        vae.save_pretrained(str(args.out / "vae"), safe_serialization=True)  # a later crash keeps it
+
 
     tokenizer = load_clip_tokenizer()
     text_encoder = (CLIPTextModel.from_pretrained(str(args.init_from / "text_encoder")) if args.init_from
@@ -177,9 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     captions = sorted({c for _, c in examples})
     emb_table = encode_text(text_encoder, tokenizer, [""] + captions)  # row 0: the empty caption
     cap_index = torch.tensor([captions.index(c) + 1 for _, c in examples])
+    chunks = []
     with torch.no_grad():
-        lat = torch.cat([vae.encode(shapes.to_tensor_batch([im for im, _ in examples[i:i + 256]])).latent_dist.mean
-                         for i in range(0, len(examples), 256)])
+        for i in range(0, len(examples), 256):
+            batch = shapes.to_tensor_batch([im for im, _ in examples[i:i + 256]])
+            chunks.append(vae.encode(batch).latent_dist.mean)
+            if i % 4096 == 0:
+                log(f"encoding latents {i}/{len(examples)}")
+    lat = torch.cat(chunks)
     scaling = float(vae.config.scaling_factor) if args.init_from else float(1.0 / lat.std())
     vae.register_to_config(scaling_factor=scaling)
     lat = lat * scaling
@@ -258,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": round(wall, 1),
         "torch": torch.__version__,
     }
+    if args.init_from and (args.init_from / "train_log.json").is_file():
+        # a continued base carries the log of the run it started from, so its whole history is recorded
+        train_log["init_from_log"] = json.loads((args.init_from / "train_log.json").read_text())
     atomic_write_text(args.out / "train_log.json", json.dumps(train_log, indent=2) + "\n")
     log(f"done in {wall:.0f}s → {args.out}")
     return 0
