@@ -254,6 +254,7 @@ def _calls(world, p: str, keys: list[str], values: list, upload_file: str):
     ]
 
 
+@pytest.mark.slow
 def test_handler_fields_never_leave_the_data_folder(world):
     import gradio as gr
     studio = world["studio"]
