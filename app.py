@@ -19,6 +19,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def loopback_only_hosts() -> list:
+    """Refuse requests whose Host header is not a loopback name. Bound to 127.0.0.1 the studio is
+    still reachable by a web page that points its own domain at 127.0.0.1 (DNS rebinding); such
+    requests carry that domain as Host, and Gradio's origin check only applies to localhost hosts."""
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    return [Middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"])]
+
+
 def parse_auth(text: str | None) -> tuple[str, str] | None:
     if not text:
         return None
@@ -68,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.queue(default_concurrency_limit=4)
     print(f"LoRA Atelier: data in {data_dir}", flush=True)
     demo.launch(server_name=a.host, server_port=a.port, auth=auth, share=a.share, show_error=True,
+                app_kwargs={"middleware": loopback_only_hosts()} if is_loopback(a.host) and not a.share else None,
                 allowed_paths=[str(studio.dirs.runs), str(studio.dirs.datasets)],
                 blocked_paths=[str(data_dir / "runs.sqlite"), str(data_dir / "presets")],
                 max_file_size=f"{a.max_upload_mb}mb", css=CSS, footer_links=[])

@@ -104,3 +104,21 @@ def test_exposed_server_demands_login(tmp_path):
         status, _, cfg = request(url, "GET", "/config", headers={"Cookie": cookies})
         assert status == 200 and b"train-start" in cfg
     print(f"\nwith --auth: routes without the session cookie answered 401: {len(gated)}/{len(gated)}")
+
+
+def test_dns_rebinding_host_is_refused(server):
+    """A page on a foreign domain that resolves to 127.0.0.1 reaches the server with that domain as
+    Host: such requests are refused before any route runs."""
+    url, data = server
+    port = urllib.parse.urlsplit(url).port
+    tried = 0
+    for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}", f"10.0.0.1:{port}"):
+        for method, path in (("GET", "/"), ("GET", "/config"), ("POST", "/gradio_api/queue/join")):
+            status, h, body = request(url, method, path, join_body(1, ["set"]) if method == "POST" else None,
+                                      {"Host": host, "Content-Type": "application/json"})
+            assert status == 400, (host, path, status)
+            tried += 1
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+        status, _, _ = request(url, "GET", "/config", headers={"Host": host})
+        assert status == 200, host
+    print(f"\nDNS-rebinding Host headers refused: {tried}/{tried}")
