@@ -69,6 +69,14 @@ class Progress:
 
 # ---------------------------------------------------------------- set-up stages
 
+def autocast_for(device: str, dtype: torch.dtype):
+    """Mixed-precision context for a device string like "cuda:1"; a no-op in fp32."""
+    kind = device.split(":")[0]
+    if dtype == torch.float32:
+        return torch.autocast(device_type="cpu", enabled=False)
+    return torch.autocast(device_type=kind, dtype=dtype)
+
+
 def pick_device(cfg: TrainConfig) -> str:
     want = cfg.precision.device
     if want == "auto":
@@ -205,6 +213,8 @@ class Trainer:
         for m in [base.unet, base.vae, *base.text_encoders]:
             m.requires_grad_(False)
         base.to(self.device, None if self.dtype == torch.float32 else self.dtype)
+        # the VAE stays fp32: SDXL's VAE overflows in fp16 (NaN latents), and with caching it runs once
+        base.vae.to(torch.float32)
         self.network = build_network(base, cfg.network, total_steps=cfg.schedule.max_train_steps)
         for p in self.network.all_params():  # trainable weights in fp32 even under mixed precision
             p.data = p.data.float()
@@ -494,9 +504,7 @@ class Trainer:
             time_ids = torch.cat([batch["original_sizes"], batch["crop_top_lefts"], batch["target_sizes"]], dim=1)
             kwargs["added_cond_kwargs"] = {"text_embeds": cond["text_embeds"].to(self.dtype),
                                            "time_ids": time_ids.to(dev, self.dtype)}
-        autocast = torch.autocast(device_type=dev, dtype=self.dtype) if self.dtype != torch.float32 \
-            else torch.autocast(device_type="cpu", enabled=False)
-        with autocast:
+        with autocast_for(dev, self.dtype):
             pred = self.unet_fwd(noisy.to(self.dtype), timesteps, cond["encoder_hidden_states"].to(self.dtype),
                              **kwargs).sample
         target = sched.get_velocity(latents, noise, timesteps) if base.is_v else noise
@@ -527,7 +535,8 @@ class Trainer:
                 for j, prompt in enumerate(cfg.prompts):
                     spec = SampleSpec(prompt=prompt, seed=cfg.seed + j, negative=cfg.negative_prompt,
                                       steps=cfg.steps, cfg=cfg.cfg, sampler=cfg.sampler, width=size, height=size)
-                    img = generate(self.base, spec, self.device)
+                    with autocast_for(self.device, self.dtype):  # fp16 UNet, fp32 VAE
+                        img = generate(self.base, spec, self.device)
                     crash_point("sample", step)
                     name = f"base_p{j}.png" if kind == "base" else f"step{step:06d}_p{j}.png"
                     params = a1111_parameters(spec, self.base.name,
