@@ -106,3 +106,20 @@ def test_memory_estimate_within_25_percent_of_the_measured_bench():
         e = estimate(c, device="cpu")
         err = e["peak_memory_bytes"] / r["peak_rss_bytes"] - 1
         assert abs(err) <= 0.25, (r["name"], f"{err:+.1%}")
+
+
+def test_family_read_from_a_local_checkpoint_header(tmp_path):
+    """A file named like anything: the family comes from its cross-attention width, not its name."""
+    import torch
+    from safetensors.torch import save_file
+
+    from trainer.config import load_preset
+    from trainer.estimate import family_of
+
+    cfg = load_preset("tiny-test")
+    for width, family in ((768, "sd1"), (1024, "sd2"), (2048, "sdxl")):
+        p = tmp_path / f"model-{width}.safetensors"
+        save_file({"model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight":
+                   torch.zeros(640, width)}, str(p))
+        cfg.model.base = str(p)
+        assert family_of(cfg) == family

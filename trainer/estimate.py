@@ -64,6 +64,33 @@ GC_TIME_FACTOR = 1.3      # one extra forward per block (MEASURED.md: 4.1 -> 4.6
 OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16, "lion": 4, "adafactor": 4}
 
 
+CROSS_ATTENTION_FAMILY = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+
+
+def _family_from_files(spec: str) -> str | None:
+    """The family of a local checkpoint from its cross-attention width, read from the safetensors
+    header or the diffusers UNet config (no tensor is loaded)."""
+    import json
+    from pathlib import Path
+
+    path = Path(spec).expanduser()
+    try:
+        if path.is_dir():
+            conf = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))
+            width = conf.get("cross_attention_dim")
+            width = width[0] if isinstance(width, list) else width
+            return CROSS_ATTENTION_FAMILY.get(width, "tiny" if width and width < 768 else None)
+        if path.suffix == ".safetensors" and path.is_file():
+            from trainer.formats.safetensors_io import read_header
+
+            for key, info in read_header(path).tensors.items():
+                if key.endswith("attn2.to_k.weight") and len(info["shape"]) == 2:
+                    return CROSS_ATTENTION_FAMILY.get(info["shape"][1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def family_of(cfg, family: str | None = None) -> str:
     """The estimate's family: the argument, else the config's, else what the base spec names."""
     if family:
@@ -77,6 +104,9 @@ def family_of(cfg, family: str | None = None) -> str:
         if spec.startswith(prefix):
             fam = spec.split(":")[1]
             return {"sd15": "sd1", "sd21": "sd2", "sd2-v": "sd2"}.get(fam, fam)
+    from_weights = _family_from_files(cfg.model.base)
+    if from_weights:
+        return from_weights
     if "xl" in spec:
         return "sdxl"
     if "v2" in spec or "sd2" in spec or "2-1" in spec or "2.1" in spec:
