@@ -1,0 +1,34 @@
+"""The demo's promise: training presets/demo.toml through the CLI teaches the shapes base the zkq
+stripes (concept score ≥ 0.8 on trigger prompts) while prompts without the trigger stay as they were."""
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO
+from trainer.demo import evaluate
+
+
+@pytest.mark.slow
+def test_demo_preset_teaches_the_concept_and_keeps_the_prior(tmp_path):
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "trainer", "train", str(REPO / "presets" / "demo.toml"),
+                        "--run-dir", str(run), "--quiet", "--set", "sampling.every_n_steps=0",
+                        "--set", "sampling.at_start=false"],
+                       capture_output=True, text=True, cwd=str(REPO), timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    adapter = run / "output" / "zkq-stripes.safetensors"
+    assert adapter.is_file()
+
+    base = evaluate.load_pipeline()
+    adapted = evaluate.load_adapter(evaluate.load_pipeline(), adapter)
+    base_acc = evaluate.base_accuracy(base, seed=1000)
+    m = evaluate.concept_and_prior(base, adapted, seed=1000)
+    assert m["concept_before"] <= 0.2, m
+    assert m["concept_after"] >= 0.8, m
+    # prompts without the trigger: not striped, and colour/shape as good as the base's (±2 of 24)
+    assert m["prior_striped_after"] <= 0.1, m
+    assert m["prior_colour_after"] >= base_acc["colour"] - 0.09, (m, base_acc)
+    assert m["prior_shape_after"] >= base_acc["shape"] - 0.09, (m, base_acc)
+    # 0-255 scale; measured 26.5 after this preset on a partly trained snapshot of the base
+    assert m["prior_mean_abs_diff"] <= 40.0, m
