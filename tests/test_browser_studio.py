@@ -95,7 +95,8 @@ def test_new_user_trains_stops_and_exports(world, tmp_path):
     set_number(page, "cfg-sampling-every_n_steps", 4)
     page.locator("#train-run-name input, #train-run-name textarea").first.fill("first")
     page.locator("#train-estimate-btn").click()
-    page.locator("#train-estimate").get_by_text("8 steps").wait_for(timeout=30_000)
+    page.locator("#train-estimate").get_by_text("8 steps ·").wait_for(timeout=30_000)
+    assert "RAM" in page.locator("#train-estimate").inner_text()  # the memory/time estimate is shown
     page.locator("#train-start").click()
     p = wait_progress(page, lambda p: p["step"] >= 1, what="moved")
     shot("training")

@@ -161,7 +161,9 @@ class Trainer:
     def run(self) -> int:
         self._install_signals()
         try:
-            return self._run()
+            code = self._run()
+            self._leave_process_group(wait=True)
+            return code
         except TrainingError as e:
             self.events.emit("error", message=str(e))
             self.events.emit("finished", status="failed", step=self.progress.step)
@@ -212,9 +214,10 @@ class Trainer:
         self.base = base
         for m in [base.unet, base.vae, *base.text_encoders]:
             m.requires_grad_(False)
-        base.to(self.device, None if self.dtype == torch.float32 else self.dtype)
         # the VAE stays fp32: SDXL's VAE overflows in fp16 (NaN latents), and with caching it runs once
-        base.vae.to(torch.float32)
+        base.vae.to(self.device)
+        for m in [base.unet, *base.text_encoders]:
+            m.to(self.device) if self.dtype == torch.float32 else m.to(self.device, self.dtype)
         self.network = build_network(base, cfg.network, total_steps=cfg.schedule.max_train_steps)
         for p in self.network.all_params():  # trainable weights in fp32 even under mixed precision
             p.data = p.data.float()
@@ -463,6 +466,18 @@ class Trainer:
                               for n in names])
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         return {n for n, f in zip(names, flags.tolist()) if f}
+
+    def _leave_process_group(self, wait: bool) -> None:
+        """Under N processes, wait until rank 0 has written the adapter, then close the process group:
+        a rank that exits with the group open can abort its peer's (gloo) connection mid-save."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            if wait:
+                dist.barrier()
+            dist.destroy_process_group()
 
     def _shard_report(self) -> None:
         """Under N processes each rank records what it trained on and a digest of its adapter, so a
