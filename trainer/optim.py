@@ -30,6 +30,10 @@ def build_optimizer(cfg: OptimizerSection, unet_params: list, te_params: list) -
             from prodigyopt import Prodigy
         except ImportError:
             raise OptimizerUnavailable("optimizer.name = prodigy needs prodigyopt: pip install prodigyopt") from None
+        # Prodigy adapts one step size for all groups: it refuses different non-zero rates, so the text
+        # encoder follows the UNet's (as in sd-scripts), or stays frozen when its rate is 0
+        for g in groups[1:]:
+            g["lr"] = groups[0]["lr"] if g["lr"] else 0.0
         return Prodigy(groups, weight_decay=wd, safeguard_warmup=True, use_bias_correction=True)
     if cfg.name == "lion":
         try:
@@ -50,5 +54,7 @@ def build_lr_scheduler(cfg: ScheduleSection, optimizer):
     kw = {}
     if cfg.scheduler == "cosine_with_restarts":
         kw["num_cycles"] = cfg.num_cycles
-    return get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
+    # diffusers' plain "constant" ignores warmup; the user asked for both
+    name = "constant_with_warmup" if cfg.scheduler == "constant" and cfg.warmup_steps else cfg.scheduler
+    return get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps,
                          num_training_steps=cfg.max_train_steps, **kw)
