@@ -385,12 +385,13 @@ class Trainer:
         while p.step < max_steps:
             t0 = time.time()
             loss_sum = 0.0
+            step_keys: list[str] = []
             for _ in range(accum):
                 epoch, bi, idx = next(it)
                 t_data = time.time()
                 batch = self.dataset.collate([self.dataset.sample(i, epoch) for i in idx])
                 self.data_seconds += time.time() - t_data
-                self.seen_keys.extend(batch.get("keys", []))
+                step_keys.extend(batch.get("keys", []))
                 loss = self._loss(batch) / accum
                 if not self._all_finite(loss):
                     self.events.emit("error", message=f"loss became {loss.item()} at step {p.step + 1}: "
@@ -407,6 +408,8 @@ class Trainer:
             self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             p.step += 1
+            if self.world > 1:  # what each rank trained on, for the shard report
+                self.seen_keys.extend(step_keys)
             crash_point("step", p.step)
             p.last_loss = loss_sum
             dt = time.time() - t0
@@ -414,7 +417,7 @@ class Trainer:
             lr = self.lr_scheduler.get_last_lr()[0]
             eta = p.eta(max_steps)
             self.events.emit("step", step=p.step, max_steps=max_steps, loss=round(loss_sum, 6), lr=lr,
-                             batch=self._digest(self.seen_keys[-accum * cfg.dataset.batch_size:]),
+                             batch=self._digest(step_keys),
                              epoch=p.epoch, it_s=round(1 / dt, 3) if dt > 0 else None,
                              eta_s=round(eta, 1) if eta is not None else None)
             if self.tb:
