@@ -34,9 +34,3 @@ def encode_text(base, captions: list[str], clip_skip: int = 1, device="cpu", enc
         final_ln = inner.text_model.final_layer_norm if hasattr(inner, "text_model") else inner.final_layer_norm
         h = final_ln(h)
     return {"encoder_hidden_states": h}
-
-
-def sdxl_time_ids(height: int, width: int, batch: int, device="cpu", dtype=torch.float32) -> torch.Tensor:
-    # original size, crop top-left, target size: images are resized to their bucket, so original = target
-    ids = torch.tensor([height, width, 0, 0, height, width], dtype=dtype, device=device)
-    return ids.unsqueeze(0).repeat(batch, 1)

@@ -13,7 +13,6 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -58,7 +57,6 @@ class Progress:
     batch_in_epoch: int = 0
     started_at: float = field(default_factory=time.time)
     step_times: list = field(default_factory=list)
-    last_loss: float = float("nan")
 
     def eta(self, max_steps: int) -> float | None:
         if not self.step_times:
@@ -145,8 +143,8 @@ class Trainer:
         self.progress = Progress()
         self.stop_requested = False
         self.tb = None
-        self.sample_count = 0
-        self.data_seconds = self.save_seconds = 0.0  # where the wall time goes (bench/, the finished event)
+        # where the wall time goes (bench/, the finished event)
+        self.data_seconds = self.save_seconds = self.cache_seconds = self.sample_seconds = 0.0
 
     # ---- signals: SIGTERM / Ctrl-C request a graceful stop (save, then exit)
     def _install_signals(self) -> None:
@@ -259,7 +257,6 @@ class Trainer:
                          trainable_params=sum(p.numel() for p in self.network.all_params()),
                          startup_s=round(time.time() - t_start, 2))
         self._start_tensorboard()
-        self.started_iso = datetime.now(timezone.utc).isoformat()
 
         if cfg.sampling.at_start and self.progress.step == 0 and cfg.sampling.prompts:
             self._sample(with_base=cfg.sampling.with_base)
@@ -286,8 +283,8 @@ class Trainer:
     def _timing(self) -> dict:
         """Seconds spent per activity over this process's run (the benchmark reads them)."""
         return {k: round(v, 3) for k, v in {
-            "cache": getattr(self, "cache_seconds", 0.0), "data": self.data_seconds,
-            "sample": getattr(self, "sample_seconds", 0.0), "save": self.save_seconds,
+            "cache": self.cache_seconds, "data": self.data_seconds,
+            "sample": self.sample_seconds, "save": self.save_seconds,
             "steps": sum(self.progress.step_times)}.items()}
 
     # ---- set-up helpers
@@ -411,7 +408,6 @@ class Trainer:
             if self.world > 1:  # what each rank trained on, for the shard report
                 self.seen_keys.extend(step_keys)
             crash_point("step", p.step)
-            p.last_loss = loss_sum
             dt = time.time() - t0
             p.step_times.append(dt)
             lr = self.lr_scheduler.get_last_lr()[0]
@@ -565,8 +561,7 @@ class Trainer:
             finally:
                 if disabled:
                     self._set_adapters(True)
-        self.sample_count += 1
-        self.sample_seconds = getattr(self, "sample_seconds", 0.0) + time.time() - t0
+        self.sample_seconds += time.time() - t0
 
     def _set_adapters(self, enabled: bool) -> None:
         for m in [self.base.unet, *self.base.text_encoders]:
