@@ -203,3 +203,45 @@ def test_server_routes_never_serve_outside_the_data_folder(world):
     except urllib.error.HTTPError as e:
         code = e.code
     assert code == 413
+
+
+def test_generate_tab_draws_a_strength_grid_and_compares_checkpoints(world):
+    page = new_page(world)
+    shot = Shots(page, "generate_tab")
+    page.locator("#ds-upload input[type=file]").set_input_files(
+        [str(p) for p in sorted(world["imgs"].glob("cat*.png"))])
+    page.locator("#ds-import-report").get_by_text("Added").wait_for(timeout=60_000)
+    open_tab(page, "Train")
+    choose(page, "train-preset", "tiny-test")
+    page.wait_for_function("document.querySelector('#train-base input').value.includes('Tiny')", timeout=30_000)
+    set_number(page, "cfg-schedule-max_train_steps", 6)
+    set_number(page, "cfg-sampling-every_n_steps", 0)
+    set_number(page, "cfg-saving-every_n_steps", 3)  # a checkpoint at step 3, the final adapter at 6
+    page.locator("#train-run-name input, #train-run-name textarea").first.fill("gridrun")
+    page.locator("#train-start").click()
+    page.locator("#train-run-label").get_by_text("gridrun").first.wait_for(timeout=60_000)
+    wait_progress(page, lambda p: p["state"] in ("finished", "failed", "stopped"), what="ended")
+    assert progress(page)["state"] == "finished", page.locator("#train-problems").inner_text()
+
+    open_tab(page, "Generate")
+    page.get_by_role("button", name="Refresh runs").click()
+    choose(page, "gen-run", "gridrun")
+    page.locator("#gen-prompt textarea").fill("a photo of a sks cat")
+    page.locator("#gen-grid").click()
+    gallery = page.locator("#gen-gallery")
+    # one adapter × strengths 0, 0.5, 1 (the tab's default)
+    page.wait_for_function("document.querySelectorAll('#gen-gallery img').length >= 3", timeout=300_000)
+    text = gallery.inner_text()
+    for s in ("strength 0.0", "strength 0.5", "strength 1.0"):
+        assert s in text, text
+    shot("grid")
+
+    page.locator("#gen-ckpts").click()
+    page.wait_for_function("[...document.querySelectorAll('#gen-gallery img')].length == 2"
+                           " && document.querySelector('#gen-gallery').innerText.includes('-step000003')",
+                           timeout=300_000)
+    shot("checkpoints")
+    # what the page shows was written by the trainer inside this run's folder
+    runs = list((world["data"] / "runs").glob("*/generate/*/*.png"))
+    assert len(runs) >= 5, runs
+    page.context.close()
