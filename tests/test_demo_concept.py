@@ -30,5 +30,15 @@ def test_demo_preset_teaches_the_concept_and_keeps_the_prior(tmp_path):
     assert m["prior_striped_after"] <= 0.1, m
     assert m["prior_colour_after"] >= base_acc["colour"] - 0.09, (m, base_acc)
     assert m["prior_shape_after"] >= base_acc["shape"] - 0.09, (m, base_acc)
-    # 0-255 scale; measured 26.5 after this preset on a partly trained snapshot of the base
-    assert m["prior_mean_abs_diff"] <= 40.0, m
+    # same seed, same prompt: the adapter may nudge the base's picture but not replace it. Yardstick: the
+    # distance between the base's own pictures at two seeds (a different picture of the same prompt).
+    # Measured (0-255 scale): 27.6 against 48.8, a ratio of 0.57; a rate of 2e-3 gave 0.85.
+    assert m["prior_mean_abs_diff"] <= 0.7 * m["base_seed_to_seed_diff"], m
+
+    # at strength 0 the adapter is there but adds exactly nothing: the base's pixels, bit for bit
+    import numpy as np
+
+    at_zero = evaluate.load_adapter(evaluate.load_pipeline(), adapter, scale=0.0)
+    prompts = evaluate.CONCEPT_PROMPTS[4:6] + ["a red circle on a white background"]
+    for a, b in zip(evaluate.sample(base, prompts, seed=7), evaluate.sample(at_zero, prompts, seed=7)):
+        assert np.array_equal(np.asarray(a), np.asarray(b))

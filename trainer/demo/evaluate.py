@@ -61,10 +61,13 @@ def concept_and_prior(base_pipe, adapted_pipe, seed: int = 1000) -> dict[str, fl
     prior_prompts = [shape_prompt(*s) for s in ATTRIBUTE_SPECS]
     base_prior, adapted_prior = sample(base_pipe, prior_prompts, seed), sample(adapted_pipe, prior_prompts, seed)
     acc = attribute_accuracy(adapted_prior, ATTRIBUTE_SPECS)
+    # the yardstick for the drift: how far the base's own images move when only the seed changes
+    other_seed = sample(base_pipe, prior_prompts, seed + 4000)
     return {"concept_before": concept_score(sample(base_pipe, CONCEPT_PROMPTS, seed)),
             "concept_after": concept_score(sample(adapted_pipe, CONCEPT_PROMPTS, seed)),
             "prior_striped_after": concept_score(adapted_prior),
             "prior_mean_abs_diff": mean_abs_difference(base_prior, adapted_prior),
+            "base_seed_to_seed_diff": mean_abs_difference(base_prior, other_seed),
             "prior_colour_after": acc["colour"], "prior_shape_after": acc["shape"]}
 
 
