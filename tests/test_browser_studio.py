@@ -216,6 +216,7 @@ def test_generate_tab_draws_a_strength_grid_and_compares_checkpoints(world):
     page.wait_for_function("document.querySelector('#train-base input').value.includes('Tiny')", timeout=30_000)
     set_number(page, "cfg-schedule-max_train_steps", 6)
     set_number(page, "cfg-sampling-every_n_steps", 0)
+    page.get_by_text("Saving", exact=True).first.click()  # its accordion starts closed
     set_number(page, "cfg-saving-every_n_steps", 3)  # a checkpoint at step 3, the final adapter at 6
     page.locator("#train-run-name input, #train-run-name textarea").first.fill("gridrun")
     page.locator("#train-start").click()
