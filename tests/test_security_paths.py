@@ -311,7 +311,7 @@ def test_handler_fields_never_leave_the_data_folder(world):
 def _paths_the_trainer_got(world) -> list[tuple[str, bool]]:
     """(field=value, inside the data folder?) for each path field of each config the fake trainer was given."""
     from trainer.config import REPO_ROOT, load_config
-    from ui.tab_train import _HUB_ID
+    from ui.tab_train import _HUB_ID, BUNDLED_DATASETS
     data = world["data"].resolve()
     out = []
     for line in (world["root"] / "argv.jsonl").read_text().splitlines():
@@ -323,7 +323,9 @@ def _paths_the_trainer_got(world) -> list[tuple[str, bool]]:
             section, name = key.split(".")
             v = getattr(getattr(cfg, section), name)
             hub_id = key == "model.base" and _HUB_ID.fullmatch(v) and not (REPO_ROOT / v).exists()
-            ok = bool(not v or v.startswith(("tiny:", "builtin:")) or hub_id or Path(v).resolve().is_relative_to(data))
+            bundled = key == "dataset.reg_path" and Path(v).resolve().is_relative_to(BUNDLED_DATASETS)
+            ok = bool(not v or v.startswith(("tiny:", "builtin:")) or hub_id or bundled
+                      or Path(v).resolve().is_relative_to(data))
             out.append((f"{key}={v[:80]}", ok))
     return out
 

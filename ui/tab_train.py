@@ -61,26 +61,34 @@ def check_base(studio: Studio, text: str) -> str:
     return str(p)
 
 
+# the datasets that ship with the project (the demo's concept and regularisation images): read-only
+# to the studio, and named repository-relative in the bundled presets ("datasets/shapes-reg")
+BUNDLED_DATASETS = Path(__file__).resolve().parent.parent / "datasets"
+
+
 def check_extra_paths(studio: Studio, cfg) -> None:
     """The form's other path fields stay inside the studio's folders too: a VAE and a start-from adapter in
-    the models folders (or a run's adapter), regularisation images in the datasets folder."""
+    the models folders (or a run's adapter), regularisation images in the datasets folder or among the
+    project's bundled datasets."""
     roots = {"model.vae": studio.model_roots, "network.init_weights": [*studio.model_roots, studio.dirs.runs],
-             "dataset.reg_path": [studio.dirs.datasets]}
+             "dataset.reg_path": [studio.dirs.datasets, BUNDLED_DATASETS]}
     for key, allowed in roots.items():
         section, name = key.split(".")
         text = getattr(getattr(cfg, section), name).strip()
         if not text:
             continue
+        p = Path(text).expanduser()
+        candidates = []
         for root in allowed:
-            try:
-                p = Path(text).expanduser()
-                found = inside(root, p if p.is_absolute() else root / p)
-            except (UnsafePath, OSError, ValueError):
-                continue
-            setattr(getattr(cfg, section), name, str(found))
-            break
-        else:
+            for base in ([root, root.parent] if root == BUNDLED_DATASETS else [root]):
+                try:
+                    candidates.append(inside(root, p if p.is_absolute() else base / p))
+                except (UnsafePath, OSError, ValueError):
+                    continue
+        if not candidates:
             raise ConfigError(f"{key}: {text[:200]} must be inside {', '.join(str(r) for r in allowed)}")
+        # an existing folder wins; otherwise the first reading, so the trainer's error names it
+        setattr(getattr(cfg, section), name, str(next((c for c in candidates if c.exists()), candidates[0])))
 
 
 def user_presets(studio: Studio) -> list[str]:
