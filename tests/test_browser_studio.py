@@ -157,15 +157,19 @@ def test_new_user_trains_stops_and_exports(world, tmp_path):
     assert check.returncode == 0, check.stdout + check.stderr
 
 
-def test_failing_training_is_shown_as_failed(world):
-    page = new_page(world)
-    shot = Shots(page, "failing_run")
+def upload_cats_and_pick_tiny_preset(page, world):
     page.locator("#ds-upload input[type=file]").set_input_files(
         [str(p) for p in sorted(world["imgs"].glob("cat*.png"))])
     page.locator("#ds-import-report").get_by_text("Added").wait_for(timeout=60_000)
     open_tab(page, "Train")
     choose(page, "train-preset", "tiny-test")
     page.wait_for_function("document.querySelector('#train-base input').value.includes('Tiny')", timeout=30_000)
+
+
+def test_failing_training_is_shown_as_failed(world):
+    page = new_page(world)
+    shot = Shots(page, "failing_run")
+    upload_cats_and_pick_tiny_preset(page, world)
     choose(page, "train-base", "corrupt.safetensors")
     page.locator("#train-run-name input, #train-run-name textarea").first.fill("broken")
     page.locator("#train-start").click()
@@ -208,12 +212,7 @@ def test_server_routes_never_serve_outside_the_data_folder(world):
 def test_generate_tab_draws_a_strength_grid_and_compares_checkpoints(world):
     page = new_page(world)
     shot = Shots(page, "generate_tab")
-    page.locator("#ds-upload input[type=file]").set_input_files(
-        [str(p) for p in sorted(world["imgs"].glob("cat*.png"))])
-    page.locator("#ds-import-report").get_by_text("Added").wait_for(timeout=60_000)
-    open_tab(page, "Train")
-    choose(page, "train-preset", "tiny-test")
-    page.wait_for_function("document.querySelector('#train-base input').value.includes('Tiny')", timeout=30_000)
+    upload_cats_and_pick_tiny_preset(page, world)
     set_number(page, "cfg-schedule-max_train_steps", 6)
     set_number(page, "cfg-sampling-every_n_steps", 0)
     page.get_by_text("Saving", exact=True).first.click()  # its accordion starts closed
