@@ -231,7 +231,7 @@ def run_bench(models=("tiny", "sd15", "sdxl"), out_dir: str | Path = HERE / "res
         "results": results, "notes": notes or [],
     }
     out.mkdir(parents=True, exist_ok=True)
-    from trainer.atomic import atomic_write_bytes
+    from trainer.run.atomic import atomic_write_bytes
 
     atomic_write_bytes(out / "cpu.json", json.dumps(report, indent=1).encode())
     md = markdown(report)
@@ -257,7 +257,7 @@ def estimate_row(r: dict) -> dict:
 
 def recheck(out_dir: str | Path = HERE / "results") -> dict:
     """Recompute the estimate columns of a stored cpu.json with today's trainer/estimate.py (no training)."""
-    from trainer.atomic import atomic_write_bytes
+    from trainer.run.atomic import atomic_write_bytes
 
     out = Path(out_dir)
     report = json.loads((out / "cpu.json").read_text())

@@ -156,7 +156,7 @@ def run_bench(tiny: bool = False, out_dir: str | Path = HERE / "results", work: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = "gpu-tiny" if tiny else "gpu"
-    from trainer.atomic import atomic_write_bytes
+    from trainer.run.atomic import atomic_write_bytes
 
     atomic_write_bytes(out / f"{stem}.json", json.dumps(report, indent=1).encode())
     md = markdown(report)

@@ -151,7 +151,7 @@ def _peaks() -> dict:
 def child_ours(config: str, run_dir: str, result: str) -> int:
     t0 = time.time()
     from trainer.config import load_config
-    from trainer.loop import Trainer
+    from trainer.train.loop import Trainer
 
     cfg = load_config(config)
     trainer = Trainer(cfg, Path(run_dir), quiet=True)
@@ -179,7 +179,7 @@ def floor_unet(spec: dict):
 
     from trainer.config import NetworkSection
     from trainer.models.base import Base
-    from trainer.network import build_network
+    from trainer.adapter.network import build_network
 
     model = spec["model"]
     if model.startswith("tiny:"):

@@ -16,9 +16,9 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from trainer.atomic import atomic_write_bytes  # noqa: E402
+from trainer.run.atomic import atomic_write_bytes  # noqa: E402
 from trainer.models.random_arch import build_random  # noqa: E402
-from trainer.quantize import quantize_nf4  # noqa: E402
+from trainer.adapter.quantize import quantize_nf4  # noqa: E402
 
 MiB = 2 ** 20
 

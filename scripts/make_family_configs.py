@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trainer.atomic import atomic_write_text  # noqa: E402
+from trainer.run.atomic import atomic_write_text  # noqa: E402
 
 OUT = ROOT / "trainer" / "assets" / "configs"
 TOKENIZER_SRC = ROOT / "trainer" / "assets" / "clip_tokenizer"

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from trainer.atomic import atomic_write_text  # noqa: E402
+from trainer.run.atomic import atomic_write_text  # noqa: E402
 from trainer.demo import shapes  # noqa: E402
 
 

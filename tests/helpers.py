@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
+LORA_KEYS = REPO / "trainer" / "assets" / "lora_keys"  # the expected kohya names, shipped with the project
 
 
 def make_dataset(folder: Path, n: int = 4, size: int = 64, seed: int = 0, caption: str = "a sks shape") -> Path:
@@ -60,7 +60,7 @@ def events(run_dir: Path) -> list[dict]:
 
 def expected_rows(tsv: str, target: str = "default") -> dict[str, tuple[int, ...]]:
     rows = {}
-    for line in (SHARED / "lora_keys" / tsv).read_text().splitlines()[1:]:
+    for line in (LORA_KEYS / tsv).read_text().splitlines()[1:]:
         name, kind, shape, tgt = line.split("\t")
         if tgt == target:
             rows[name] = tuple(int(x) for x in shape.split("x"))

@@ -8,7 +8,7 @@ import pytest
 
 from tests.helpers import make_dataset
 from trainer.config import load_preset
-from trainer.loop import EXIT_OK, Trainer
+from trainer.train.loop import EXIT_OK, Trainer
 
 
 class HookedTrainer(Trainer):

@@ -100,7 +100,7 @@ def test_failed_save_keeps_previous_state_and_reports(tmp_path):
     assert ev[-1]["status"] == "failed"
     err = next(e for e in ev if e["type"] == "error")
     assert "No space left" in err["message"] and "intact" in err["message"]
-    from trainer.state import latest_state, load_state
+    from trainer.run.state import latest_state, load_state
 
     state = latest_state(tmp_path / "run" / "checkpoints")
     assert state is not None and state.name == "step-00000002"
@@ -113,7 +113,7 @@ def test_low_disk_is_refused_before_training(tmp_path, monkeypatch):
     from collections import namedtuple
 
     from trainer.config import load_config
-    from trainer.loop import Trainer
+    from trainer.train.loop import Trainer
 
     data = make_dataset(tmp_path / "data", n=2)
     cfg = load_config(write_config(tmp_path / "run", **{"dataset.path": str(data), "sampling.prompts": []}))

@@ -51,7 +51,7 @@ def test_parameter_counts_match_the_real_architectures(family):
     """Built on the meta device (no memory): base sizes and LoRA sizes as peft really injects them."""
     from trainer.models.base import Base
     from trainer.models.random_arch import build_random
-    from trainer.network import build_network
+    from trainer.adapter.network import build_network
 
     parts = ("unet", "vae", "text_encoder") + (("text_encoder_2",) if family == "sdxl" else ())
     built = build_random(family, parts)
@@ -69,7 +69,7 @@ def test_parameter_counts_match_the_real_architectures(family):
 
 def test_tiny_parameter_count_matches_the_built_network():
     from trainer.models.tiny import build_tiny
-    from trainer.network import build_network
+    from trainer.adapter.network import build_network
 
     c = cfg(**{"network.rank": 4})
     net = build_network(build_tiny("sd1"), c.network)

@@ -15,7 +15,7 @@ from trainer.formats.save import save_tensors
 from trainer.models.base import Base
 from trainer.models.random_arch import build_random
 from trainer.models.tiny import build_tiny
-from trainer.network import build_network
+from trainer.adapter.network import build_network
 
 
 def real_sd1_export():
@@ -101,7 +101,7 @@ def test_tiny_export_passes_with_base_and_dora_clients_reported(tmp_path):
     rep = check_file(path, base=build_tiny("sdxl"))
     assert rep.reference == "derived from the base model"
     assert {f.code for f in rep.findings if f.severity == "error"} == set(), rep.text()
-    from trainer.dora import compatibility
+    from trainer.adapter.dora import compatibility
 
     assert rep.dora_clients == {**{c: ok for c, (ok, _) in compatibility("out").items()}, "LoRA Atelier": True}
     assert rep.dora_clients["a1111"] is False and rep.dora_clients["diffusers"] is False

@@ -11,7 +11,7 @@ from trainer.formats.kohya_export import kohya_tensors
 from trainer.models.base import Base
 from trainer.models.random_arch import build_random
 from trainer.models.tiny import build_tiny
-from trainer.network import build_network
+from trainer.adapter.network import build_network
 
 
 def real_base(family):

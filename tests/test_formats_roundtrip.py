@@ -10,7 +10,7 @@ from trainer.formats.kohya_import import KohyaImportError, apply_kohya, load_koh
 from trainer.formats.probe import text_states, unet_output
 from trainer.formats.save import save_tensors
 from trainer.models.tiny import build_tiny
-from trainer.network import build_network, set_adapter_scale
+from trainer.adapter.network import build_network, set_adapter_scale
 
 
 def adapted(family, **kw):
@@ -223,7 +223,7 @@ def test_hand_written_kohya_file_imports_like_diffusers(family, writer, tmp_path
 def test_adalora_exports_its_pruned_per_module_ranks(tmp_path):
     from peft import AdaLoraConfig, inject_adapter_in_model
 
-    from trainer.network import UNET_ATTENTION
+    from trainer.adapter.network import UNET_ATTENTION
 
     base = build_tiny("sd1")
     inject_adapter_in_model(AdaLoraConfig(init_r=4, target_r=2, lora_alpha=8, target_modules=UNET_ATTENTION,

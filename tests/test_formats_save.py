@@ -18,7 +18,7 @@ from trainer.formats.metadata import MetadataError, build_metadata
 from trainer.formats.meta_edit import edit_metadata
 from trainer.formats.save import save_adapter
 from trainer.models.tiny import build_tiny
-from trainer.network import build_network
+from trainer.adapter.network import build_network
 
 
 def png_bytes(color=(200, 30, 30)):

@@ -5,9 +5,9 @@ import torch
 
 from tests.helpers import make_dataset, write_config
 from trainer.config import load_config
-from trainer.loop import Trainer
+from trainer.train.loop import Trainer
 from trainer.models.tiny import build_tiny
-from trainer.network import adapted_modules, build_network
+from trainer.adapter.network import adapted_modules, build_network
 from trainer.config import NetworkSection
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from trainer.config import OptimizerSection, ScheduleSection
-from trainer.optim import build_lr_scheduler, build_optimizer
+from trainer.train.optim import build_lr_scheduler, build_optimizer
 
 
 @pytest.mark.parametrize("name", ["adamw", "adamw8bit", "prodigy", "lion", "adafactor"])

@@ -3,7 +3,7 @@ import torch
 
 from tests.helpers import make_dataset, write_config
 from trainer.config import load_config
-from trainer.loop import Trainer
+from trainer.train.loop import Trainer
 
 
 def _cfg(tmp_path, name, data):

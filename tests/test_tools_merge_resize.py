@@ -13,7 +13,7 @@ from trainer.formats.kohya_import import apply_kohya, read_kohya
 from trainer.formats.probe import text_states, unet_output
 from trainer.formats.save import save_tensors
 from trainer.models.tiny import build_tiny
-from trainer.network import build_network
+from trainer.adapter.network import build_network
 from trainer.tools.merge import merge_into, save_merged
 from trainer.tools.resize import ResizeError, resize_file
 

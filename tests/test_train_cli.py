@@ -13,7 +13,7 @@ ORDER = ["started", "step", "finished"]
 def _tiny_expected_names(family: str, text_encoder: bool) -> set[str]:
     """The default targets of the tiny model, named by the same rules as lora_keys/sd15.tsv."""
     from trainer.models.tiny import build_tiny
-    from trainer.network import TEXT_ENCODER, UNET_ATTENTION, matches
+    from trainer.adapter.network import TEXT_ENCODER, UNET_ATTENTION, matches
 
     b = build_tiny(family)
     names = {"lora_unet_" + n.replace(".", "_") for n, _ in b.unet.named_modules() if matches(UNET_ATTENTION, n)}

@@ -5,7 +5,7 @@ import torch
 
 from tests.helpers import make_dataset, write_config
 from trainer.config import load_config
-from trainer.loop import Trainer
+from trainer.train.loop import Trainer
 from trainer.models.tiny import build_tiny
 from tests.test_lora_math import _unet_out
 

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from trainer.config import ConfigError, NetworkSection, from_dict, load_preset
-from trainer.dora import col_norm, merge_a1111, merge_comfyui, merge_lycoris, row_norm
+from trainer.adapter.dora import col_norm, merge_a1111, merge_comfyui, merge_lycoris, row_norm
 from trainer.formats.probe import unet_output
 from trainer.models.tiny import build_tiny
-from trainer.network import adapted_modules, build_network, disable_adapters, effective_weight
-from trainer.quantize import quantize_nf4
+from trainer.adapter.network import adapted_modules, build_network, disable_adapters, effective_weight
+from trainer.adapter.quantize import quantize_nf4
 
 EXACT = {
     "lora": {}, "locon": {"conv": True}, "dora-out": {"use_dora": True, "conv": True},
@@ -118,7 +118,7 @@ def test_presets_use_the_variants():
 
 
 def test_quantize_refuses_a_model_without_linear():
-    from trainer.quantize import QuantizeError
+    from trainer.adapter.quantize import QuantizeError
 
     with pytest.raises(QuantizeError, match="no Linear"):
         quantize_nf4(torch.nn.Sequential(torch.nn.Conv2d(2, 2, 1)), "cpu")

@@ -17,15 +17,15 @@ import torch
 
 from tests.helpers import events, make_dataset, write_config
 from trainer.config import load_config
-from trainer.dora import kohya_delta, merge_a1111, merge_comfyui, merge_lycoris
+from trainer.adapter.dora import kohya_delta, merge_a1111, merge_comfyui, merge_lycoris
 from trainer.formats.check import check_file
 from trainer.formats.kohya_import import apply_kohya, read_kohya
 from trainer.formats.names import adapted_sites
 from trainer.formats.probe import unet_output
-from trainer.loop import EXIT_OK, Trainer
+from trainer.train.loop import EXIT_OK, Trainer
 from trainer.models.tiny import build_tiny
-from trainer.network import effective_weight
-from trainer.quantize import quantize_nf4
+from trainer.adapter.network import effective_weight
+from trainer.adapter.quantize import quantize_nf4
 
 STEPS = 6
 VARIANTS = {
@@ -165,7 +165,7 @@ def test_dora_file_as_each_client_applies_it(axis, tmp_path, data):
     for client, rule in rules.items():
         worst[client] = max((merged - eff).abs().max().item() for _, merged, eff in file_weights(trainer, path, rule))
     print(f"DoRA axis {axis}: worst |client W' − trained W'| {worst}")
-    from trainer.dora import compatibility
+    from trainer.adapter.dora import compatibility
 
     for client, (ok, _) in compatibility(axis).items():
         if client in worst:

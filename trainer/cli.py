@@ -28,7 +28,7 @@ def _train(argv: list[str]) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     if a.run_dir or a.overrides or a.preset:
         save_config(cfg, run_dir / "config.toml") if not (run_dir / "config.toml").exists() else None
-    from trainer.loop import train
+    from trainer.train.loop import train
 
     return train(cfg, run_dir, resume=a.resume, quiet=a.quiet)
 
@@ -61,7 +61,7 @@ COMMANDS = {
     "meta": _lazy("trainer.formats.meta_edit"),
     "merge": _lazy("trainer.tools.merge"),
     "resize": _lazy("trainer.tools.resize"),
-    "generate": _lazy("trainer.generate"),
+    "generate": _lazy("trainer.tools.generate"),
     "doctor": _lazy("trainer.data.doctor_cli"),
 }
 

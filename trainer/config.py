@@ -14,7 +14,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 
-from trainer.atomic import atomic_write_bytes
+from trainer.run.atomic import atomic_write_bytes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PRESETS_DIR = REPO_ROOT / "presets"
@@ -221,7 +221,7 @@ class TrainConfig(BaseModel):
             raise ValueError("network.loftq needs network.quantize_base = 'nf4'")
         if not (self.network.train_unet or self.network.train_text_encoder):
             raise ValueError("network: train_unet or train_text_encoder must be on")
-        from trainer.network_rules import network_problems, schedule_problems
+        from trainer.adapter.rules import network_problems, schedule_problems
 
         problems = network_problems(self.network) + schedule_problems(self.network, self.schedule.max_train_steps)
         if problems:

@@ -41,8 +41,8 @@ CPU_PROCESS_BYTES = 0.56e9         # python + torch + diffusers + transformers +
 # activation bytes held for backward, per latent pixel of one sample, fp32, gradient checkpointing off
 CPU_ACT_BYTES_PER_LATENT_PX = {"sd1": 1.02e6, "sd2": 1.02e6, "sdxl": 2.03e6, "tiny": 2.0e4}
 # speed is not: the bench ran 1 thread on a 2-core machine shared by several jobs (3-10x slower than idle).
-# The figures below are for an idle 2-core machine: SD1.5 3.6-4.1 s/step at 256 px (../shared/MEASURED.md),
-# SDXL from the SD1.5:SDXL ratio of the bench's floors (1.27), tiny 50 ms/step at batch 2 (MEASURED.md).
+# The figures below are for an idle 2-core machine: SD1.5 3.6-4.1 s/step at 256 px (measured in an earlier session, bench/results/cpu.md),
+# SDXL from the SD1.5:SDXL ratio of the bench's floors (1.27), tiny 50 ms/step at batch 2 (measured likewise).
 CPU_S_PER_LATENT_PX = {"sd1": 3.8e-3, "sd2": 3.9e-3, "sdxl": 4.8e-3, "tiny": 2.5e-5}
 CPU_STEP_OVERHEAD_S = 0.01
 CPU_CALIBRATION = ("memory measured on this project's 2-core machines; speed for an idle machine "
@@ -56,10 +56,10 @@ CUDA_STEP_OVERHEAD_S = 0.02
 CUDA_FP32_SLOWDOWN = 2.5
 CUDA_CALIBRATION = "unmeasured: public figures for a 24 GB consumer GPU (RTX 4090 class)"
 
-GC_MEMORY_FACTOR = 0.55   # diffusers checkpoints per block: SD1.5 512 px 3.3 -> 1.9 GB activations (MEASURED.md)
+GC_MEMORY_FACTOR = 0.55   # diffusers checkpoints per block: SD1.5 512 px 3.3 -> 1.9 GB activations (measured on the 2-core machine)
 # on GPUs the public figures show a bigger saving (SDXL 1024 px LoRA: ~24 GB without, fits 12 GB with)
 GC_MEMORY_FACTOR_CUDA = 0.25
-GC_TIME_FACTOR = 1.3      # one extra forward per block (MEASURED.md: 4.1 -> 4.6 s/step at 256 px, 11-13 -> 16 at 512)
+GC_TIME_FACTOR = 1.3      # one extra forward per block (measured: 4.1 -> 4.6 s/step at 256 px, 11-13 -> 16 at 512)
 # optimizer state bytes per trainable parameter, beside the fp32 weight and its fp32 gradient
 OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16, "lion": 4, "adafactor": 4}
 

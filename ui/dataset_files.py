@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from trainer.atomic import atomic_write_bytes, atomic_write_text
+from trainer.run.atomic import atomic_write_bytes, atomic_write_text
 
 from ui.paths import inside, safe_name
 

@@ -11,7 +11,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from trainer.config import TrainConfig, load_config
-from trainer.events import CONFIG_FILE, read_events
+from trainer.run.events import CONFIG_FILE, read_events
 
 from ui.paths import UnsafePath, inside
 

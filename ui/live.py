@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.events import EventTail
+from trainer.run.events import EventTail
 
 from ui.paths import UnsafePath, inside
 

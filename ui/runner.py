@@ -13,9 +13,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from trainer.atomic import atomic_write_text
+from trainer.run.atomic import atomic_write_text
 from trainer.config import REPO_ROOT
-from trainer.events import CONFIG_FILE, FINAL_STATES, PID_FILE, read_control, run_state, write_control
+from trainer.run.events import CONFIG_FILE, FINAL_STATES, PID_FILE, read_control, run_state, write_control
 
 from ui.paths import DataDirs
 from ui.store import RunStore

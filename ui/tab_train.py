@@ -9,7 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from trainer.config import REPO_ROOT, ConfigError, load_config, load_preset, preset_names, save_config
-from trainer.events import CONFIG_FILE
+from trainer.run.events import CONFIG_FILE
 
 from ui import dataset_files as df
 from ui.context import Studio

@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
-from trainer.atomic import atomic_write_bytes
+from trainer.run.atomic import atomic_write_bytes
 from trainer.data.scan import CACHE_DIR_NAME
 
 FORMAT = "atelier-cache-v1"

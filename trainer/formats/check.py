@@ -258,7 +258,7 @@ def _check_alpha_and_values(rep: Report, path: Path, mods: dict, meta: dict) -> 
 
 
 def _dora(rep: Report, mods: dict) -> None:
-    from trainer.dora import compatibility
+    from trainer.adapter.dora import compatibility
 
     axes = set()
     for n, parts in mods.items():
@@ -275,7 +275,7 @@ def _dora(rep: Report, mods: dict) -> None:
                 "applies this file as trained")
         return
     axis = axes.pop()
-    support = compatibility(axis)  # one table of client behaviour, shared with trainer.dora's tests
+    support = compatibility(axis)  # one table of client behaviour, shared with trainer.adapter.dora's tests
     rep.dora_clients = {client: ok for client, (ok, _) in support.items()}
     rep.dora_clients["LoRA Atelier"] = True
     layout = "per output row [out, 1]" if axis == "out" else "per input column [1, in]"

@@ -2,7 +2,7 @@
 
 Real SD1.5 / SDXL: the reference tables in assets/lora_keys/*.tsv (taken from sd-scripts' naming).
 Any other UNet (the tiny test models, SD2): derived from the model itself with the same target rules
-as trainer.network, so the two can be compared in tests.
+as trainer.adapter.network, so the two can be compared in tests.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from trainer.formats.names import all_sites
 from trainer.models.base import ASSETS
-from trainer.network import TEXT_ENCODER, UNET_ATTENTION, UNET_CONV
+from trainer.adapter.network import TEXT_ENCODER, UNET_ATTENTION, UNET_CONV
 
 KEYS_DIR = ASSETS / "lora_keys"
 TABLES = {"sd15": KEYS_DIR / "sd15.tsv", "sdxl": KEYS_DIR / "sdxl.tsv"}

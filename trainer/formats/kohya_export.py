@@ -1,4 +1,4 @@
-"""peft adapters on a Base → kohya / LyCORIS tensors (../shared/LORA_FORMAT.md, "Tensors").
+"""peft adapters on a Base → kohya / LyCORIS tensors (docs/adapter-format.md, "Tensors").
 
 Every client computes W + multiplier·(alpha/dim)·ΔW with dim read from the file's own tensors, so
 `alpha` is written per module as peft's training scale × that dim: rank_pattern / alpha_pattern,
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from trainer.formats.names import Site, adapted_sites
-from trainer.network import ADAPTER
+from trainer.adapter.network import ADAPTER
 
 
 class ExportError(ValueError):
@@ -43,8 +43,8 @@ def _lora(site: Site, adapter: str) -> dict[str, torch.Tensor]:
     up = layer.lora_B[adapter].weight.detach()
     if layer.lora_B[adapter].bias is not None:
         raise ExportError(f"{n}: LoRA with a bias (lora_bias=True) has no kohya form")
-    from trainer.dora import dora_scale_tensor
-    from trainer.quantize import loftq_export_factors
+    from trainer.adapter.dora import dora_scale_tensor
+    from trainer.adapter.quantize import loftq_export_factors
 
     # a LoftQ start is the 4-bit base's correction: clients add the file to the full-precision W
     down, up = loftq_export_factors(layer, adapter, down, up)
@@ -138,7 +138,7 @@ def network_summary(base, adapter: str = ADAPTER) -> dict:
     """What the file will describe: algo, DoRA, conv modules, ranks and alphas seen."""
     sites = adapted_sites(base)
     algos = {algo_of(s.module) for s in sites.values()}
-    from trainer.dora import dora_axis
+    from trainer.adapter.dora import dora_axis
 
     axes = {dora_axis(s.module, adapter) for s in sites.values()} - {None}
     dora = bool(axes)

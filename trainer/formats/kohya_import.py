@@ -19,7 +19,7 @@ import torch
 
 from trainer.formats.names import Site, adapted_sites, all_sites, diffusers_alias
 from trainer.formats.safetensors_io import load_file_checked
-from trainer.network import ADAPTER
+from trainer.adapter.network import ADAPTER
 
 LORA_KEYS = ("lora_down.weight", "lora_up.weight")
 LOHA_KEYS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")
@@ -174,7 +174,7 @@ def _load_lora(layer, mw: ModuleWeights, adapter: str) -> bool:
     layer.r[adapter] = r
     layer.lora_alpha[adapter] = mw.alpha if mw.alpha is not None else r
     _set_scale(layer, adapter, mw.scale)
-    from trainer.dora import dora_axis
+    from trainer.adapter.dora import dora_axis
 
     if dora_axis(layer, adapter):
         _load_magnitude(layer, mw, adapter)
@@ -185,7 +185,7 @@ def _load_lora(layer, mw: ModuleWeights, adapter: str) -> bool:
 
 
 def _load_magnitude(layer, mw: ModuleWeights, adapter: str) -> None:
-    from trainer.dora import base_weight, col_norm, dora_axis, lora_delta, row_norm
+    from trainer.adapter.dora import base_weight, col_norm, dora_axis, lora_delta, row_norm
 
     mag = layer.lora_magnitude_vector[adapter].weight
     axis = dora_axis(layer, adapter)
@@ -298,7 +298,7 @@ def _inject_for(base, kf: KohyaFile) -> None:
         column_dora = False
         if algo == "lora":
             scales = [mw.tensors["dora_scale"] for _, mw in items if "dora_scale" in mw.tensors]
-            # [1, in] is A1111's per-input-column layout (trainer.dora.ColumnDora); [out, 1] is peft's
+            # [1, in] is A1111's per-input-column layout (trainer.adapter.dora.ColumnDora); [out, 1] is peft's
             column_dora = any(t.shape[0] == 1 and t.numel() > 1 for t in scales)
             config = LoraConfig(r=r0, lora_alpha=r0, use_dora=bool(scales) and not column_dora,
                                 init_lora_weights=True, **common)
@@ -310,7 +310,7 @@ def _inject_for(base, kf: KohyaFile) -> None:
             p.requires_grad_(False)
         inject_adapter_in_model(config, models[comp], adapter_name=ADAPTER)
         if column_dora:
-            from trainer.dora import attach_column_dora
+            from trainer.adapter.dora import attach_column_dora
 
             attach_column_dora(models[comp], ADAPTER)
 
@@ -318,7 +318,7 @@ def _inject_for(base, kf: KohyaFile) -> None:
 def apply_kohya(base, path, strength: float = 1.0) -> ImportReport:
     """Inject peft layers on exactly the file's modules of a base without adapters, load the file,
     and set the strength (the clients' LoRA weight)."""
-    from trainer.network import set_adapter_scale
+    from trainer.adapter.network import set_adapter_scale
 
     kf = read_kohya(path)
     if adapted_sites(base):

@@ -1,4 +1,4 @@
-"""Header metadata of an adapter: sd-scripts' ss_* set and ModelSpec 1.0.1 (../shared/LORA_FORMAT.md).
+"""Header metadata of an adapter: sd-scripts' ss_* set and ModelSpec 1.0.1 (docs/adapter-format.md).
 
 `build_metadata(cfg, facts, minimal)` turns the run's config and a plain dict of facts into the
 string→string header. Facts the training loop passes (all optional except family):

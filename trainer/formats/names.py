@@ -1,4 +1,4 @@
-"""kohya module names for the layers of a Base (../shared/LORA_FORMAT.md, "Module names").
+"""kohya module names for the layers of a Base (docs/adapter-format.md, "Module names").
 
 A kohya name is `<prefix>_<module path with "." → "_">`:
 - SD1.x/SD2.x UNet: `lora_unet_` + the diffusers path;

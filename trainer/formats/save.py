@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from trainer.atomic import atomic_write_bytes, write_new_file
+from trainer.run.atomic import atomic_write_bytes, write_new_file
 from trainer.formats import safetensors_io as sio
 from trainer.formats.kohya_export import ExportError, kohya_tensors
 from trainer.formats.metadata import HASH_KEYS, MetadataError, privacy_problems
@@ -107,7 +107,7 @@ def save_adapter(path, base, network_info, metadata: dict[str, str], dtype="fp16
                  overwrite: bool = False) -> SaveResult:
     """Export the peft adapters injected into `base` as a kohya/LyCORIS file.
 
-    network_info: the trainer.network.Network that build_network returned (or None); when given, the
+    network_info: the trainer.adapter.network.Network that build_network returned (or None); when given, the
     adapted components must match it. metadata: build_metadata(cfg, facts, minimal)."""
     if network_info is not None:
         comps = {s.component for s in adapted_sites(base).values()}

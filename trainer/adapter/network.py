@@ -1,14 +1,14 @@
 """Build the adapter on the base with peft: which modules, which method, which rank.
 
-Targets follow sd-scripts' "LoRA" preset (../shared/LORA_FORMAT.md): every Linear / 1×1 conv inside the
+Targets follow sd-scripts' "LoRA" preset (docs/adapter-format.md): every Linear / 1×1 conv inside the
 UNet's transformer blocks, and the text encoders' attention and MLP; LoCon adds the ResNet convs, time
 embeddings, shortcuts and down/upsamplers (own rank and alpha). The regexes match diffusers/transformers
 module paths.
 
-Methods: LoRA (optionally DoRA, per output row as peft has it or per input column via trainer.dora),
+Methods: LoRA (optionally DoRA, per output row as peft has it or per input column via trainer.adapter.dora),
 LoHa and LoKr (peft's LyCORIS ports), AdaLoRA (peft's SVD-form LoRA whose rank budget is pruned during
 training, through `Network.after_step`). QLoRA holds the frozen base's Linear layers in 4-bit NF4
-(trainer.quantize) before injection; LoftQ then starts A and B from the quantisation error.
+(trainer.adapter.quantize) before injection; LoftQ then starts A and B from the quantisation error.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from peft import AdaLoraConfig, LoHaConfig, LoKrConfig, LoraConfig, inject_adapt
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from trainer.config import NetworkSection
-from trainer.network_rules import network_problems
+from trainer.adapter.rules import network_problems
 
 ADAPTER = "default"
 
@@ -44,7 +44,7 @@ class Network:
     params_unet: list[torch.nn.Parameter] = field(default_factory=list)
     params_te: list[torch.nn.Parameter] = field(default_factory=list)
     dora_axis: str | None = None  # "out" / "in" when DoRA is on
-    quant: object | None = None  # trainer.quantize.QuantReport of a 4-bit base (QLoRA)
+    quant: object | None = None  # trainer.adapter.quantize.QuantReport of a 4-bit base (QLoRA)
     loftq_error: dict | None = None  # {"before": …, "after": …} relative weight error of the quantised Linears
     adalora_tuners: list = field(default_factory=list, repr=False)  # peft AdaLoraModel per adapted component
 
@@ -128,7 +128,7 @@ def _inject(model: torch.nn.Module, config, net: Network) -> list[torch.nn.Param
     else:
         inject_adapter_in_model(config, model, adapter_name=ADAPTER)
     if net.dora_axis == "in":
-        from trainer.dora import attach_column_dora
+        from trainer.adapter.dora import attach_column_dora
 
         attach_column_dora(model, ADAPTER)
     params = trainable_parameters(model)
@@ -140,7 +140,7 @@ def _inject(model: torch.nn.Module, config, net: Network) -> list[torch.nn.Param
 
 
 def _quantize(base, cfg: NetworkSection, keep_originals: bool):
-    from trainer.quantize import QuantReport, quantize_nf4
+    from trainer.adapter.quantize import QuantReport, quantize_nf4
 
     total = QuantReport()
     for model in [base.unet, *base.text_encoders]:
@@ -172,7 +172,7 @@ def build_network(base, cfg: NetworkSection, total_steps: int | None = None) -> 
             net.params_te += _inject(te, peft_config(cfg, [TEXT_ENCODER], False, total_steps), net)
             net.text_encoders.append(i)
     if cfg.loftq:
-        from trainer.quantize import loftq_initialise
+        from trainer.adapter.quantize import loftq_initialise
 
         models = ([base.unet] if cfg.train_unet else []) + [base.text_encoders[i] for i in net.text_encoders]
         net.loftq_error = loftq_initialise(models, net.quant.originals, ADAPTER)
@@ -207,7 +207,7 @@ def matches(regex: str, name: str) -> bool:
 def effective_weight(layer, adapter: str = ADAPTER) -> torch.Tensor:
     """The weight the adapted layer computes with (fp32, the base's shape): W + ΔW for LoRA, LoHa, LoKr
     and AdaLoRA, the DoRA-normalised form for DoRA, with W dequantised for a 4-bit base."""
-    from trainer.dora import ColumnDora, base_weight, dora_axis, row_norm
+    from trainer.adapter.dora import ColumnDora, base_weight, dora_axis, row_norm
 
     w = base_weight(layer)
     with torch.no_grad():
@@ -215,7 +215,7 @@ def effective_weight(layer, adapter: str = ADAPTER) -> torch.Tensor:
         if axis == "in":
             return ColumnDora.merged(layer, adapter, w)
         if hasattr(layer, "lora_A") and adapter in getattr(layer, "lora_A", {}) and not hasattr(layer, "lora_E"):
-            from trainer.dora import lora_delta
+            from trainer.adapter.dora import lora_delta
 
             delta = lora_delta(layer, adapter).float()
         else:

@@ -1,4 +1,4 @@
-"""DoRA's two norm axes, and how each client applies a `dora_scale` (../shared/LORA_FORMAT.md, "DoRA").
+"""DoRA's two norm axes, and how each client applies a `dora_scale` (docs/adapter-format.md, "DoRA").
 
 peft's DoRA (use_dora) keeps one magnitude per output row: W' = m_row · (W+ΔW) / ||W+ΔW||_row, saved as
 dora_scale [out, 1]. A1111/Forge assume one magnitude per input column, [1, in]:
@@ -49,7 +49,7 @@ def base_weight(layer) -> torch.Tensor:
 
     base = layer.get_base_layer()
     if type(base.weight).__name__ == "Params4bit":
-        from trainer.quantize import dequantized_weight
+        from trainer.adapter.quantize import dequantized_weight
 
         return dequantized_weight(base).reshape(base.out_features, base.in_features)
     return dequantize_module_weight(base).detach().float()

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from trainer.sampling import SAMPLERS, SampleSpec, a1111_parameters, generate, save_png
+from trainer.train.sampling import SAMPLERS, SampleSpec, a1111_parameters, generate, save_png
 
 
 def native_size(base) -> int:
@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
 
     from trainer.formats.kohya_import import KohyaImportError, apply_kohya
     from trainer.models.resolve import load_any
-    from trainer.network import set_adapter_scale
+    from trainer.adapter.network import set_adapter_scale
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from PIL import Image, PngImagePlugin
 
-from trainer.atomic import atomic_write_bytes
+from trainer.run.atomic import atomic_write_bytes
 
 SAMPLERS = {
     "euler": ("EulerDiscreteScheduler", {}),

@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from trainer.conditioning import encode_text
+from trainer.train.conditioning import encode_text
 from trainer.config import TrainConfig, save_config
-from trainer.events import ControlPoller, EventWriter
-from trainer.faults import crash_point
-from trainer.network import build_network, disable_adapters
-from trainer.sampling import SampleSpec, a1111_parameters, generate, save_png
-from trainer.state import clean_partial, latest_state, load_state, save_state
+from trainer.run.events import ControlPoller, EventWriter
+from trainer.run.faults import crash_point
+from trainer.adapter.network import build_network, disable_adapters
+from trainer.train.sampling import SampleSpec, a1111_parameters, generate, save_png
+from trainer.run.state import clean_partial, latest_state, load_state, save_state
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_STOPPED = 0, 1, 2, 3
 
@@ -236,7 +236,7 @@ class Trainer:
         self._check_disk()
         self._prepare_caches()
 
-        from trainer.optim import build_lr_scheduler, build_optimizer
+        from trainer.train.optim import build_lr_scheduler, build_optimizer
 
         self.optimizer = build_optimizer(cfg.optimizer, self.network.params_unet, self.network.params_te)
         self.lr_scheduler = build_lr_scheduler(cfg.schedule, self.optimizer)
@@ -600,7 +600,7 @@ class Trainer:
         return adapter
 
     def _export(self, final: bool) -> str:
-        from trainer.export import export_adapter
+        from trainer.formats.export import export_adapter
 
         name = self.cfg.saving.output_name
         stem = name if final else f"{name}-step{self.progress.step:06d}"

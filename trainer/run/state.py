@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from trainer.atomic import atomic_write_text, fsync_dir
-from trainer.faults import crash_point
+from trainer.run.atomic import atomic_write_text, fsync_dir
+from trainer.run.faults import crash_point
 
 LATEST = "latest"
 

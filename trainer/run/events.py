@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from trainer.atomic import atomic_write_text
+from trainer.run.atomic import atomic_write_text
 
 EVENTS_FILE = "events.jsonl"
 CONTROL_FILE = "control.json"

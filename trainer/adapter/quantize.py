@@ -138,7 +138,7 @@ def loftq_initialise(models: list[torch.nn.Module], originals: dict[str, torch.T
     The starting factors are kept on the layer (`_atelier_loftq0`): an export must subtract them, since
     clients add the file to the full-precision W, not to the 4-bit one.
     Returns the relative Frobenius error of the quantised weights before and after."""
-    from trainer.dora import col_norm, dora_axis, row_norm
+    from trainer.adapter.dora import col_norm, dora_axis, row_norm
 
     err_before = err_after = total = 0.0
     n = 0

@@ -1,0 +1,1 @@
+"""The training step's parts: the loop, optimizer and schedule, conditioning, previews."""
