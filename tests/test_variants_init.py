@@ -5,7 +5,7 @@ import torch
 
 from trainer.config import ConfigError, NetworkSection, from_dict, load_preset
 from trainer.adapter.dora import col_norm, merge_a1111, merge_comfyui, merge_lycoris, row_norm
-from trainer.formats.probe import unet_output
+from tests.probe import unet_output
 from trainer.models.tiny import build_tiny
 from trainer.adapter.network import adapted_modules, build_network, disable_adapters, effective_weight
 from trainer.adapter.quantize import quantize_nf4

@@ -21,7 +21,7 @@ from trainer.adapter.dora import kohya_delta, merge_a1111, merge_comfyui, merge_
 from trainer.formats.check import check_file
 from trainer.formats.kohya_import import apply_kohya, read_kohya
 from trainer.formats.names import adapted_sites
-from trainer.formats.probe import unet_output
+from tests.probe import unet_output
 from trainer.train.loop import EXIT_OK, Trainer
 from trainer.models.tiny import build_tiny
 from trainer.adapter.network import effective_weight
