@@ -49,7 +49,11 @@ def test_loftq_start_is_closer_to_the_full_precision_base():
     err_loftq = ((unet_output(loftq) - target).norm() / target.norm()).item()
     print(f"step-0 UNet output vs fp base: QLoRA {err_plain:.4f}, LoftQ {err_loftq:.4f}; "
           f"weights {net.loftq_error}")
-    assert err_loftq < err_plain
+    # The probe runs 4-bit layers unpacked (tests/probe.py), so these are the same numbers on AVX2 and
+    # AVX512 CPUs up to fp32 summation order (~1e-6 relative). Measured: LoftQ 0.0465 vs QLoRA 0.0476
+    # (2.3% lower, rank 4, tiny SD1); a 1% margin is far above rounding and leaves half the gain unasserted.
+    assert err_loftq < 0.99 * err_plain
+    # per layer, the rank-r SVD of the residual removes its r largest singular values: strictly lower
     assert net.loftq_error["after"] < net.loftq_error["before"]
 
 

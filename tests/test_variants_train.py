@@ -97,6 +97,9 @@ def test_variant_trains_exports_and_loads_back(variant, tmp_path, data):
     path = files[0]
     quantized = "network.quantize_base" in sets
     loftq = "network.loftq" in sets
+    if quantized:  # the tiny model's narrow layers stay in full precision, and the run says how many
+        kept = [e for e in ev if e["type"] == "warning" and e.get("kept_linear")]
+        assert len(kept) == 1 and kept[0]["kept_linear"] == trainer.network.quant.kept_linear > 0, kept
 
     # `trainer check` against the names and shapes this base expects
     rep = check_file(path, base=build_tiny("sd1"))

@@ -12,10 +12,10 @@ from PIL.PngImagePlugin import PngInfo
 
 from trainer.config import TrainConfig, load_config
 from trainer.formats import infotext
+from trainer.models.spec import display_name
 from trainer.run.events import CONFIG_FILE, read_events
 
 from ui.paths import UnsafePath, inside
-
 
 
 def run_config(run_dir: Path) -> TrainConfig:
@@ -63,7 +63,7 @@ def a1111_parameters(cfg: TrainConfig, sample: dict, lora_name: str, width: int,
     s = cfg.sampling
     return infotext.a1111_parameters(sample.get("prompt", ""), negative=s.negative_prompt, steps=s.steps,
                                      sampler=s.sampler, guidance_scale=s.guidance_scale, seed=sample.get("seed"),
-                                     width=width, height=height, model_name=Path(cfg.model.base).name,
+                                     width=width, height=height, model_name=display_name(cfg.model.base),
                                      lora=(lora_name, 1.0))
 
 

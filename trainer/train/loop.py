@@ -20,14 +20,14 @@ from trainer.config import TrainConfig, save_config
 from trainer.formats.export import RunFacts, export_adapter
 from trainer.run.events import ControlPoller, EventWriter
 from trainer.run.faults import crash_point
-from trainer.run.state import clean_partial, latest_state, load_state, save_state
-from trainer.train import setup
+from trainer.run.state import clean_partial, latest_state, save_state
+from trainer.train import checkpoints, setup
 from trainer.train.conditioning import encode_text
 from trainer.train.loss import diffusion_loss, draw_noise, prediction_target
 from trainer.train.previews import Previews
 from trainer.train.processes import Processes
 from trainer.train.setup import TrainingError, autocast_for  # noqa: F401 (TrainingError: part of this API)
-from trainer.train.timing import Progress, Timing
+from trainer.train.timing import Progress, StepDisplay, Timing
 
 EXIT_OK, EXIT_FAILED, EXIT_STOPPED = 0, 1, 3
 EXIT_BY_STATUS = {"finished": EXIT_OK, "failed": EXIT_FAILED, "stopped": EXIT_STOPPED}
@@ -63,7 +63,7 @@ class Trainer:
         self.progress = Progress()
         self.timing = Timing()
         self.stop_requested = False
-        self.tb = None
+        self.display = None
         self.cache_stats: dict = {}
 
     # ---- signals: SIGTERM / Ctrl-C request a graceful stop (save, then exit)
@@ -115,12 +115,14 @@ class Trainer:
                          images=self.dataset.num_images, resumed_from=self.progress.step,
                          trainable_params=sum(p.numel() for p in self.network.all_params()),
                          startup_s=round(time.time() - t_start, 2))
-        self._start_tensorboard()
+        self.display = StepDisplay(self.paths.root, cfg.schedule.max_train_steps, self.progress.step,
+                                   terminal=sys.stderr.isatty() and not self.quiet and self.procs.is_main)
         if cfg.sampling.at_start and self.progress.step == 0:
             self.previews.round(0, with_base=cfg.sampling.with_base,
                                 adapter_is_base=setup.adapter_starts_at_base(cfg))
 
         status = self._loop()
+        self.display.close()
         self.procs.report(self.paths.root, self.trainable_state())
         if status == "failed":
             self.events.emit("finished", status="failed", step=self.progress.step)
@@ -133,8 +135,6 @@ class Trainer:
         self.timing.seconds["sample"] = self.previews.seconds
         self.events.emit("finished", status=status, step=self.progress.step, adapter=adapter,
                          wall_s=round(time.time() - t_start, 2), timing=self.timing.report(self.progress))
-        if self.tb:
-            self.tb.close()
         return status
 
     def _set_up(self) -> None:
@@ -174,20 +174,11 @@ class Trainer:
         self.cache_stats = setup.prepare_caches(self.cfg, self.dataset, self.base, self.encoders, self._warn,
                                                 self._log)
 
-    def _start_tensorboard(self) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(self.paths.root / "tensorboard"))
-        except Exception:
-            self.tb = None
-
     # ---- the loop
     def _loop(self) -> str:
         cfg, p = self.cfg, self.progress
         max_steps = cfg.schedule.max_train_steps
         batches = self.procs.batches(self.dataset.epoch_batches, p.epoch, p.batch_in_epoch)
-        bar = self._progress_bar(max_steps)
         self.base.unet.train()
         for i in self.network.text_encoders:
             self.base.text_encoders[i].train()
@@ -206,14 +197,12 @@ class Trainer:
             self.procs.record(keys)
             crash_point("step", p.step)
             p.step_times.append(time.time() - t0)
-            self._report_step(loss, keys, bar)
+            self._report_step(loss, keys)
             if "stop" in commands:
                 self.stop_requested = True
                 return "stopped"
             if p.step < max_steps:
                 self._between_steps(commands)
-        if bar:
-            bar.close()
         return "finished"
 
     def _accumulate(self, batches) -> tuple[float, list[str], bool]:
@@ -263,7 +252,7 @@ class Trainer:
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _report_step(self, loss: float, keys: list[str], bar) -> None:
+    def _report_step(self, loss: float, keys: list[str]) -> None:
         p, max_steps = self.progress, self.cfg.schedule.max_train_steps
         dt, lr, eta = p.step_times[-1], self.lr_scheduler.get_last_lr()[0], p.eta(max_steps)
         # batch: a short fingerprint of what the step trained on, so a resumed run's data order can be checked
@@ -271,12 +260,7 @@ class Trainer:
                          batch=hashlib.sha256("|".join(keys).encode()).hexdigest()[:12],
                          epoch=p.epoch, it_s=round(1 / dt, 3) if dt > 0 else None,
                          eta_s=round(eta, 1) if eta is not None else None)
-        if self.tb:
-            self.tb.add_scalar("loss", loss, p.step)
-            self.tb.add_scalar("lr", lr, p.step)
-        if bar:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        self.display.update(p.step, loss, lr)
 
     def _between_steps(self, commands: set[str]) -> None:
         """Saves and previews due at this step (on schedule, or asked for from the GUI): save first."""
@@ -286,21 +270,9 @@ class Trainer:
         if "sample_now" in commands or (cfg.sampling.every_n_steps and step % cfg.sampling.every_n_steps == 0):
             self.previews.round(step)
 
-    def _progress_bar(self, max_steps: int):
-        if not sys.stderr.isatty() or self.quiet:
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=max_steps, initial=self.progress.step, unit="step", dynamic_ncols=True)
-
     # ---- saving and resuming
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        out = {}
-        for prefix, model in [("unet", self.base.unet)] + [(f"te{i}", te) for i, te in enumerate(self.base.text_encoders)]:
-            for name, prm in model.named_parameters():
-                if prm.requires_grad:
-                    out[f"{prefix}.{name}"] = prm
-        return out
+        return checkpoints.trainable_state(self.base)
 
     def _save(self, final: bool) -> str | None:
         """Resumable state, then the kohya adapter. A failed save (disk full…) leaves the previous
@@ -333,22 +305,8 @@ class Trainer:
         if state_dir is None:
             self._warn("--resume: no saved state in this run folder; starting from step 0")
             return
-        adapter, opt_sd, rng, info = load_state(state_dir)
-        params = self.trainable_state()
-        missing = set(params) - set(adapter)
-        if missing:
-            raise TrainingError(f"{state_dir.name}: the saved state does not match this network "
-                                f"({len(missing)} tensors missing, e.g. {sorted(missing)[0]})")
-        with torch.no_grad():
-            for k, prm in params.items():
-                prm.copy_(adapter[k].to(prm.device, prm.dtype))
-        self.optimizer.load_state_dict(opt_sd)
-        self.lr_scheduler.load_state_dict(info["lr_scheduler"])
-        torch.set_rng_state(rng["torch_cpu"])
-        self.noise_gen.set_state(rng["gen_noise"])
-        self.progress.step = info["step"]
-        self.progress.epoch = info["epoch"]
-        self.progress.batch_in_epoch = info["batch_in_epoch"]
+        checkpoints.restore(state_dir, self.trainable_state(), self.optimizer, self.lr_scheduler, self.noise_gen,
+                            self.progress)
         self._log(f"resumed from {state_dir.name}")
 
 

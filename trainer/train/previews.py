@@ -66,7 +66,7 @@ class Previews:
         try:
             crash_point("preview-error", step)
             with autocast_for(self.device, self.dtype):  # fp16 UNet, fp32 VAE
-                images = generate_batch(self.base, specs, self.device)
+                images = generate_batch(self.base, specs)
         finally:
             self._set_adapters(True)
         crash_point("sample", step)

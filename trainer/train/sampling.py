@@ -40,7 +40,7 @@ def make_scheduler(name: str, train_scheduler):
 
 
 @torch.no_grad()
-def generate_batch(base, specs: list[SampleSpec], device: torch.device | str = "cpu") -> list[Image.Image]:
+def generate_batch(base, specs: list[SampleSpec]) -> list[Image.Image]:
     """One image per spec from the base as it is now (adapters included), in ONE pipeline call: the
     specs share steps, guidance, sampler and size; each keeps its own prompt, negative and seed (one
     generator per image), so an image does not depend on its neighbours. Training RNG untouched."""
@@ -65,9 +65,9 @@ def generate_batch(base, specs: list[SampleSpec], device: torch.device | str = "
     return out.images
 
 
-def generate(base, spec: SampleSpec, device: torch.device | str = "cpu") -> Image.Image:
+def generate(base, spec: SampleSpec) -> Image.Image:
     """One image (see generate_batch)."""
-    return generate_batch(base, [spec], device)[0]
+    return generate_batch(base, [spec])[0]
 
 
 def a1111_parameters(spec: SampleSpec, model_name: str = "", lora: tuple[str, float] | None = None,

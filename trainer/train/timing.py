@@ -39,3 +39,35 @@ class Timing:
 
     def report(self, progress: Progress) -> dict:
         return {k: round(v, 3) for k, v in {**self.seconds, "steps": sum(progress.step_times)}.items()}
+
+
+class StepDisplay:
+    """Loss and learning rate where a person watches outside the GUI: TensorBoard (when installed) and,
+    on a terminal, a progress bar."""
+
+    def __init__(self, root, max_steps: int, start_step: int, terminal: bool):
+        self.tb = self.bar = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(root / "tensorboard"))
+        except Exception:
+            pass
+        if terminal:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=max_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, loss: float, lr: float) -> None:
+        if self.tb:
+            self.tb.add_scalar("loss", loss, step)
+            self.tb.add_scalar("lr", lr, step)
+        if self.bar:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.close()
+        if self.tb:
+            self.tb.close()
