@@ -46,3 +46,20 @@ def test_check_does_not_load_bitsandbytes(tmp_path):
     assert "bitsandbytes" not in out["loaded"]
     assert "torch" in out["loaded"]  # check reads tensors: it may load torch, just not the 4-bit library
     assert "gemm_4bit" not in err and "torchvision" not in err
+
+
+def test_train_announces_itself_before_the_heavy_imports(tmp_path):
+    """`train` writes its first event ("loading model") before it imports the training code: with that
+    code made unimportable, the event is there and torch was never loaded."""
+    from tests.helpers import events, write_config
+
+    cfg = write_config(tmp_path / "run", **{"dataset.path": str(make_dataset(tmp_path / "data", n=2))})
+    code = ("import json, sys\nsys.modules['trainer.train.loop'] = None  # importing it now fails\n"
+            "from trainer.cli import main\ntry:\n    main(['train', %r, '--quiet'])\nexcept ImportError:\n    pass\n"
+            "print(json.dumps([m for m in %r if sys.modules.get(m) is not None]))" % (str(cfg), HEAVY))
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == []
+    ev = events(tmp_path / "run")
+    assert [(e["type"], e.get("phase")) for e in ev] == [("phase", "loading model")]

@@ -9,6 +9,9 @@ def load_any(spec: str, family: str = "auto", prediction_type: str = "auto", vae
     """`tiny:<family>[:seed]` builds a tiny random model (tests, CI), `random:<family>[:seed]` the real
     architecture with random weights (benchmarks); everything else — builtin:shapes, a diffusers folder,
     a single-file checkpoint, a hub id — goes to the real loader."""
+    from trainer.imports import quiet_progress_bars
+
+    quiet_progress_bars()  # the trainer and the tools report their own progress
     parsed = parse_base(spec)
     if parsed.kind == "tiny":
         from trainer.models.tiny import build_tiny

@@ -73,10 +73,8 @@ def load_data(cfg: TrainConfig, root: Path):
 
 
 def load_model(cfg: TrainConfig):
-    from trainer.imports import quiet_progress_bars
     from trainer.models.resolve import load_any
 
-    quiet_progress_bars()
     return load_any(cfg.model.base, family=cfg.model.family, prediction_type=cfg.model.prediction_type,
                     vae=cfg.model.vae)
 
