@@ -79,7 +79,8 @@ def test_preview_and_bundle_write_the_same_infotext():
     ours = a1111_parameters(spec, "shapes", ("zkq-stripes", 1.0))
     bundle = bundle_parameters(cfg, {"prompt": spec.prompt, "seed": spec.seed}, "zkq-stripes", 64, 64)
     assert ours == bundle
-    assert ours.splitlines()[2] == f"Steps: 20, Sampler: DPM++ 2M, CFG scale: 5, Seed: {s.seed}, Size: 64x64, Model: shapes"
+    want = f"Steps: 20, Sampler: DPM++ 2M, CFG scale: 5, Seed: {s.seed}, Size: 64x64, Model: shapes"
+    assert ours.splitlines()[2] == want
     assert ours.splitlines()[0].endswith("<lora:zkq-stripes:1>")
 
 

@@ -4,7 +4,8 @@ trainer → GUI: events.jsonl, one JSON object per line, appended and flushed as
 GUI → trainer: control.json, rewritten atomically; the trainer polls it between steps.
 
 Event types: phase (what the trainer is doing before its first step: phase, done, total), started,
-step, sample, checkpoint, warning, error, finished (status: finished | stopped | failed). A reader must tolerate a half-written last line (the writer may be mid-append).
+step, sample, checkpoint, warning, error, finished (status: finished | stopped | failed). A reader must
+tolerate a half-written last line (the writer may be mid-append).
 """
 from __future__ import annotations
 
