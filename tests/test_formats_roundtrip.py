@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 from trainer.config import NetworkSection
 from trainer.formats.kohya_export import kohya_tensors
 from trainer.formats.kohya_import import KohyaImportError, apply_kohya, load_kohya_into
-from trainer.formats.probe import text_states, unet_output
+from tests.probe import text_states, unet_output
 from trainer.formats.save import save_tensors
 from trainer.models.tiny import build_tiny
 from trainer.adapter.network import build_network, set_adapter_scale

@@ -10,7 +10,7 @@ import torch
 from trainer.config import NetworkSection
 from trainer.formats.kohya_export import kohya_tensors
 from trainer.formats.kohya_import import apply_kohya, read_kohya
-from trainer.formats.probe import text_states, unet_output
+from tests.probe import text_states, unet_output
 from trainer.formats.save import save_tensors
 from trainer.models.tiny import build_tiny
 from trainer.adapter.network import build_network

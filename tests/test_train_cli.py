@@ -49,7 +49,9 @@ def test_cli_trains_tiny_sd1_and_writes_kohya_adapter(tmp_path):
     assert meta["ss_base_model_version"] == "sd_v1"
     ev = events(run)
     types = [e["type"] for e in ev]
-    assert types[0] == "started" and types[-1] == "finished" and ev[-1]["status"] == "finished"
+    # the first event comes before the heavy imports (trainer/cli.py), then the model loads
+    assert ev[0]["type"] == "phase" and ev[0]["phase"] == "loading model"
+    assert types[1] == "started" and types[-1] == "finished" and ev[-1]["status"] == "finished"
     assert [e["seq"] for e in ev] == sorted(e["seq"] for e in ev)
     steps = [e for e in ev if e["type"] == "step"]
     assert [e["step"] for e in steps] == list(range(1, 7))
@@ -57,7 +59,8 @@ def test_cli_trains_tiny_sd1_and_writes_kohya_adapter(tmp_path):
     assert any(e["type"] == "sample" and e["kind"] == "base" for e in ev)
     assert any(e["type"] == "checkpoint" for e in ev)
     samples = sorted(p.name for p in (run / "samples").glob("*.png"))
-    assert "step000000_p0.png" in samples and "step000006_p0.png" in samples
+    # step 0: the adapter equals the base (B = 0), so only the base images are drawn
+    assert "base_p0.png" in samples and "step000000_p0.png" not in samples and "step000006_p0.png" in samples
 
 
 def test_cli_reports_bad_files_and_trains_on_the_rest(tmp_path):

@@ -5,7 +5,7 @@ import torch
 
 from trainer.config import ConfigError, NetworkSection, from_dict, load_preset
 from trainer.adapter.dora import col_norm, merge_a1111, merge_comfyui, merge_lycoris, row_norm
-from trainer.formats.probe import unet_output
+from tests.probe import unet_output
 from trainer.models.tiny import build_tiny
 from trainer.adapter.network import adapted_modules, build_network, disable_adapters, effective_weight
 from trainer.adapter.quantize import quantize_nf4
@@ -49,7 +49,11 @@ def test_loftq_start_is_closer_to_the_full_precision_base():
     err_loftq = ((unet_output(loftq) - target).norm() / target.norm()).item()
     print(f"step-0 UNet output vs fp base: QLoRA {err_plain:.4f}, LoftQ {err_loftq:.4f}; "
           f"weights {net.loftq_error}")
-    assert err_loftq < err_plain
+    # The probe runs 4-bit layers unpacked (tests/probe.py), so these are the same numbers on AVX2 and
+    # AVX512 CPUs up to fp32 summation order (~1e-6 relative). Measured: LoftQ 0.0465 vs QLoRA 0.0476
+    # (2.3% lower, rank 4, tiny SD1); a 1% margin is far above rounding and leaves half the gain unasserted.
+    assert err_loftq < 0.99 * err_plain
+    # per layer, the rank-r SVD of the residual removes its r largest singular values: strictly lower
     assert net.loftq_error["after"] < net.loftq_error["before"]
 
 

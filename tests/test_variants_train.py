@@ -21,7 +21,7 @@ from trainer.adapter.dora import kohya_delta, merge_a1111, merge_comfyui, merge_
 from trainer.formats.check import check_file
 from trainer.formats.kohya_import import apply_kohya, read_kohya
 from trainer.formats.names import adapted_sites
-from trainer.formats.probe import unet_output
+from tests.probe import unet_output
 from trainer.train.loop import EXIT_OK, Trainer
 from trainer.models.tiny import build_tiny
 from trainer.adapter.network import effective_weight
@@ -97,6 +97,9 @@ def test_variant_trains_exports_and_loads_back(variant, tmp_path, data):
     path = files[0]
     quantized = "network.quantize_base" in sets
     loftq = "network.loftq" in sets
+    if quantized:  # the tiny model's narrow layers stay in full precision, and the run says how many
+        kept = [e for e in ev if e["type"] == "warning" and e.get("kept_linear")]
+        assert len(kept) == 1 and kept[0]["kept_linear"] == trainer.network.quant.kept_linear > 0, kept
 
     # `trainer check` against the names and shapes this base expects
     rep = check_file(path, base=build_tiny("sd1"))

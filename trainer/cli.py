@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from trainer.config import ConfigError, iter_fields, field_meta, load_config, load_preset, save_config
+from trainer.imports import keep_bitsandbytes_unloaded, needs_bitsandbytes, quiet_library_notes
 
 
 def _train(argv: list[str]) -> int:
@@ -28,9 +29,23 @@ def _train(argv: list[str]) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     if a.run_dir or a.overrides or a.preset:
         save_config(cfg, run_dir / "config.toml") if not (run_dir / "config.toml").exists() else None
-    from trainer.train.loop import train
+    _announce(run_dir)
+    if not needs_bitsandbytes(cfg):
+        keep_bitsandbytes_unloaded()
+    from trainer.train.loop import train  # torch, diffusers, peft: seconds
 
     return train(cfg, run_dir, resume=a.resume, quiet=a.quiet)
+
+
+def _announce(run_dir: Path) -> None:
+    """The run's first event, before the heavy imports, so the GUI shows progress within a second
+    (under torchrun only rank 0 writes the run folder)."""
+    import os
+
+    from trainer.run.events import EventWriter
+
+    if os.environ.get("RANK", "0") == "0":
+        EventWriter(run_dir).emit("phase", phase="loading model", done=0, total=0)
 
 
 def _options(argv: list[str]) -> int:
@@ -47,9 +62,12 @@ def _options(argv: list[str]) -> int:
 
 
 def _lazy(module: str):
+    """A command whose module is imported only when it runs; none of these quantise, so bitsandbytes
+    stays unloaded."""
     def run(argv: list[str]) -> int:
         import importlib
 
+        keep_bitsandbytes_unloaded()
         return importlib.import_module(module).main(argv) or 0
     return run
 
@@ -68,6 +86,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_library_notes()
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print("usage: python -m trainer {" + ",".join(COMMANDS) + "} ...", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2

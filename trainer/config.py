@@ -38,8 +38,6 @@ def opt(default: Any, label: str, help: str, *, ge: float | None = None, le: flo
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-    # group name shown in the GUI; a class attribute, not a field
-    _group: str = ""
 
 
 class ModelSection(Section):
@@ -166,12 +164,21 @@ class SamplingSection(Section):
     seed: int = opt(1234, "Preview seed", "Seed of the first prompt; the next prompts use seed+1, …", ge=0,
                     le=2**32 - 1, advanced=True)
     steps: int = opt(20, "Sampling steps", "Denoising steps per preview.", ge=1, le=150, advanced=True)
-    cfg: float = opt(7.0, "CFG scale", "Classifier-free guidance scale.", ge=1.0, le=30.0, advanced=True)
+    guidance_scale: float = opt(7.0, "CFG scale", "Classifier-free guidance scale.", ge=1.0, le=30.0,
+                                advanced=True)
     sampler: Literal["euler", "euler_a", "dpmpp_2m", "ddim"] = opt("dpmpp_2m", "Sampler", "Preview sampler.",
                                                                      advanced=True)
     size: int = opt(0, "Preview size", "Pixels per side (0 = training resolution).", ge=0, le=2048, advanced=True)
     with_base: bool = opt(True, "Base image beside previews",
                           "Also draw the base model at the same seed, to compare.", advanced=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        # run folders written before the rename say `cfg` for the guidance scale
+        if isinstance(data, dict) and "cfg" in data and "guidance_scale" not in data:
+            data = {("guidance_scale" if k == "cfg" else k): v for k, v in data.items()}
+        return data
 
 
 class SavingSection(Section):

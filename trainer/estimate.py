@@ -13,8 +13,6 @@ bench/bench_gpu.py measures them whenever a GPU is at hand; put its numbers here
 from __future__ import annotations
 
 import math
-import os
-import shutil
 
 # parameter counts of the bundled configs (trainer/assets/configs, counted from the built modules) and the
 # sum of (in + out) features over sd-scripts' default LoRA targets, so LoRA params = rank × that sum
@@ -64,29 +62,27 @@ GC_TIME_FACTOR = 1.3      # one extra forward per block (measured: 4.1 -> 4.6 s/
 OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16, "lion": 4, "adafactor": 4}
 
 
-CROSS_ATTENTION_FAMILY = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
-
-
 def _family_from_files(spec: str) -> str | None:
-    """The family of a local checkpoint from its cross-attention width, read from the safetensors
-    header or the diffusers UNet config (no tensor is loaded)."""
+    """The family of a local checkpoint, by the loader's own detector (trainer.models.detect: tensor
+    names and shapes from the safetensors header, or the diffusers configs; no tensor is loaded). A
+    diffusers folder whose UNet is narrower than SD1's is a small test model: "tiny"."""
     import json
     from pathlib import Path
+
+    from trainer.models.detect import FamilyDetectionError, detect_family, detect_family_from_folder, \
+        header_keys_and_shapes
 
     path = Path(spec).expanduser()
     try:
         if path.is_dir():
-            conf = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))
-            width = conf.get("cross_attention_dim")
+            width = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8")).get("cross_attention_dim")
             width = width[0] if isinstance(width, list) else width
-            return CROSS_ATTENTION_FAMILY.get(width, "tiny" if width and width < 768 else None)
+            if width and width < 768:
+                return "tiny"
+            return detect_family_from_folder(path)[0]
         if path.suffix == ".safetensors" and path.is_file():
-            from trainer.formats.safetensors_io import read_header
-
-            for key, info in read_header(path).tensors.items():
-                if key.endswith("attn2.to_k.weight") and len(info["shape"]) == 2:
-                    return CROSS_ATTENTION_FAMILY.get(info["shape"][1])
-    except (OSError, ValueError):
+            return detect_family(header_keys_and_shapes(path)[0])
+    except (FamilyDetectionError, OSError, ValueError):
         return None
     return None
 
@@ -97,13 +93,14 @@ def family_of(cfg, family: str | None = None) -> str:
         return "sd2" if family == "sd2-v" else family
     if cfg.model.family != "auto":
         return "sd2" if cfg.model.family == "sd2-v" else cfg.model.family
-    spec = cfg.model.base.lower()
-    if spec.startswith("tiny:") or spec.startswith("builtin:"):
+    from trainer.models.spec import parse_base
+
+    parsed = parse_base(cfg.model.base)
+    if parsed.bundled:
         return "tiny"
-    for prefix in ("random:",):
-        if spec.startswith(prefix):
-            fam = spec.split(":")[1]
-            return {"sd15": "sd1", "sd21": "sd2", "sd2-v": "sd2"}.get(fam, fam)
+    if parsed.kind == "random":
+        return "sd2" if parsed.family == "sd2-v" else parsed.family
+    spec = cfg.model.base.lower()
     from_weights = _family_from_files(cfg.model.base)
     if from_weights:
         return from_weights
@@ -115,11 +112,13 @@ def family_of(cfg, family: str | None = None) -> str:
 
 
 def pick_device(cfg, device: str | None = None) -> str:
-    want = device or cfg.precision.device
-    if want in ("cpu", "cuda", "mps"):
-        return want
-    # "auto" without importing torch: an NVIDIA device node means CUDA
-    return "cuda" if os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi") else "cpu"
+    """The trainer's rule (trainer.train.device), probed without importing torch."""
+    from trainer.train.device import DeviceUnavailable, choose_device, probe_without_torch
+
+    try:
+        return choose_device(device or cfg.precision.device, *probe_without_torch())
+    except DeviceUnavailable:
+        return "cuda"  # estimate what was asked for; the trainer refuses it at start
 
 
 def trainable_params(cfg, family: str) -> int:

@@ -11,11 +11,11 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from trainer.config import TrainConfig, load_config
+from trainer.formats import infotext
+from trainer.models.spec import display_name
 from trainer.run.events import CONFIG_FILE, read_events
 
 from ui.paths import UnsafePath, inside
-
-SAMPLER_NAMES = {"euler": "Euler", "euler_a": "Euler a", "dpmpp_2m": "DPM++ 2M", "ddim": "DDIM"}
 
 
 def run_config(run_dir: Path) -> TrainConfig:
@@ -60,11 +60,11 @@ def checkpoint_adapters(run_dir: Path) -> list[tuple[str, Path]]:
 
 
 def a1111_parameters(cfg: TrainConfig, sample: dict, lora_name: str, width: int, height: int) -> str:
-    neg = cfg.sampling.negative_prompt
-    prompt = f"{sample.get('prompt', '')} <lora:{lora_name}:1>"
-    return (f"{prompt}\nNegative prompt: {neg}\nSteps: {cfg.sampling.steps}, "
-            f"Sampler: {SAMPLER_NAMES.get(cfg.sampling.sampler, cfg.sampling.sampler)}, CFG scale: {cfg.sampling.cfg}, "
-            f"Seed: {sample.get('seed')}, Size: {width}x{height}, Model: {Path(cfg.model.base).name}")
+    s = cfg.sampling
+    return infotext.a1111_parameters(sample.get("prompt", ""), negative=s.negative_prompt, steps=s.steps,
+                                     sampler=s.sampler, guidance_scale=s.guidance_scale, seed=sample.get("seed"),
+                                     width=width, height=height, model_name=display_name(cfg.model.base),
+                                     lora=(lora_name, 1.0))
 
 
 def model_card(cfg: TrainConfig, lora_name: str, n_images: int, steps: int) -> str:

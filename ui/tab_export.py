@@ -6,6 +6,7 @@ import json
 
 import gradio as gr
 
+from trainer.models.spec import parse_base
 from ui.context import Studio
 from ui.export_bundle import adapter_path, build_bundle, run_config
 from ui.live import live
@@ -80,7 +81,7 @@ def build(studio: Studio) -> dict:
     def on_check(run_id):
         args = ["check", str(_adapter(studio, run_id)), "--json"]  # the adapter path is absolute: never an option
         base = run_config(studio.run_dir(run_id)).model.base
-        if base.startswith(("tiny:", "builtin:")):  # non-standard UNets: check against the run's own base
+        if parse_base(base).bundled:  # non-standard UNets: check against the run's own base
             args.append(f"--base={base}")
         res = run_trainer(args, timeout=300, python=studio.python)
         return check_markdown(res.code, res.stdout, res.message)

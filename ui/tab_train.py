@@ -1,7 +1,6 @@
 """Train tab: base model, preset, the generated form, estimate, start/stop/resume, live progress."""
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import gradio as gr
 import pandas as pd
 
 from trainer.config import REPO_ROOT, ConfigError, load_config, load_preset, preset_names, save_config
+from trainer.models.spec import parse_base
 from trainer.run.events import CONFIG_FILE
 
 from ui import dataset_files as df
@@ -20,7 +20,6 @@ from ui.runner import RunnerBusy, log_tail, resolve_state
 
 BUILTIN_BASES = [("Demo base (bundled shapes model)", "builtin:shapes"), ("Tiny random SD1 (tests)", "tiny:sd1")]
 MODEL_SUFFIXES = (".safetensors", ".ckpt")
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def scan_models(root: Path) -> list[tuple[str, str]]:
@@ -43,14 +42,17 @@ def check_base(studio: Studio, text: str) -> str:
     text = (text or "").strip()
     if not text:
         raise ConfigError("Base model: pick one")
-    if text.startswith(("builtin:", "tiny:")):
+    try:
+        kind = parse_base(text).kind  # the trainer's own grammar (trainer.models.spec)
+    except ValueError as e:
+        raise ConfigError(f"Base model: {e}") from None
+    if kind in ("builtin", "tiny", "random"):
         return text
     try:  # the trainer runs in the repository folder: a relative name there is a path, not a hub id
-        exists = Path(text).exists() or (REPO_ROOT / text).exists()
+        in_repo = (REPO_ROOT / text).exists()
     except (OSError, ValueError):  # too long, or a null byte: not a file name
-        exists = False
-    looks_like_path = text.startswith(("/", ".", "~")) or text.endswith(MODEL_SUFFIXES) or exists
-    if not looks_like_path and _HUB_ID.fullmatch(text):
+        in_repo = False
+    if kind == "hub" and not in_repo:
         return text  # hub id: the trainer downloads (or refuses offline)
     try:
         p = studio.model_path(text)

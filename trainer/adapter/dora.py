@@ -49,7 +49,7 @@ def base_weight(layer) -> torch.Tensor:
 
     base = layer.get_base_layer()
     if type(base.weight).__name__ == "Params4bit":
-        from trainer.adapter.quantize import dequantized_weight
+        from trainer.adapter.nf4 import dequantized_weight
 
         return dequantized_weight(base).reshape(base.out_features, base.in_features)
     return dequantize_module_weight(base).detach().float()
@@ -181,7 +181,6 @@ def merge_comfyui(w: torch.Tensor, delta: torch.Tensor, dora_scale: torch.Tensor
     return merged * (dora_scale / (norm + eps))
 
 
-CLIENT_MERGES = {"lycoris": merge_lycoris, "a1111": merge_a1111, "comfyui": merge_comfyui}
 # what the compatibility report says, per axis: client → (applies it as trained?, why)
 CLIENT_SUPPORT = {
     "out": {

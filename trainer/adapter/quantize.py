@@ -11,9 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-
-class QuantizeError(RuntimeError):
-    pass
+from trainer.adapter.nf4 import QuantizeError, dequantized_weight, require_bnb  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -24,6 +22,7 @@ class QuantReport:
     bytes_nf4: int = 0  # packed 4-bit codes + per-block absmax (+ its own quantisation state)
     bytes_fp16: int = 0
     bytes_kept: int = 0  # weights left unquantised (convs, embeddings, norms, biases), in their dtype
+    kept_linear: int = 0  # Linear layers of a shape the CPU 4-bit kernel cannot take, left in full precision
     originals: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # for LoftQ, then dropped
 
     @property
@@ -36,19 +35,12 @@ class QuantReport:
         self.bytes_nf4 += other.bytes_nf4
         self.bytes_fp16 += other.bytes_fp16
         self.bytes_kept += other.bytes_kept
+        self.kept_linear += other.kept_linear
 
     def summary(self) -> str:
         mib = 2 ** 20
         return (f"{self.layers} Linear layers, {self.params:,} weights: NF4 {self.bytes_nf4 / mib:.3f} MiB vs fp16 "
                 f"{self.bytes_fp16 / mib:.3f} MiB ({self.ratio:.3f}×); unquantised weights {self.bytes_kept / mib:.3f} MiB")
-
-
-def require_bnb():
-    try:
-        import bitsandbytes as bnb
-    except Exception as e:  # ImportError, or a broken native library
-        raise QuantizeError(f"network.quantize_base = 'nf4' needs bitsandbytes, which failed to import: {e}") from None
-    return bnb
 
 
 def quant_state_bytes(qs) -> int:
@@ -67,27 +59,26 @@ def linear4bit_bytes(layer) -> int:
     return w.data.numel() * w.data.element_size() + quant_state_bytes(w.quant_state)
 
 
-def dequantized_weight(layer) -> torch.Tensor:
-    """The weight a Linear4bit actually multiplies by (fp32), whatever packing the CPU kernel chose."""
-    bnb = require_bnb()
-    w = layer.weight
-    qs = w.quant_state
-    data = w.data
-    if getattr(qs, "packing_format_for_cpu", False):
-        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
-
-        data, qs = _convert_weight_packed_for_cpu_inverse(data, qs)
-    return bnb.functional.dequantize_4bit(data, qs).float()
+def fits_cpu_4bit_kernel(in_features: int, out_features: int) -> bool:
+    """Whether bitsandbytes' CPU 4-bit path can hold a Linear of this shape. On CPUs with AVX512-BF16 it
+    repacks the weight into tiles of 32 outputs and keeps one absmax per 64 inputs of a row, so other
+    shapes crash there (`shape '[128, 0]' is invalid` for in_features < 64). Applied on every CPU, so
+    that AVX2 and AVX512 machines quantise the same layers. Real SD models' Linear layers all fit."""
+    return in_features % 64 == 0 and out_features % 32 == 0
 
 
 def quantize_nf4(model: torch.nn.Module, device, compute_dtype: torch.dtype = torch.float32,
                  keep_originals: bool = False) -> QuantReport:
-    """Replace every nn.Linear of `model` by a bnb Linear4bit (NF4, double-quantised statistics) in place."""
+    """Replace every nn.Linear of `model` by a bnb Linear4bit (NF4, double-quantised statistics) in place.
+    On a CPU, layers that `fits_cpu_4bit_kernel` refuses stay in full precision (counted in kept_linear)."""
     bnb = require_bnb()
     rep = QuantReport()
-    targets = [(name, m) for name, m in model.named_modules() if type(m) is torch.nn.Linear]
-    if not targets:
+    linears = [(name, m) for name, m in model.named_modules() if type(m) is torch.nn.Linear]
+    if not linears:
         raise QuantizeError(f"{type(model).__name__}: no Linear layer to quantise")
+    on_cpu = torch.device(device).type == "cpu"
+    targets = [(n, m) for n, m in linears if not on_cpu or fits_cpu_4bit_kernel(m.in_features, m.out_features)]
+    rep.kept_linear = len(linears) - len(targets)
     for name, lin in targets:
         q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
                               compute_dtype=compute_dtype, compress_statistics=True, quant_type="nf4")
@@ -111,10 +102,6 @@ def quantize_nf4(model: torch.nn.Module, device, compute_dtype: torch.dtype = to
     # peft dispatches its bnb LoRA layers on this flag (as transformers sets it for from_pretrained(load_in_4bit))
     model.is_loaded_in_4bit = True
     return rep
-
-
-def is_quantized(model: torch.nn.Module) -> bool:
-    return bool(getattr(model, "is_loaded_in_4bit", False))
 
 
 # ---------------------------------------------------------------- LoftQ

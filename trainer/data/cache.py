@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 from safetensors import safe_open
@@ -118,38 +117,6 @@ class TensorCache:
             self.warnings.append(f"cache folder {self.dir} not writable ({e.strerror or e}); caching in memory only")
             self.dir = None
             self._mem[key] = value
-
-    def get_or_compute(self, keys: list[str], compute_fn: Callable[[list[str]], list[Tensors]]) -> list[Tensors]:
-        """Values for `keys`; compute_fn is called once, with only the missing keys (or not at all)."""
-        found = {k: self.get(k) for k in dict.fromkeys(keys)}
-        missing = [k for k, v in found.items() if v is None]
-        if missing:
-            values = compute_fn(missing)
-            if len(values) != len(missing):
-                raise ValueError(f"compute_fn returned {len(values)} values for {len(missing)} keys")
-            for k, v in zip(missing, values):
-                self.put(k, v)
-                found[k] = v
-        return [found[k] for k in keys]  # type: ignore[misc]
-
-    def prune(self, keep: Iterable[str]) -> int:
-        """Delete disk entries of this encoder that are not in `keep`; returns how many. Entries of other
-        encoders cannot be told apart by name, so only call this on a folder one encoder uses."""
-        if self.dir is None or not self.dir.is_dir():
-            return 0
-        wanted = {f"{self.entry_name(k)}.safetensors" for k in keep}
-        n = 0
-        for p in self.dir.glob("*.safetensors"):
-            if p.name not in wanted:
-                try:
-                    with safe_open(str(p), framework="pt", device="cpu") as f:
-                        if (f.metadata() or {}).get("encoder_id") != self.encoder_id:
-                            continue
-                except Exception:
-                    pass
-                p.unlink(missing_ok=True)
-                n += 1
-        return n
 
     def __len__(self) -> int:
         return len(self._mem)

@@ -99,9 +99,6 @@ class TrainDataset:
         rng.shuffle(batches)
         return batches
 
-    def num_batches(self, epoch: int = 0) -> int:
-        return len(self.epoch_batches(epoch))
-
     # ---- one sample -----------------------------------------------------------------------------
     def flip_for(self, index: int, epoch: int) -> bool:
         return bool(self.cfg.flip) and _rng("flip", self.seed, epoch, index).random() < 0.5

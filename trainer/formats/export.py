@@ -1,15 +1,55 @@
-"""From a training run to the kohya/Civitai adapter file: gather the run's facts, then hand them to
-trainer.formats, which owns key names, metadata and hashes."""
+"""From a training run to the kohya/Civitai adapter file: a small record of the run's facts, handed
+with the network to trainer.formats, which owns key names, metadata and hashes."""
 from __future__ import annotations
 
 import io
 import time
 import uuid
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclass
+class RunFacts:
+    """What an adapter file records about its run (see trainer.formats.metadata): plain values, folder
+    names, never absolute paths. `steps` and `epochs` are updated at each save."""
+    family: str
+    prediction_type: str
+    base_name: str
+    base_hash: str
+    folders: dict
+    reg_folders: dict
+    tag_frequency: dict
+    bucket_info: dict
+    num_images: int
+    num_reg_images: int
+    batches_per_epoch: int
+    num_epochs: int
+    started_at: float
+    samples_dir: Path  # where the previews are (the newest first prompt becomes the thumbnail)
+    steps: int = 0
+    epochs: int = 0
+    session_id: str = field(default_factory=lambda: str(uuid.uuid4().int % 2**31))
+
+    @classmethod
+    def of_run(cls, cfg, base, dataset, world: int, started_at: float, samples_dir: Path) -> "RunFacts":
+        batches_per_epoch = max(1, len(dataset.epoch_batches(0)) // world)
+        sched = cfg.schedule
+        return cls(family=base.family, prediction_type=base.prediction_type, base_name=base.name,
+                   base_hash=base.model_hash, folders=dataset.folders, reg_folders=dataset.reg_folders,
+                   tag_frequency=dataset.tag_frequency, bucket_info=dataset.bucket_info,
+                   num_images=sum(f["img_count"] * f["n_repeats"] for f in dataset.folders.values()),
+                   num_reg_images=dataset.num_reg_images, batches_per_epoch=batches_per_epoch,
+                   num_epochs=-(-sched.max_train_steps * sched.grad_accum // batches_per_epoch),
+                   started_at=started_at, samples_dir=Path(samples_dir))
+
+    def for_metadata(self) -> dict:
+        facts = {k: v for k, v in asdict(self).items() if k != "samples_dir"}
+        return {**facts, "finished_at": time.time(), "thumbnail_png": _thumbnail(self.samples_dir)}
 
 
 def free_path(folder: Path, stem: str, suffix: str = ".safetensors") -> Path:
@@ -23,8 +63,8 @@ def free_path(folder: Path, stem: str, suffix: str = ".safetensors") -> Path:
     return path
 
 
-def _thumbnail(trainer) -> bytes | None:
-    samples = sorted(trainer.paths.samples.glob("step*_p0.png")) if trainer.paths.samples.exists() else []
+def _thumbnail(samples_dir: Path) -> bytes | None:
+    samples = sorted(samples_dir.glob("step*_p0.png")) if samples_dir.exists() else []
     if not samples:
         return None
     from PIL import Image
@@ -37,43 +77,11 @@ def _thumbnail(trainer) -> bytes | None:
         return buf.getvalue()
 
 
-def run_facts(trainer) -> dict:
-    """What the metadata builders need (see trainer.formats.metadata), as plain values: folder names,
-    never absolute paths."""
-    ds = trainer.dataset
-    p = trainer.progress
-    batches_per_epoch = max(1, len(ds.epoch_batches(0)) // trainer.world)
-    if not hasattr(trainer, "session_id"):
-        trainer.session_id = str(uuid.uuid4().int % 2**31)
-    sched = trainer.cfg.schedule
-    return {
-        "family": trainer.base.family,
-        "prediction_type": trainer.base.prediction_type,
-        "base_name": trainer.base.name,
-        "base_hash": trainer.base.model_hash,
-        "folders": ds.folders,
-        "reg_folders": ds.reg_folders,
-        "tag_frequency": ds.tag_frequency,
-        "bucket_info": ds.bucket_info,
-        "num_images": sum(f["img_count"] * f["n_repeats"] for f in ds.folders.values()),
-        "num_reg_images": ds.num_reg_images,
-        "batches_per_epoch": batches_per_epoch,
-        "num_epochs": -(-sched.max_train_steps * sched.grad_accum // batches_per_epoch),
-        "steps": p.step,
-        "epochs": p.epoch,
-        "started_at": p.started_at,
-        "finished_at": time.time(),
-        "session_id": trainer.session_id,
-        "thumbnail_png": _thumbnail(trainer),
-    }
-
-
-def export_adapter(trainer, out_dir: Path, stem: str) -> Path:
+def export_adapter(cfg, facts: RunFacts, base, network, out_dir: Path, stem: str) -> Path:
     from trainer.formats.metadata import build_metadata
     from trainer.formats.save import save_adapter
 
-    cfg = trainer.cfg
-    metadata = build_metadata(cfg, run_facts(trainer), minimal=cfg.saving.minimal_metadata)
+    metadata = build_metadata(cfg, facts.for_metadata(), minimal=cfg.saving.minimal_metadata)
     path = free_path(out_dir, stem)
-    result = save_adapter(path, trainer.base, trainer.network, metadata, SAVE_DTYPES[cfg.saving.precision])
+    result = save_adapter(path, base, network, metadata, SAVE_DTYPES[cfg.saving.precision])
     return Path(result.path)

@@ -132,18 +132,3 @@ def kohya_tensors(base, adapter: str = ADAPTER) -> dict[str, torch.Tensor]:
         algo = algo_of(site.module)
         out.update({"lora": _lora, "loha": _loha, "lokr": _lokr}[algo](site, adapter))
     return out
-
-
-def network_summary(base, adapter: str = ADAPTER) -> dict:
-    """What the file will describe: algo, DoRA, conv modules, ranks and alphas seen."""
-    sites = adapted_sites(base)
-    algos = {algo_of(s.module) for s in sites.values()}
-    from trainer.adapter.dora import dora_axis
-
-    axes = {dora_axis(s.module, adapter) for s in sites.values()} - {None}
-    dora = bool(axes)
-    conv = [s for s in sites.values() if len(_weight_shape(s.module)) == 4
-            and tuple(_weight_shape(s.module)[2:]) != (1, 1) or "resnets" in s.path]
-    return {"algos": sorted(algos), "dora": dora, "dora_axis": next(iter(axes)) if len(axes) == 1 else None, "modules": len(sites), "conv_modules": len(conv),
-            "unet": any(s.component == "unet" for s in sites.values()),
-            "text_encoder": any(s.component != "unet" for s in sites.values())}

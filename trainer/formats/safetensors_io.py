@@ -120,17 +120,6 @@ def legacy_hash(path: str | Path) -> str:
         return hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
 
 
-def file_sha256(path: str | Path) -> str:
-    """Civitai's SHA256; its first 10 hex are AutoV2."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-# ---- the same hashes on bytes in memory (before they are written), and raw re-assembly
-
 def split_bytes(data: bytes) -> tuple[int, bytes]:
     """(header length, tensor data section) of a serialized safetensors file."""
     if len(data) < 8:

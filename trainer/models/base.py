@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+from trainer.models.spec import ASSETS
+
 FAMILIES = ("sd1", "sd2", "sd2-v", "sdxl")
 
 

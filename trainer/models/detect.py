@@ -25,7 +25,6 @@ from trainer.formats.safetensors_io import read_header
 
 FAMILY_BY_CROSS_DIM = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 _CROSS_ATTN_K = re.compile(r"(^|\.)attn2\.to_k\.weight$")
-_DIFFUSERS_PREFIXES = ("unet.", "model.diffusion_model.")
 
 
 class FamilyDetectionError(ValueError):

@@ -13,23 +13,19 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import torch
 
 from trainer.formats.safetensors_io import SafetensorsError, model_hash
-from trainer.models.base import ASSETS, FAMILIES, Base, load_clip_tokenizer
+from trainer.models.base import FAMILIES, Base, load_clip_tokenizer
 from trainer.models.detect import (FamilyDetectionError, detect_family, detect_family_from_folder,
                                    detect_prediction_type, family_name, header_keys_and_shapes)
 from trainer.models.random_arch import family_config_dir
+from trainer.models.spec import BUILTINS, PICKLE_SUFFIXES, display_name, parse_base 
 
-BUILTINS = {"builtin:shapes": ASSETS / "shapes_base"}
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-PIPELINE_CLASSES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 # Components a trainer never needs; dropping them also avoids loading anything else a folder names.
 UNUSED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class ModelLoadError(RuntimeError):
@@ -40,18 +36,6 @@ def _offline() -> bool:
     from huggingface_hub import constants
 
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-
-
-def display_name(spec: str) -> str:
-    """A name to show and to record: file or folder stem, or the hub id; never an absolute path."""
-    if spec in BUILTINS:
-        return spec.split(":", 1)[1]
-    p = Path(spec).expanduser()
-    if p.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES) or p.is_file():
-        return p.stem
-    if p.exists() or p.is_absolute() or _looks_like_path(spec) or not _HUB_ID.match(spec):
-        return p.name
-    return spec
 
 
 def _training_scheduler(config: dict, prediction_type: str):
@@ -203,11 +187,6 @@ def _load_hub(repo_id: str, family: str, prediction_type: str, dtype) -> tuple:
     return _load_folder(Path(folder), repo_id, family, prediction_type, dtype)
 
 
-def _looks_like_path(spec: str) -> bool:
-    return (spec.startswith((".", "/", "~", "\\")) or "\\" in spec or spec.count("/") != 1
-            or Path(spec).suffix.lower() in (".safetensors", *PICKLE_SUFFIXES) or ":" in spec)
-
-
 def _base_from_pipeline(pipe, family: str, pred: str, spec: str) -> Base:
     is_xl = family == "sdxl"
     encoders = [pipe.text_encoder, pipe.text_encoder_2] if is_xl else [pipe.text_encoder]
@@ -262,8 +241,9 @@ def load_base(spec: str, family: str = "auto", prediction_type: str = "auto", va
     if prediction_type not in ("auto", "", "epsilon", "v_prediction"):
         raise ModelLoadError(f"{spec}: prediction_type must be auto, epsilon or v_prediction, not {prediction_type!r}")
     model_hash_hex = ""
-    if spec.startswith("builtin:"):
-        folder = BUILTINS.get(spec)
+    parsed = parse_base(spec)
+    if parsed.kind == "builtin":
+        folder = parsed.path
         if folder is None:
             raise ModelLoadError(f"{spec}: unknown built-in model; known: {', '.join(BUILTINS)}")
         if not (folder / "model_index.json").is_file():
@@ -282,7 +262,7 @@ def load_base(spec: str, family: str = "auto", prediction_type: str = "auto", va
             pipe, fam, pred = _load_single_file(path, family, prediction_type, dtype, resolution, config_dir)
             if suffix == ".safetensors":
                 model_hash_hex = model_hash(path)
-        elif _looks_like_path(spec) or not _HUB_ID.match(spec):
+        elif parsed.kind != "hub":
             raise ModelLoadError(f"{spec}: no such file or folder")
         else:
             pipe, fam, pred = _load_hub(spec, family, prediction_type, dtype)

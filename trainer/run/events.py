@@ -3,8 +3,9 @@
 trainer → GUI: events.jsonl, one JSON object per line, appended and flushed as they happen.
 GUI → trainer: control.json, rewritten atomically; the trainer polls it between steps.
 
-Event types: started, step, sample, checkpoint, warning, error, finished (status: finished | stopped |
-failed). A reader must tolerate a half-written last line (the writer may be mid-append).
+Event types: phase (what the trainer is doing before its first step: phase, done, total), started,
+step, sample, checkpoint, warning, error, finished (status: finished | stopped | failed). A reader must
+tolerate a half-written last line (the writer may be mid-append).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ EVENTS_FILE = "events.jsonl"
 CONTROL_FILE = "control.json"
 CONFIG_FILE = "config.toml"
 PID_FILE = "trainer.pid"
-EVENT_TYPES = ("started", "step", "sample", "checkpoint", "warning", "error", "finished")
+EVENT_TYPES = ("phase", "started", "step", "sample", "checkpoint", "warning", "error", "finished")
 FINAL_STATES = ("finished", "stopped", "failed")
 
 

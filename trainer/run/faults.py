@@ -1,10 +1,11 @@
 """Deterministic fault injection for the crash tests.
 
-ATELIER_FAULT="<point>@<step>" makes the trainer kill itself with SIGKILL (or, for point "enospc",
-fail a save with 'No space left on device') when it reaches that point at that step. Unset — always,
-outside the tests — it does nothing. Points: step (after an optimizer step), state-written (a state's
-files are written but not yet renamed into place), state-renamed (renamed, 'latest' not yet updated),
-adapter (just before the adapter file is written), sample (mid-way through preview sampling), enospc.
+ATELIER_FAULT="<point>@<step>" makes the trainer kill itself with SIGKILL when it reaches that point at
+that step, or, for the points in RAISES, raise that error there. Unset — always, outside the tests — it
+does nothing. Points: step (after an optimizer step), state-written (a state's files are written but
+not yet renamed into place), state-renamed (renamed, 'latest' not yet updated), adapter (just before
+the adapter file is written), sample (mid-way through a preview round), enospc (a save fails with 'No
+space left on device'), preview-error (a preview round fails just before its pipeline call).
 """
 from __future__ import annotations
 
@@ -12,11 +13,16 @@ import errno
 import os
 import signal
 
+RAISES = {
+    "enospc": lambda: OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+    "preview-error": lambda: RuntimeError("preview pipeline failed (fault injected by ATELIER_FAULT)"),
+}
+
 
 def crash_point(point: str, step: int) -> None:
     spec = os.environ.get("ATELIER_FAULT")
     if not spec or spec != f"{point}@{step}":
         return
-    if point == "enospc":
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if point in RAISES:
+        raise RAISES[point]()
     os.kill(os.getpid(), signal.SIGKILL)

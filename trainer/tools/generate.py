@@ -59,7 +59,8 @@ def main(argv: list[str]) -> int:
                 if adapter:
                     for m in [base.unet, *base.text_encoders]:
                         set_adapter_scale(m, strength)
-                spec = SampleSpec(prompt=a.prompt, seed=a.seed, negative=a.negative, steps=a.steps, cfg=a.cfg,
+                spec = SampleSpec(prompt=a.prompt, seed=a.seed, negative=a.negative, steps=a.steps,
+                                  guidance_scale=a.cfg,
                                   sampler=a.sampler, width=size, height=size)
                 img = generate(base, spec)
                 lora = (Path(adapter).stem, strength) if adapter and strength else None

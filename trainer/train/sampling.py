@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from PIL import Image, PngImagePlugin
 
+from trainer.formats import infotext
 from trainer.run.atomic import atomic_write_bytes
 
 SAMPLERS = {
@@ -16,7 +17,6 @@ SAMPLERS = {
     "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
     "ddim": ("DDIMScheduler", {}),
 }
-A1111_SAMPLER_NAMES = {"euler": "Euler", "euler_a": "Euler a", "dpmpp_2m": "DPM++ 2M", "ddim": "DDIM"}
 
 
 @dataclass
@@ -25,7 +25,7 @@ class SampleSpec:
     seed: int
     negative: str = ""
     steps: int = 20
-    cfg: float = 7.0
+    guidance_scale: float = 7.0
     sampler: str = "dpmpp_2m"
     width: int = 512
     height: int = 512
@@ -40,37 +40,42 @@ def make_scheduler(name: str, train_scheduler):
 
 
 @torch.no_grad()
-def generate(base, spec: SampleSpec, device: torch.device | str = "cpu") -> Image.Image:
-    """One image from the base as it is now (adapters included); training RNG untouched."""
-    pipe = base.pipeline(scheduler=make_scheduler(spec.sampler, base.scheduler))
-    gen = torch.Generator(device="cpu").manual_seed(spec.seed)
+def generate_batch(base, specs: list[SampleSpec]) -> list[Image.Image]:
+    """One image per spec from the base as it is now (adapters included), in ONE pipeline call: the
+    specs share steps, guidance, sampler and size; each keeps its own prompt, negative and seed (one
+    generator per image), so an image does not depend on its neighbours. Training RNG untouched."""
+    first = specs[0]
+    shared = {(s.steps, s.guidance_scale, s.sampler, s.width, s.height) for s in specs}
+    if len(shared) != 1:
+        raise ValueError("a preview batch must share steps, guidance scale, sampler and size")
+    pipe = base.pipeline(scheduler=make_scheduler(first.sampler, base.scheduler))
+    gens = [torch.Generator(device="cpu").manual_seed(s.seed) for s in specs]
+    negatives = [s.negative for s in specs]
     modules = [base.unet, *base.text_encoders]
     modes = [m.training for m in modules]
     for m in modules:
         m.eval()
     try:
-        out = pipe(prompt=spec.prompt, negative_prompt=spec.negative or None, num_inference_steps=spec.steps,
-                   guidance_scale=spec.cfg, width=spec.width, height=spec.height, generator=gen,
-                   output_type="pil")
+        out = pipe(prompt=[s.prompt for s in specs], negative_prompt=negatives if any(negatives) else None,
+                   num_inference_steps=first.steps, guidance_scale=first.guidance_scale, width=first.width,
+                   height=first.height, generator=gens, output_type="pil")
     finally:
         for m, was in zip(modules, modes):
             m.train(was)
-    return out.images[0]
+    return out.images
+
+
+def generate(base, spec: SampleSpec) -> Image.Image:
+    """One image (see generate_batch)."""
+    return generate_batch(base, [spec])[0]
 
 
 def a1111_parameters(spec: SampleSpec, model_name: str = "", lora: tuple[str, float] | None = None,
                      model_hash: str = "") -> str:
-    """The 'parameters' text A1111 writes into PNGs; Civitai reads resources from it."""
-    prompt = spec.prompt
-    if lora:
-        prompt = f"{prompt} <lora:{lora[0]}:{lora[1]:g}>"
-    line = (f"Steps: {spec.steps}, Sampler: {A1111_SAMPLER_NAMES.get(spec.sampler, spec.sampler)}, "
-            f"CFG scale: {spec.cfg:g}, Seed: {spec.seed}, Size: {spec.width}x{spec.height}")
-    if model_name:
-        line += f", Model: {model_name}"
-    if model_hash:
-        line += f", Model hash: {model_hash[:10]}"
-    return f"{prompt}\nNegative prompt: {spec.negative}\n{line}"
+    """The 'parameters' text A1111 writes into PNGs (trainer.formats.infotext) for this spec."""
+    return infotext.a1111_parameters(spec.prompt, negative=spec.negative, steps=spec.steps, sampler=spec.sampler,
+                                     guidance_scale=spec.guidance_scale, seed=spec.seed, width=spec.width,
+                                     height=spec.height, model_name=model_name, model_hash=model_hash, lora=lora)
 
 
 def save_png(image: Image.Image, path: Path, parameters: str) -> None:

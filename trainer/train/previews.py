@@ -1,0 +1,90 @@
+"""Preview rounds: every prompt of a round drawn in one batched pipeline call per kind ("adapter": the
+model being trained, "base": the same seeds with the adapter switched off, to compare).
+
+The base images are drawn once per run, at step 0, and kept: a later round (or a resumed process) that
+finds them on disk with the same generation parameters reuses them. While the adapter still equals the
+base (step 0, B = 0) the adapter is not drawn at all: it would give the base images again.
+A preview never costs the run: a failing round becomes a warning and training goes on."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image
+
+from trainer.config import TrainConfig
+from trainer.run.faults import crash_point
+from trainer.train.sampling import SampleSpec, a1111_parameters, generate_batch, save_png
+from trainer.train.setup import autocast_for
+
+
+class Previews:
+    def __init__(self, cfg: TrainConfig, base, samples_dir: Path, events, device: str, dtype,
+                 warn: Callable[..., None], enabled: bool = True):
+        self.cfg, self.base, self.dir, self.events = cfg, base, Path(samples_dir), events
+        self.device, self.dtype, self.warn = device, dtype, warn
+        self.enabled = enabled and bool(cfg.sampling.prompts)  # rank 0 alone draws
+        self.seconds = 0.0
+
+    def specs(self) -> list[SampleSpec]:
+        s = self.cfg.sampling
+        size = s.size or self.cfg.dataset.resolution
+        return [SampleSpec(prompt=p, seed=s.seed + j, negative=s.negative_prompt, steps=s.steps,
+                           guidance_scale=s.guidance_scale, sampler=s.sampler, width=size, height=size)
+                for j, p in enumerate(s.prompts)]
+
+    def round(self, step: int, with_base: bool = False, adapter_is_base: bool = False) -> None:
+        """Draw the adapter's previews at `step`, and the base's if asked. While the adapter equals the
+        base, one drawing serves: recorded as the base images (or as the adapter's step-0 images when
+        base images are off)."""
+        if not self.enabled:
+            return
+        if adapter_is_base:
+            kinds = ["base" if with_base else "adapter"]
+        else:
+            kinds = ["adapter"] + (["base"] if with_base else [])
+        t0 = time.time()
+        try:
+            for kind in kinds:
+                self._draw(kind, step)
+        except Exception as e:  # the adapter and state are saved separately: a preview is an extra
+            self.warn(f"preview at step {step} failed ({type(e).__name__}: {e}); training goes on", step=step)
+        finally:
+            self.seconds += time.time() - t0
+
+    def _draw(self, kind: str, step: int) -> None:
+        specs = self.specs()
+        base = kind == "base"
+        names = [f"base_p{j}.png" if base else f"step{step:06d}_p{j}.png" for j in range(len(specs))]
+        lora = None if base else (self.cfg.saving.output_name, 1.0)
+        params = [a1111_parameters(s, self.base.name, lora) for s in specs]
+        if base and all(_has_params(self.dir / n, p) for n, p in zip(names, params)):
+            return  # drawn earlier in this run (or before a resume) with the same settings
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._set_adapters(not base)
+        try:
+            crash_point("preview-error", step)
+            with autocast_for(self.device, self.dtype):  # fp16 UNet, fp32 VAE
+                images = generate_batch(self.base, specs)
+        finally:
+            self._set_adapters(True)
+        crash_point("sample", step)
+        for j, (spec, name, text, img) in enumerate(zip(specs, names, params, images)):
+            save_png(img, self.dir / name, text)
+            self.events.emit("sample", step=step, path=f"samples/{name}", prompt=spec.prompt, seed=spec.seed,
+                             kind=kind, index=j)
+
+    def _set_adapters(self, enabled: bool) -> None:
+        from trainer.adapter.network import disable_adapters
+
+        for m in [self.base.unet, *self.base.text_encoders]:
+            disable_adapters(m, not enabled)
+
+
+def _has_params(path: Path, parameters: str) -> bool:
+    try:
+        with Image.open(path) as im:
+            return im.info.get("parameters") == parameters
+    except (OSError, ValueError):
+        return False

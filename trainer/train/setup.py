@@ -1,0 +1,192 @@
+"""The set-up before the first step, stage by stage: device and precision, data, the model and where
+its parts live, the adapter network, the training toggles (gradient checkpointing, attention), the disk
+check, the caches and the optimizer. Each stage is a function the Trainer calls in order."""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from trainer.config import TrainConfig
+from trainer.train.conditioning import encode_text
+
+Warn = Callable[..., None]
+
+
+class TrainingError(RuntimeError):
+    """A failure to report to the user as-is (names the file or option at fault)."""
+
+
+# ---------------------------------------------------------------- device and precision
+
+def pick_device(cfg: TrainConfig) -> str:
+    from trainer.train.device import DeviceUnavailable, choose_device, probe_torch
+
+    try:
+        return choose_device(cfg.precision.device, *probe_torch())
+    except DeviceUnavailable as e:
+        raise TrainingError(str(e)) from None
+
+
+def weight_dtype(cfg: TrainConfig, device: str) -> torch.dtype:
+    # mixed precision only where the hardware does it well; on CPU everything stays fp32
+    if device.split(":")[0] == "cuda":
+        if cfg.precision.mixed_precision == "bf16" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if cfg.precision.mixed_precision in ("fp16", "bf16"):
+            return torch.float16
+    return torch.float32
+
+
+def autocast_for(device: str, dtype: torch.dtype):
+    """Mixed-precision context for a device string like "cuda:1"; a no-op in fp32."""
+    if dtype == torch.float32:
+        return torch.autocast(device_type="cpu", enabled=False)
+    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
+
+
+# ---------------------------------------------------------------- data and model
+
+def load_data(cfg: TrainConfig, root: Path):
+    """The training dataset (and its problems); fails in seconds on a bad folder, before the model loads."""
+    from trainer.data.dataset import TrainDataset
+    from trainer.data.scan import DatasetError, scan_dataset
+
+    def resolve(p: str) -> Path:
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else (root / path if (root / path).exists() else Path.cwd() / path)
+
+    if not cfg.dataset.path:
+        raise TrainingError("dataset.path is empty: point it at a folder of images")
+    try:
+        scan = scan_dataset(resolve(cfg.dataset.path), cfg.dataset.caption_extension, cfg.dataset.repeats)
+        reg = None
+        if cfg.dataset.reg_path:
+            reg = scan_dataset(resolve(cfg.dataset.reg_path), cfg.dataset.caption_extension, 1, is_reg=True)
+    except DatasetError as e:
+        raise TrainingError(str(e)) from None
+    return TrainDataset(scan, cfg.dataset, cfg.schedule.seed, reg_scan=reg)
+
+
+def load_model(cfg: TrainConfig):
+    from trainer.models.resolve import load_any
+
+    return load_any(cfg.model.base, family=cfg.model.family, prediction_type=cfg.model.prediction_type,
+                    vae=cfg.model.vae)
+
+
+def place_model(base, device: str, dtype: torch.dtype) -> None:
+    """Freeze the base and move it: UNet and text encoders in the weight dtype, the VAE in fp32 (SDXL's
+    VAE overflows in fp16, giving NaN latents; with caching it runs once)."""
+    for m in [base.unet, base.vae, *base.text_encoders]:
+        m.requires_grad_(False)
+    base.vae.to(device)
+    for m in [base.unet, *base.text_encoders]:
+        m.to(device) if dtype == torch.float32 else m.to(device, dtype)
+
+
+def build_adapter(base, cfg: TrainConfig, warn: Warn):
+    """Inject the network; trainable weights stay fp32 even under mixed precision."""
+    from trainer.adapter.network import build_network
+
+    network = build_network(base, cfg.network, total_steps=cfg.schedule.max_train_steps)
+    for p in network.all_params():
+        p.data = p.data.float()
+    kept = getattr(network.quant, "kept_linear", 0)
+    if kept:
+        warn(f"{kept} Linear layers stay in full precision: bitsandbytes' 4-bit CPU kernel needs in_features "
+             "divisible by 64 and out_features by 32 (every layer of a real SD model fits)", kept_linear=kept)
+    if cfg.network.init_weights:
+        from trainer.formats.kohya_import import load_kohya_into
+
+        load_kohya_into(base, Path(cfg.network.init_weights))
+    return network
+
+
+def adapter_starts_at_base(cfg: TrainConfig) -> bool:
+    """Whether the adapted model equals the base at step 0 (B = 0): not when LoftQ starts from the
+    quantisation error, nor when the weights start from a file."""
+    return not cfg.network.loftq and not cfg.network.init_weights
+
+
+def apply_toggles(base, network, cfg: TrainConfig, warn: Warn) -> None:
+    if cfg.precision.gradient_checkpointing:
+        base.unet.enable_gradient_checkpointing()
+        for i in network.text_encoders:
+            base.text_encoders[i].gradient_checkpointing_enable()
+    if cfg.precision.attention == "xformers":
+        try:
+            base.unet.enable_xformers_memory_efficient_attention()
+        except Exception as e:
+            warn(f"xformers unavailable ({e}); using PyTorch SDPA")
+
+
+def check_disk(root: Path, n_params: int, cfg: TrainConfig) -> None:
+    saves = 1 + (cfg.schedule.max_train_steps // cfg.saving.every_n_steps if cfg.saving.every_n_steps else 0)
+    # adapter (fp16) per save, plus states (fp32 weights + 2 optimizer moments) for the kept ones
+    need = n_params * 2 * saves + n_params * 12 * (cfg.saving.keep_last + 1) + (64 << 20)
+    root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root).free
+    if free < need:
+        raise TrainingError(f"not enough free disk in {root.name}: need about "
+                            f"{need / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free")
+
+
+# ---------------------------------------------------------------- encoders and caches
+
+class Encoders:
+    """The frozen encoders as the step (or the cache) calls them: pixels → latents, captions → states."""
+
+    def __init__(self, base, device: str, clip_skip: int):
+        self.base, self.device, self.clip_skip = base, device, clip_skip
+
+    @torch.no_grad()
+    def captions(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        out = encode_text(self.base, captions, self.clip_skip, self.device)
+        return {k: v.float().cpu() for k, v in out.items()}
+
+    @torch.no_grad()
+    def pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        vae = self.base.vae
+        dist = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist
+        # the mean, not a sample: deterministic, so a cached latent is the latent
+        return (dist.mean * vae.config.scaling_factor).float().cpu()
+
+
+def prepare_caches(cfg: TrainConfig, ds, base, encoders: Encoders, warn: Warn, log: Callable[[str], None]) -> dict:
+    """Encode every image once (and captions, where the text encoder is frozen and captions are not
+    shuffled) so that the training step runs the UNet alone. On disk the caches live beside the
+    dataset and are reused by later runs; entries are keyed by content, so an edit invalidates
+    only its own entry. Returns the cache statistics."""
+    from trainer.data.cache import LatentCache, TextCache, default_cache_dir, fingerprint_module
+
+    cache_dir = default_cache_dir(ds.scan.root) if cfg.dataset.cache_to_disk else None
+    if cache_dir is not None and not os.access(ds.scan.root, os.W_OK):
+        warn(f"dataset folder {ds.scan.root.name} is read-only: caches kept in memory only")
+        cache_dir = None
+    t0 = time.time()
+    text_cached = cfg.dataset.cache_text and not cfg.network.train_text_encoder and ds.text_cacheable
+    if cfg.dataset.cache_latents:
+        vae = base.vae
+        vae_id = f"{base.family}-vae-mean:{fingerprint_module(vae, str(vae.config.scaling_factor))}"
+        ds.attach_latent_cache(LatentCache(cache_dir, vae_id), encoders.pixels)
+    if text_cached:
+        te_id = "|".join(fingerprint_module(te) for te in base.text_encoders)
+        ds.attach_text_cache(TextCache(cache_dir, f"{base.family}-te-skip{cfg.model.clip_skip}:{te_id}"),
+                             encoders.captions)
+    if not (cfg.dataset.cache_latents or text_cached):
+        return {}
+    stats = ds.precompute()
+    log(f"caches: {stats} in {time.time() - t0:.1f}s")
+    return stats
+
+
+def build_optimizer_and_schedule(cfg: TrainConfig, network):
+    from trainer.train.optim import build_lr_scheduler, build_optimizer
+
+    optimizer = build_optimizer(cfg.optimizer, network.params_unet, network.params_te)
+    return optimizer, build_lr_scheduler(cfg.schedule, optimizer)

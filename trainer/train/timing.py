@@ -1,0 +1,73 @@
+"""Where a run is (step, epoch, position in the epoch) and where its wall time goes."""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+ACTIVITIES = ("cache", "data", "sample", "save")
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    started_at: float = field(default_factory=time.time)
+    step_times: list = field(default_factory=list)
+
+    def eta(self, max_steps: int) -> float | None:
+        if not self.step_times:
+            return None
+        recent = self.step_times[-20:]
+        return (max_steps - self.step) * sum(recent) / len(recent)
+
+
+class Timing:
+    """Seconds spent per activity over this process's run (the finished event; bench/ reads them)."""
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(ACTIVITIES, 0.0)
+
+    @contextmanager
+    def measure(self, activity: str):
+        t0 = time.time()
+        try:
+            yield
+        finally:
+            self.seconds[activity] += time.time() - t0
+
+    def report(self, progress: Progress) -> dict:
+        return {k: round(v, 3) for k, v in {**self.seconds, "steps": sum(progress.step_times)}.items()}
+
+
+class StepDisplay:
+    """Loss and learning rate where a person watches outside the GUI: TensorBoard (when installed) and,
+    on a terminal, a progress bar."""
+
+    def __init__(self, root, max_steps: int, start_step: int, terminal: bool):
+        self.tb = self.bar = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(root / "tensorboard"))
+        except Exception:
+            pass
+        if terminal:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=max_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, loss: float, lr: float) -> None:
+        if self.tb:
+            self.tb.add_scalar("loss", loss, step)
+            self.tb.add_scalar("lr", lr, step)
+        if self.bar:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.close()
+        if self.tb:
+            self.tb.close()
