@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from trainer.config import ConfigError, iter_fields, field_meta, load_config, load_preset, save_config
+from trainer.run.folder import EXIT_CONFIG
 
 
 def _train(argv: list[str]) -> int:
@@ -23,7 +24,7 @@ def _train(argv: list[str]) -> int:
         cfg = load_preset(a.config, a.overrides) if a.preset else load_config(a.config, a.overrides)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     run_dir = Path(a.run_dir) if a.run_dir else Path(a.config).resolve().parent
     run_dir.mkdir(parents=True, exist_ok=True)
     if a.run_dir or a.overrides or a.preset:

@@ -11,31 +11,45 @@ CSS = """
 .atelier-fill {height: 100%; background: #6366f1; transition: width .4s;}
 .atelier-finished {background: #16a34a;} .atelier-failed {background: #dc2626;} .atelier-stopped {background: #d97706;}
 .atelier-progress-text {margin-top: 4px; font-size: 14px;}
-"""
+""" + tab_train.CSS
 
 
 def build_app(studio: Studio) -> gr.Blocks:
     with gr.Blocks(title="LoRA Atelier") as demo:
         gr.Markdown("# LoRA Atelier\nTrain a Stable Diffusion LoRA: add images, pick settings, watch it learn.")
         run_state = gr.State(None)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Dataset", id="dataset"):
                 ds = tab_dataset.build(studio)
             with gr.Tab("Train", id="train"):
-                tab_train.build(studio, ds["ds_name"], run_state)
+                train = tab_train.build(studio, ds["ds_name"], run_state)
             with gr.Tab("Runs", id="runs"):
-                runs = tab_runs.build(studio, run_state)
+                runs = tab_runs.build(studio, run_state, tabs)
             with gr.Tab("Generate / compare", id="generate"):
                 gen = tab_generate.build(studio)
             with gr.Tab("Export", id="export"):
                 exp = tab_export.build(studio)
 
         def on_load(ds_name):
-            # re-attach to the run training now (older runs open from the Runs tab)
+            # re-attach to the run training now, on the Train tab (older runs open from the Runs tab)
             current = studio.runner.active()
             choices = gr.update(choices=studio.run_choices(), value=current)
-            return (current, *ds["refresh"](ds_name), *runs["refresh"](), choices, choices)
+            tab = gr.Tabs(selected="train") if current else gr.skip()
+            return (current, *ds["refresh"](ds_name), *runs["refresh"](), choices, choices,
+                    train["dataset_default"](ds_name), tab)
 
         demo.load(on_load, ds["ds_name"], [run_state, *ds["outs"], runs["table"], runs["pick"], gen["run"],
-                                           exp["run"]])
+                                           exp["run"], train["dataset"], tabs])
+
+        # after a run: open it in Generate / Export (switch tab, select the run)
+        def open_in(tab):
+            def handler(run_id):
+                if not run_id:
+                    return gr.skip(), gr.skip()
+                return gr.Tabs(selected=tab), gr.update(choices=studio.run_choices(), value=run_id)
+            handler.__name__ = f"on_open_in_{tab}"
+            return handler
+
+        train["open_generate"].click(open_in("generate"), run_state, [tabs, gen["run"]])
+        train["open_export"].click(open_in("export"), run_state, [tabs, exp["run"]])
     return demo

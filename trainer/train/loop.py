@@ -21,33 +21,15 @@ import torch.nn.functional as F
 from trainer.train.conditioning import encode_text
 from trainer.config import TrainConfig, save_config
 from trainer.run.events import ControlPoller, EventWriter
+from trainer.run.folder import EXIT_FAILED, EXIT_OK, EXIT_STOPPED, RunFolder
 from trainer.run.faults import crash_point
 from trainer.adapter.network import build_network, disable_adapters
 from trainer.train.sampling import SampleSpec, a1111_parameters, generate, save_png
 from trainer.run.state import clean_partial, latest_state, load_state, save_state
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_STOPPED = 0, 1, 2, 3
-
 
 class TrainingError(RuntimeError):
     """A failure to report to the user as-is (names the file or option at fault)."""
-
-
-@dataclass
-class RunPaths:
-    root: Path
-
-    @property
-    def samples(self) -> Path:
-        return self.root / "samples"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def output(self) -> Path:
-        return self.root / "output"
 
 
 @dataclass
@@ -130,7 +112,7 @@ def load_data(cfg: TrainConfig, root: Path):
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = False):
         self.cfg = cfg
-        self.paths = RunPaths(Path(run_dir))
+        self.paths = RunFolder(Path(run_dir))
         self.resume = resume
         self.quiet = quiet
         # under torchrun / accelerate launch every process trains its shard; rank 0 alone writes the run folder
@@ -138,7 +120,7 @@ class Trainer:
         self.rank = int(os.environ.get("RANK", "0"))
         self.main = self.rank == 0
         self.events = EventWriter(self.paths.root, enabled=self.main)
-        self.control = ControlPoller(self.paths.root)
+        self.control = ControlPoller(self.paths.root, self.events)
         self.accelerator = None
         self.progress = Progress()
         self.stop_requested = False
@@ -193,7 +175,7 @@ class Trainer:
         for removed in clean_partial(self.paths.checkpoints):
             self._warn(f"removed a half-written state {removed} left by an earlier crash")
         if self.main:
-            save_config(cfg, self.paths.root / "config.used.toml")
+            save_config(cfg, self.paths.config_used)
         self.device = pick_device(cfg)
         if self.world > 1:
             from accelerate import Accelerator
@@ -208,6 +190,7 @@ class Trainer:
         for p in self.dataset.problems:
             self._warn(f"{p.file}: {p.reason}", file=p.file, severity=p.severity)
 
+        self.events.emit("phase", phase="loading model", done=0, total=0)
         base = load_model(cfg)
         self.base = base
         for m in [base.unet, base.vae, *base.text_encoders]:
@@ -251,6 +234,10 @@ class Trainer:
 
         if self.resume:
             self._restore()
+            if self.progress.step >= cfg.schedule.max_train_steps:
+                raise TrainingError(f"this run has already trained {self.progress.step} steps (schedule.max_train_steps "
+                                    f"= {cfg.schedule.max_train_steps}): to train more, resume with a larger "
+                                    "schedule.max_train_steps")
         self.events.emit("started", max_steps=cfg.schedule.max_train_steps, family=base.family,
                          device=self.device, dtype=str(self.dtype).replace("torch.", ""),
                          images=self.dataset.num_images, resumed_from=self.progress.step,
@@ -324,7 +311,8 @@ class Trainer:
             ds.attach_text_cache(TextCache(cache_dir, f"{self.base.family}-te-skip{cfg.model.clip_skip}:{te_id}"),
                                  self._encode_captions)
         if cfg.dataset.cache_latents or text_cached:
-            self.cache_stats = ds.precompute()
+            self.cache_stats = ds.precompute(
+                lambda done, total: self.events.emit("phase", phase="caching", done=done, total=total))
             self._log(f"caches: {self.cache_stats} in {time.time() - t0:.1f}s")
         self.cache_seconds = time.time() - t0
 
@@ -542,11 +530,14 @@ class Trainer:
         self.paths.samples.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         passes = [("adapter", False)] + ([("base", True)] if with_base else [])
+        drawn, total = 0, len(passes) * len(cfg.prompts)
         for kind, disabled in passes:
             if disabled:
                 self._set_adapters(False)
             try:
                 for j, prompt in enumerate(cfg.prompts):
+                    self.events.emit("phase", phase="preview", done=drawn, total=total)
+                    drawn += 1
                     spec = SampleSpec(prompt=prompt, seed=cfg.seed + j, negative=cfg.negative_prompt,
                                       steps=cfg.steps, cfg=cfg.cfg, sampler=cfg.sampler, width=size, height=size)
                     with autocast_for(self.device, self.dtype):  # fp16 UNet, fp32 VAE
@@ -603,7 +594,9 @@ class Trainer:
         from trainer.formats.export import export_adapter
 
         name = self.cfg.saving.output_name
-        stem = name if final else f"{name}-step{self.progress.step:06d}"
+        # a run continued past its first finish keeps that adapter; the new one is named by its step
+        taken = (self.paths.output / f"{name}.safetensors").exists()
+        stem = name if final and not taken else f"{name}-step{self.progress.step:06d}"
         path = export_adapter(self, self.paths.output, stem)
         return str(path.relative_to(self.paths.root))
 
