@@ -176,3 +176,37 @@ def test_a_finished_run_trains_on_only_to_more_steps(tmp_path):
     assert view.state == "finished" and view.adapter == "output/tiny-test-step000005.safetensors"
     # the config actually used (with the --set) is what the run folder says it ran with
     assert "max_train_steps = 5" in RunFolder(run).effective_config.read_text()
+
+
+def test_every_look_at_a_run_shares_one_view_that_reads_only_what_was_appended(tmp_path, monkeypatch):
+    """The Train tab's timer, the runner's state, the adapter lookup and the bundle all call run_view():
+    one fold per run folder, reading from the offset it reached (never the whole file again)."""
+    from trainer.run import events as ev_mod
+    from ui.runner import resolve_state
+
+    w = EventWriter(tmp_path)
+    for i in range(1, 51):
+        w.emit("step", step=i, max_steps=100, loss=1.0 / i, lr=1e-3, batch="x", epoch=0, it_s=1.0, eta_s=9.0)
+    read = []
+    real_open = open
+
+    def counting_open(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        if str(path).endswith("events.jsonl") and "b" in mode:
+            start = f.seek
+
+            def seek(offset, *sa):
+                read.append(offset)
+                return start(offset, *sa)
+            f.seek = seek
+        return f
+
+    view = ev_mod.run_view(tmp_path)
+    assert view.step == 50 and view is ev_mod.run_view(tmp_path)
+    monkeypatch.setattr("builtins.open", counting_open)
+    size = RunFolder(tmp_path).events.stat().st_size
+    resolve_state(tmp_path)
+    assert read == []  # nothing new: the file is not even opened
+    w.emit("step", step=51, max_steps=100, loss=0.1, lr=1e-3, batch="x", epoch=0, it_s=1.0, eta_s=9.0)
+    assert resolve_state(tmp_path)["step"] == 51 and read == [size]  # read from where it stopped
+    assert ev_mod.run_view(tmp_path).count == 51

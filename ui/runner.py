@@ -179,7 +179,7 @@ class Runner:
         return info
 
     def stop(self, run_id: str, wait: bool = False) -> str:
-        """Graceful stop: ask through control.json, then SIGTERM, then SIGKILL the process group."""
+        """Graceful stop: a stop request in control/, then SIGTERM, then SIGKILL the process group."""
         run_dir = self.dirs.run_dir(run_id)
         info = resolve_state(run_dir)
         if not info.get("pid"):
