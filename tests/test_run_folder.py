@@ -15,7 +15,7 @@ import pytest
 from tests.helpers import REPO, events, make_dataset, run_trainer, write_config
 from trainer.run.events import (EVENTS, ControlPoller, EventTail, EventWriter, RunView, clear_requests,
                                 pending_requests, request)
-from trainer.run.folder import EXIT_FAILED, EXIT_OK, EXIT_STOPPED, RunFolder
+from trainer.run.folder import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_STOPPED, RunFolder
 
 
 def test_half_written_last_line_is_read_once_complete_and_offsets_advance(tmp_path):
@@ -159,9 +159,11 @@ def test_a_finished_run_trains_on_only_to_more_steps(tmp_path):
     assert run_trainer("train", str(cfg)).returncode == EXIT_OK
     first = (run / "output" / "tiny-test.safetensors").read_bytes()
 
-    again = run_trainer("train", str(cfg), "--resume")  # nothing to train: refused, no copy written
-    assert again.returncode == EXIT_FAILED
-    assert "already trained 3 steps" in events(run)[-2]["message"]
+    before = RunFolder(run).events.read_bytes()
+    again = run_trainer("train", str(cfg), "--resume")  # nothing to train: refused, nothing written
+    assert again.returncode == EXIT_CONFIG
+    assert "already trained 3 steps" in again.stderr and "schedule.max_train_steps" in again.stderr
+    assert RunFolder(run).events.read_bytes() == before  # still a finished run
     assert sorted(p.name for p in (run / "output").iterdir()) == ["tiny-test.safetensors"]
 
     more = run_trainer("train", str(cfg), "--resume", "--set", "schedule.max_train_steps=5")

@@ -15,7 +15,7 @@ from trainer.run.folder import RunFolder
 
 from ui import dataset_files as df
 from ui.context import Studio
-from ui.paths import UnsafePath, inside, safe_name
+from ui.paths import UnsafePath, inside
 from ui.runner import RunnerBusy, resolve_state
 
 # the datasets that ship with the project (the demo's concept and regularisation images): read-only to the

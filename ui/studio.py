@@ -21,7 +21,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         with gr.Tabs() as tabs:
             with gr.Tab("Dataset", id="dataset"):
                 ds = tab_dataset.build(studio)
-            with gr.Tab("Train", id="train"):
+            with gr.Tab("Train", id="train") as train_tab:
                 train = tab_train.build(studio, ds["ds_name"], run_state)
             with gr.Tab("Runs", id="runs"):
                 runs = tab_runs.build(studio, run_state, tabs)
@@ -50,6 +50,9 @@ def build_app(studio: Studio) -> gr.Blocks:
             handler.__name__ = f"on_open_in_{tab}"
             return handler
 
+        # datasets made in the Dataset tab since the page loaded appear in the Train tab's picker
+        train_tab.select(train["dataset_refresh"], [ds["ds_name"], train["dataset"]], train["dataset"],
+                         show_progress="hidden")
         train["open_generate"].click(open_in("generate"), run_state, [tabs, gen["run"]])
         train["open_export"].click(open_in("export"), run_state, [tabs, exp["run"]])
     return demo

@@ -173,9 +173,9 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
                 open_generate = gr.Button("Open in Generate", elem_id="train-open-generate", size="sm")
                 open_export = gr.Button("Open in Export", elem_id="train-open-export", size="sm")
             problems = gr.Markdown(elem_id="train-problems")
-            loss_plot = gr.LinePlot(x="step", y="loss", color="curve", title="Loss (smoothed; raw faint)", height=220,
+            loss_plot = gr.LinePlot(x="step", y="loss", color="curve", title="Loss (smoothed; raw faint)", height=200,
                                     color_map={"smoothed": "#4f46e5", "raw": "#c7d2fe"}, elem_id="train-loss")
-            previews = gr.Gallery(label="Previews (base | adapter at the same seed)", columns=2, height=300,
+            previews = gr.Gallery(label="Previews (base | adapter at the same seed)", columns=2, height=260,
                                   elem_id="train-previews")
             saves = gr.Markdown(elem_id="train-saves")
             estimate_md = gr.Markdown(elem_id="train-estimate")
@@ -241,9 +241,20 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
     rescan.click(lambda: gr.update(choices=base_choices(studio)), None, base)
     # the Dataset tab's pick is the Train tab's default dataset
     def on_dataset_tab_pick(name):
-        return gr.update(choices=runs.dataset_choices(studio), value=name or None)
+        choices = runs.dataset_choices(studio)
+        if name in [v for _, v in choices]:
+            return gr.update(choices=choices, value=name)
+        return gr.update(choices=choices)
 
     ds_name.change(on_dataset_tab_pick, ds_name, dataset, show_progress="hidden")
+
+    def on_datasets_refresh(name, current):
+        """Fresh choices; the current pick stays, else the Dataset tab's dataset once it has images."""
+        choices = runs.dataset_choices(studio)
+        values = [v for _, v in choices]
+        if current in values:
+            return gr.update(choices=choices, value=current)
+        return gr.update(choices=choices, value=name if name in values else None)
 
     def on_estimate(ds, base_value, *values):
         try:
@@ -261,14 +272,15 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
 
     # ---- steering
     def on_start(ds, name, preset_name, base_value, *values):
+        # refused: the panel shows the run training now, if any, never an earlier run's end
         try:
             cfg = cfg_from(values, base_value)
         except ConfigError as e:
-            return None, f"**Settings problem:** {e}"
+            return studio.runner.active(), f"**Settings problem:** {e}"
         try:
             run_id = runs.start_new(studio, cfg, name, ds, preset_name or "")
         except runs.RunRefused as e:
-            return None, f"**Refused:** {e}"  # the panel no longer shows an earlier run
+            return studio.runner.active(), f"**Refused:** {e}"
         return run_id, f"Started run `{run_id}`."
 
     start.click(on_start, [dataset, run_name, preset, base, *comps], [run_state, status])
@@ -372,4 +384,5 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
 
     run_state.change(on_run_change, run_state, [*comps, base, run_name, dataset, form_error, *panel, seen])
     return {"base": base, "preset": preset, "dataset": dataset, "dataset_default": on_dataset_tab_pick,
+            "dataset_refresh": on_datasets_refresh,
             "open_generate": open_generate, "open_export": open_export}

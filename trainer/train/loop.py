@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from trainer.train.conditioning import encode_text
 from trainer.config import TrainConfig, save_config
 from trainer.run.events import ControlPoller, EventWriter
-from trainer.run.folder import EXIT_FAILED, EXIT_OK, EXIT_STOPPED, RunFolder
+from trainer.run.folder import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_STOPPED, RunFolder
 from trainer.run.faults import crash_point
 from trainer.adapter.network import build_network, disable_adapters
 from trainer.train.sampling import SampleSpec, a1111_parameters, generate, save_png
-from trainer.run.state import clean_partial, latest_state, load_state, save_state
+from trainer.run.state import clean_partial, latest_state, load_state, save_state, saved_step
 
 
 class TrainingError(RuntimeError):
@@ -140,6 +140,12 @@ class Trainer:
 
     def run(self) -> int:
         self._install_signals()
+        if self.resume and saved_step(self.paths.checkpoints) >= self.cfg.schedule.max_train_steps:
+            # nothing to train: refused before anything is loaded or written (no copy of the adapter)
+            print(f"config error: this run has already trained {saved_step(self.paths.checkpoints)} steps "
+                  f"(schedule.max_train_steps = {self.cfg.schedule.max_train_steps}); to train more, resume with "
+                  "a larger total: --set schedule.max_train_steps=N", file=sys.stderr)
+            return EXIT_CONFIG
         try:
             code = self._run()
             self._leave_process_group(wait=True)
@@ -234,10 +240,6 @@ class Trainer:
 
         if self.resume:
             self._restore()
-            if self.progress.step >= cfg.schedule.max_train_steps:
-                raise TrainingError(f"this run has already trained {self.progress.step} steps (schedule.max_train_steps "
-                                    f"= {cfg.schedule.max_train_steps}): to train more, resume with a larger "
-                                    "schedule.max_train_steps")
         self.events.emit("started", max_steps=cfg.schedule.max_train_steps, family=base.family,
                          device=self.device, dtype=str(self.dtype).replace("torch.", ""),
                          images=self.dataset.num_images, resumed_from=self.progress.step,
