@@ -9,8 +9,9 @@ from pydantic import ValidationError
 
 from trainer.config import GROUPS, ConfigError, TrainConfig, deep_merge, field_meta, iter_fields
 
-# options the Train tab sets with its own widgets (base picker, dataset chooser)
-SEPARATE = {"model.base", "dataset.path"}
+# options the Train tab sets with its own widgets: base picker, dataset chooser, and the run name (the adapter
+# is named after its run, so a new concept is never saved under the last preset's name)
+SEPARATE = {"model.base", "dataset.path", "saving.output_name"}
 
 
 def _range_text(meta: dict) -> str:

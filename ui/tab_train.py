@@ -23,7 +23,6 @@ BUILTIN_BASES = [("Demo base (bundled shapes model)", "builtin:shapes"), ("Tiny 
 MODEL_SUFFIXES = (".safetensors", ".ckpt")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 BUNDLED_DATASETS = runs.BUNDLED_DATASETS
-OUTPUT_NAME = "saving.output_name"
 CSS = """
 #train-live {position: sticky; top: 4px; align-self: flex-start;}
 #train-form-error:not(:empty) {border-left: 4px solid #dc2626; padding-left: 8px;}
@@ -180,7 +179,6 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
             saves = gr.Markdown(elem_id="train-saves")
             estimate_md = gr.Markdown(elem_id="train-estimate")
     keys, comps = list(widgets), list(widgets.values())
-    output_name = widgets[OUTPUT_NAME]
     seen = gr.State(None)
     timer = gr.Timer(1.0)
 
@@ -190,7 +188,7 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
         return cfg
 
     # ---- settings
-    def on_preset(name, name_of_run=None):
+    def on_preset(name):
         if not name:
             return [gr.skip()] * (len(comps) + 4)
         try:
@@ -198,21 +196,15 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
         except ConfigError as e:
             return [gr.skip()] * (len(comps) + 2) + [f"**Preset error:** {e}", gr.skip()]
         values = config_to_values(cfg, keys)
-        if name_of_run:  # the adapter is named after the run, not after the last preset
-            values[keys.index(OUTPUT_NAME)] = safe_name(name_of_run, cfg.saving.output_name)
         own = runs.preset_dataset(cfg)
         ds_update = gr.update(choices=runs.dataset_choices(studio), value=own) if own else gr.skip()
         note = f" It trains on its own dataset `{own}`." if own else ""
         return [*values, cfg.model.base, ds_update, f"Loaded preset `{name}`.{note}", ""]
 
-    preset.input(on_preset, [preset, run_name], [*comps, base, dataset, status, form_error])
-    def on_run_name(name):
-        return safe_name(name, "my-lora")
-
-    run_name.input(on_run_name, run_name, output_name, show_progress="hidden")
+    preset.input(on_preset, preset, [*comps, base, dataset, status, form_error])
 
     def on_demo():
-        values = on_preset(runs.DEMO["preset"], runs.DEMO["name"])
+        values = on_preset(runs.DEMO["preset"])
         values[len(comps) + 1] = gr.update(choices=runs.dataset_choices(studio), value=runs.DEMO["dataset"])
         values[len(comps) + 2] = ("Demo set: the bundled shapes base learns a stripe pattern called “zkq” from "
                                   "the bundled images. Press **Train**.")
@@ -277,6 +269,7 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
             cfg = cfg_from(values, base_value)
         except ConfigError as e:
             return studio.runner.active(), f"**Settings problem:** {e}"
+        cfg.saving.output_name = safe_name(name, "my-lora")  # the adapter is named after its run
         try:
             run_id = runs.start_new(studio, cfg, name, ds, preset_name or "")
         except runs.RunRefused as e:

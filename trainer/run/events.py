@@ -137,16 +137,14 @@ class RunView:
     losses: list[tuple[int, float]] = field(default_factory=list)
     last_step: dict = field(default_factory=dict)
     phase: dict | None = None  # the latest phase event, until the next step
-    started: dict = field(default_factory=dict)
     samples: list[dict] = field(default_factory=list)
     checkpoints: list[dict] = field(default_factory=list)
     adapter: str | None = None
     warnings: list[str] = field(default_factory=list)  # of the latest attempt
     errors: list[str] = field(default_factory=list)    # of the latest attempt
     error: str | None = None
-    finished: dict | None = None
     stop_taken: bool = False  # the latest attempt took a stop request
-    seconds: float = 0.0      # trainer wall time over all attempts
+    _earlier_seconds: float = 0.0  # trainer wall time of the attempts before the latest
     count: int = 0
     _pid: Any = None
     _attempt_start: float | None = None
@@ -174,10 +172,10 @@ class RunView:
 
     def _new_attempt(self, ev: dict) -> None:
         if self._attempt_start is not None:
-            self.seconds += (self._attempt_last or self._attempt_start) - self._attempt_start
+            self._earlier_seconds += (self._attempt_last or self._attempt_start) - self._attempt_start
         self._attempt_start = self._attempt_last = ev.get("time")
         self.warnings, self.errors, self.error = [], [], None
-        self.finished, self.phase, self.stop_taken = None, None, False
+        self.phase, self.stop_taken = None, False
         self.state = "running"
 
     def _fold(self, ev: dict) -> None:
@@ -190,7 +188,7 @@ class RunView:
         if t == "phase":
             self.phase = ev
         elif t == "started":
-            self.started, self.max_steps = ev, ev.get("max_steps")
+            self.max_steps = ev.get("max_steps")
         elif t == "step":
             self.last_step, self.phase = ev, None
             self.step = int(ev.get("step") or 0)
@@ -211,7 +209,7 @@ class RunView:
             self.errors.append(ev.get("message", ""))
             self.error = ev.get("message")
         elif t == "finished":
-            self.finished, self.phase = ev, None
+            self.phase = None
             self.state = ev.get("status") if ev.get("status") in FINAL_STATES else "failed"
             self.step = int(ev.get("step") or self.step)
             self.adapter = ev.get("adapter") or self.adapter
@@ -220,7 +218,7 @@ class RunView:
     def wall_seconds(self) -> float:
         """Trainer wall time over every attempt so far."""
         last = ((self._attempt_last or 0) - self._attempt_start) if self._attempt_start is not None else 0.0
-        return self.seconds + last
+        return self._earlier_seconds + last
 
     def adapters(self) -> list[tuple[int, str]]:
         """(step, path relative to the run folder) of every adapter the trainer wrote, oldest first."""
@@ -232,6 +230,12 @@ class RunView:
 
     def adapter_samples(self) -> list[dict]:
         return [s for s in self.samples if s.get("kind", "adapter") != "base"]
+
+
+def finished_at(run_dir: Path) -> int | None:
+    """The step at which the run's latest attempt finished (its adapter written), else None."""
+    view = RunView(Path(run_dir)).update()
+    return view.step if view.state == "finished" else None
 
 
 _VIEWS: dict[str, RunView] = {}

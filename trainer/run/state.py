@@ -115,14 +115,6 @@ def latest_state(ckpt_dir: Path) -> Path | None:
     return None
 
 
-def saved_step(ckpt_dir: Path) -> int:
-    """The step of the newest complete state (0 when there is none), without loading its tensors."""
-    state_dir = latest_state(ckpt_dir)
-    if state_dir is None:
-        return 0
-    return int(json.loads((state_dir / "state.json").read_text(encoding="utf-8"))["step"])
-
-
 def load_state(state_dir: Path) -> tuple[dict, dict, dict, dict]:
     """(adapter tensors, optimizer state_dict, rng tensors, info) of a state folder."""
     meta = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))

@@ -20,12 +20,12 @@ import torch.nn.functional as F
 
 from trainer.train.conditioning import encode_text
 from trainer.config import TrainConfig, save_config
-from trainer.run.events import ControlPoller, EventWriter
+from trainer.run.events import ControlPoller, EventWriter, finished_at
 from trainer.run.folder import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_STOPPED, RunFolder
 from trainer.run.faults import crash_point
 from trainer.adapter.network import build_network, disable_adapters
 from trainer.train.sampling import SampleSpec, a1111_parameters, generate, save_png
-from trainer.run.state import clean_partial, latest_state, load_state, save_state, saved_step
+from trainer.run.state import clean_partial, latest_state, load_state, save_state
 
 
 class TrainingError(RuntimeError):
@@ -140,11 +140,13 @@ class Trainer:
 
     def run(self) -> int:
         self._install_signals()
-        if self.resume and saved_step(self.paths.checkpoints) >= self.cfg.schedule.max_train_steps:
-            # nothing to train: refused before anything is loaded or written (no copy of the adapter)
-            print(f"config error: this run has already trained {saved_step(self.paths.checkpoints)} steps "
-                  f"(schedule.max_train_steps = {self.cfg.schedule.max_train_steps}); to train more, resume with "
-                  "a larger total: --set schedule.max_train_steps=N", file=sys.stderr)
+        done = finished_at(self.paths.root) if self.resume else None
+        if done is not None and done >= self.cfg.schedule.max_train_steps:
+            # a finished run has nothing to train: refused before anything is loaded or written (no copy of
+            # its adapter). A run that died after its last step but before finishing still resumes to save.
+            print(f"config error: this run has already finished {done} steps (schedule.max_train_steps = "
+                  f"{self.cfg.schedule.max_train_steps}); to train more, resume with a larger total: "
+                  "--set schedule.max_train_steps=N", file=sys.stderr)
             return EXIT_CONFIG
         try:
             code = self._run()
