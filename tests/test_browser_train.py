@@ -200,6 +200,7 @@ def test_form_errors_estimate_and_a_refused_start(world):
     shot("form-error")
     set_number(page, "cfg-schedule-max_train_steps", 6)
     wait_text(page, "train-form-error", lambda t: t.strip() == "", 60, "cleared")
+    wait_text(page, "train-status", lambda t: "Training steps" not in t, 60, "dropped the stale refusal")
 
     # the estimate says its epochs once, counts the previews, and warns on an empty dataset
     page.locator("#train-estimate-btn").click()
@@ -246,12 +247,12 @@ def test_try_the_demo_and_the_runs_tab(world):
     # Runs: duration, dataset and final loss per run; a row opens the run in the Train tab; delete asks
     open_tab(page, "Runs")
     page.locator("#runs-refresh").click()
-    table = page.locator("#runs-table")
-    table.get_by_text("resumer").first.wait_for(timeout=60_000)
-    row_text = table.locator("tr", has_text="resumer").first.inner_text()
-    assert "my-dataset" in row_text and re.search(r"\d:\d\d", row_text) and re.search(r"0\.\d{4}", row_text), row_text
-    assert table.locator("tr", has_text="resumer").first.locator("img").count() == 1  # the last preview
-    table.locator("tr", has_text="resumer").first.locator("td").nth(1).click()
+    wait_text(page, "runs-table", lambda t: "resumer" in t, 60, "listed the runs")
+    # the resumer row: name, state, steps, duration, dataset, final loss (and its last preview as a thumbnail)
+    table = text_of(page, "runs-table")
+    assert re.search(r"resumer\s+finished\s+7/7\s+\d+:\d\d\s+my-dataset\s+\d+\.\d{4}", table), table
+    assert page.locator("#runs-table img").filter(visible=True).count() >= 1
+    page.locator("#runs-table").get_by_text("resumer", exact=True).filter(visible=True).first.click()
     page.wait_for_function("document.querySelector('#train-run-label') && "
                            "document.querySelector('#train-run-label').innerText.includes('resumer')", timeout=60_000)
     assert page.locator("#train-progress").is_visible()  # the Train tab is showing

@@ -212,10 +212,13 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
 
     demo_btn.click(on_demo, None, [preset, run_name, *comps, base, dataset, status, form_error])
 
-    def on_form_change(base_value, *values):
-        return form_problem(studio, keys, base_value, values)
+    def on_form_change(status_text, base_value, *values):
+        problem = form_problem(studio, keys, base_value, values)
+        # a refusal for a settings problem goes once the settings are fixed
+        stale = not problem and (status_text or "").startswith("**Settings problem")
+        return problem, ("" if stale else gr.skip())
 
-    gr.on([c.input for c in comps] + [base.input], on_form_change, [base, *comps], form_error,
+    gr.on([c.input for c in comps] + [base.input], on_form_change, [status, base, *comps], [form_error, status],
           show_progress="hidden", trigger_mode="always_last")
 
     def on_save_preset(name, base_value, *values):
