@@ -34,7 +34,7 @@ def panel_text(page) -> str:
         loc = page.locator(sel)
         if loc.count():
             out.append(loc.first.inner_text())
-    return "\n".join(line for line in "\n".join(out).splitlines() if not re.fullmatch(r"[\d.]+s|processing.*", line.strip()))
+    return "\n".join(line for line in "\n".join(out).splitlines() if not re.fullmatch(r"[\d.]+s|processing.*|queue:.*", line.strip()))
 
 
 def measure(timeout: float = 1800) -> dict:

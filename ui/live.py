@@ -23,9 +23,14 @@ def fmt_eta(seconds: float | None) -> str:
 
 
 def phase_text(view: RunView, state: str) -> str:
-    """'loading the base model…', 'encoding images 12/34', 'drawing previews 2/4'; '' while stepping."""
+    """'starting the trainer…', 'loading the base model…', 'encoding images 12/34', 'drawing previews 2/4';
+    '' while stepping."""
+    if state not in ("running", "stopping"):
+        return ""
+    if view.state != "running":  # the process runs but has not written this attempt's first event yet
+        return "starting the trainer…"
     ph = view.phase
-    if state not in ("running", "stopping") or not ph:
+    if not ph:
         return ""
     label = PHASE_TEXT.get(ph.get("phase"), str(ph.get("phase")))
     total = ph.get("total") or 0
@@ -42,8 +47,6 @@ def progress_html(state: str, view: RunView | None) -> str:
     if state == "running" and ev.get("it_s") is not None:
         text += f" · {ev['it_s']:.2f} it/s · ETA {fmt_eta(ev.get('eta_s'))}"
     doing = phase_text(view, state) if view else ""
-    if doing:
-        text += f" · {doing}"
     return (f'<div id="train-progress" data-state="{html.escape(state)}" data-step="{step}" data-total="{total}">'
             f'<div class="atelier-bar"><div class="atelier-fill atelier-{html.escape(state)}" style="width:{pct:.1f}%"></div></div>'
             f'<div class="atelier-progress-text"><b>{html.escape(state)}</b> · {html.escape(text)}</div>'
