@@ -13,11 +13,11 @@ from tests.helpers import REPO
 from trainer.config import ConfigError, TrainConfig, load_preset
 from trainer.run.events import EventWriter, pending_requests
 from ui import runs
-from ui.context import Studio
+from ui.workspace import Studio
 
 
 def test_building_the_studio_page_does_not_import_torch(tmp_path):
-    code = ("import sys; from ui.context import Studio; from ui.studio import build_app; "
+    code = ("import sys; from ui.workspace import Studio; from ui.page import build_app; "
             f"build_app(Studio.create({str(tmp_path)!r})); "
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)

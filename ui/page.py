@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ui import tab_dataset, tab_export, tab_generate, tab_runs, tab_train
-from ui.context import Studio
+from ui.workspace import Studio
 
 CSS = """
 .atelier-bar {height: 18px; background: #e5e7eb; border-radius: 9px; overflow: hidden;}

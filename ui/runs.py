@@ -14,7 +14,7 @@ from trainer.run.events import COMMANDS, forget_view, request, run_view
 from trainer.run.folder import RunFolder
 
 from ui import dataset_files as df
-from ui.context import Studio
+from ui.workspace import Studio
 from ui.paths import UnsafePath, inside
 from ui.runner import RunnerBusy, resolve_state
 

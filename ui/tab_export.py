@@ -8,7 +8,7 @@ import gradio as gr
 
 from trainer.run.events import run_view
 
-from ui.context import Studio
+from ui.workspace import Studio
 from ui.export_bundle import adapter_path, build_bundle, run_config
 from ui.paths import UnsafePath, inside
 from ui.trainer_cli import run_trainer

@@ -7,7 +7,7 @@ import html
 import gradio as gr
 
 from ui import runs
-from ui.context import Studio
+from ui.workspace import Studio
 from ui.paths import UnsafePath
 
 HEADERS = ["", "name", "state", "steps", "duration", "dataset", "final loss", "base", "created", "id"]

@@ -13,7 +13,7 @@ from trainer.config import REPO_ROOT, ConfigError, load_preset, preset_names, sa
 from trainer.run.events import run_view
 
 from ui import runs
-from ui.context import Studio
+from ui.workspace import Studio
 from ui.form import build_form, config_to_values, values_to_config
 from ui.live import loss_rows, preview_pairs, progress_html
 from ui.paths import UnsafePath, inside, safe_name
