@@ -93,7 +93,7 @@ def world(tmp_path_factory):
     from safetensors.torch import save_file
     import torch
     from trainer.config import load_preset, save_config
-    from ui.context import Studio
+    from ui.workspace import Studio
     studio = Studio.create(data, python=str(_recorder(root)))
     rid = studio.store.new_id("victim")
     rd = studio.run_dir(rid)
@@ -173,7 +173,7 @@ def _data_files_with_token(data: Path) -> list[str]:
 
 # ---------------------------------------------------------------- the handlers, called in-process
 def _handlers(studio):
-    from ui.studio import build_app
+    from ui.page import build_app
     demo = build_app(studio)
     by_name = {}
     for fn in demo.fns.values():

@@ -54,7 +54,7 @@ print('[]')
 
 
 def studio_with_dataset(data: Path, python: str):
-    from ui.context import Studio
+    from ui.workspace import Studio
     studio = Studio.create(data, python=python)
     ds = studio.dirs.dataset_dir("set") / "images"
     ds.mkdir(parents=True)
@@ -65,7 +65,7 @@ def studio_with_dataset(data: Path, python: str):
 
 
 def handlers(studio):
-    from ui.studio import build_app
+    from ui.page import build_app
     demo = build_app(studio)
     fns = {}
     for fn in demo.fns.values():

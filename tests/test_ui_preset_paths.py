@@ -4,7 +4,7 @@ import pytest
 
 from tests.helpers import REPO
 from trainer.config import load_preset
-from ui.context import Studio
+from ui.workspace import Studio
 from ui.tab_train import BUNDLED_DATASETS, ConfigError, check_extra_paths
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from trainer.config import load_preset, save_config
 from ui import dataset_files as df
-from ui.context import Studio
+from ui.workspace import Studio
 from ui.runner import RunnerBusy, resolve_state
 
 

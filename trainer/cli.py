@@ -7,6 +7,7 @@ from pathlib import Path
 
 from trainer.config import ConfigError, iter_fields, field_meta, load_config, load_preset, save_config
 from trainer.imports import keep_bitsandbytes_unloaded, needs_bitsandbytes, quiet_library_notes
+from trainer.run.folder import EXIT_CONFIG
 
 
 def _train(argv: list[str]) -> int:
@@ -24,11 +25,18 @@ def _train(argv: list[str]) -> int:
         cfg = load_preset(a.config, a.overrides) if a.preset else load_config(a.config, a.overrides)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     run_dir = Path(a.run_dir) if a.run_dir else Path(a.config).resolve().parent
     run_dir.mkdir(parents=True, exist_ok=True)
     if a.run_dir or a.overrides or a.preset:
         save_config(cfg, run_dir / "config.toml") if not (run_dir / "config.toml").exists() else None
+    if a.resume:  # checked before the first event: that event would make the finished run look running
+        from trainer.run.events import nothing_to_resume
+
+        refusal = nothing_to_resume(run_dir, cfg.schedule.max_train_steps)
+        if refusal:
+            print(f"config error: {refusal}", file=sys.stderr)
+            return EXIT_CONFIG
     _announce(run_dir)
     if not needs_bitsandbytes(cfg):
         keep_bitsandbytes_unloaded()

@@ -135,10 +135,25 @@ def trainable_params(cfg, family: str) -> int:
     return n
 
 
-def estimate(cfg, num_images: int | None = None, family: str | None = None, device: str | None = None) -> dict:
-    """Predicted steps, epochs, peak memory and seconds per step of training `cfg` (a TrainConfig).
+def preview_count(cfg) -> int:
+    """How many preview images a run draws: at the start (twice with the base comparison), every
+    every_n_steps before the end, and at the end; each is one image per prompt."""
+    sm, steps = cfg.sampling, cfg.schedule.max_train_steps
+    if not sm.prompts:
+        return 0
+    rounds = (2 if sm.with_base else 1) * bool(sm.at_start) + 1
+    if sm.every_n_steps:
+        rounds += (steps - 1) // sm.every_n_steps
+    return rounds * len(sm.prompts)
 
-    num_images: training images in the dataset (for epochs; repeats and batch size are applied).
+
+def estimate(cfg, num_images: int | None = None, family: str | None = None, device: str | None = None,
+             num_views: int | None = None) -> dict:
+    """Predicted steps, epochs, peak memory, seconds per step and preview seconds of training `cfg`.
+
+    num_images: training images in the dataset; num_views: image views per epoch (each image counted by
+    its folder's repeats), by default num_images × dataset.repeats. Epochs = steps × grad_accum over the
+    batches per epoch.
     family: sd1 / sd2 / sdxl / tiny (default: from the config). device: cpu / cuda (default: the config's,
     auto = cuda when an NVIDIA device is present). Memory is peak RSS on CPU, peak VRAM on CUDA."""
     fam = family_of(cfg, family)
@@ -151,7 +166,9 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
     steps = sch.max_train_steps
     epochs = batches_per_epoch = None
     if num_images:
-        samples = num_images * ds.repeats
+        samples = num_views or num_images * ds.repeats
+        if ds.reg_path:  # as many regularisation samples as training samples per epoch (kohya's rule)
+            samples *= 2
         batches_per_epoch = max(1, math.ceil(samples / batch))
         epochs = math.ceil(steps * sch.grad_accum / batches_per_epoch)
 
@@ -187,23 +204,34 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
     if not ds.cache_latents:  # the VAE encoder runs each step: roughly a third of a UNet step
         s *= 1.35
     measured = dev == "cpu"
+    # a preview is sampling.steps UNet forwards of one image (two under classifier-free guidance); a
+    # forward is about a third of a training step's forward + backward, per image of the batch
+    unet_s = (s / sch.grad_accum) / batch / 3 * ((cfg.sampling.size or ds.resolution) / ds.resolution) ** 2
+    n_previews = preview_count(cfg)
+    preview_s = n_previews * cfg.sampling.steps * (2 if cfg.sampling.guidance_scale > 1 else 1) * unet_s
     return {
         "family": fam, "device": dev, "dtype": ("bf16/fp16" if half else "fp32"),
         "steps": steps, "epochs": epochs, "batches_per_epoch": batches_per_epoch,
         "trainable_params": n_train,
         "peak_memory_bytes": int(peak), "memory_kind": "vram" if dev == "cuda" else "rss",
         "memory_breakdown": {k: int(v) for k, v in breakdown.items()},
-        "seconds_per_step": s, "total_seconds": s * steps,
+        "seconds_per_step": s, "train_seconds": s * steps, "previews": n_previews, "preview_seconds": preview_s,
+        "total_seconds": s * steps + preview_s,
         "measured": measured, "calibration": CPU_CALIBRATION if measured else CUDA_CALIBRATION,
     }
 
 
+def _span(seconds: float) -> str:
+    mins = seconds / 60
+    return f"{mins / 60:.1f} h" if mins >= 90 else f"{mins:.0f} min" if mins >= 1 else f"{seconds:.0f} s"
+
+
 def format_estimate(e: dict) -> str:
-    """One line for the GUI: '≈ 4.6 GB RAM, 3.9 s/step, 1000 steps ≈ 65 min (10 epochs)'."""
-    mins = e["total_seconds"] / 60
-    span = f"{mins / 60:.1f} h" if mins >= 90 else f"{mins:.0f} min"
+    """One line for the GUI: '≈ 4.6 GB RAM, 3.9 s/step, 1000 steps ≈ 65 min + 12 previews ≈ 2 min (10 epochs)'.
+    The epochs are said here once (the GUI does not repeat them)."""
     epochs = f" ({e['epochs']} epochs)" if e["epochs"] else ""
     flag = "" if e["measured"] else " (GPU figures unmeasured)"
     kind = "VRAM" if e["memory_kind"] == "vram" else "RAM"
+    previews = f" + {e['previews']} previews ≈ {_span(e['preview_seconds'])}" if e.get("previews") else ""
     return (f"≈ {e['peak_memory_bytes'] / 1e9:.1f} GB {kind}, {e['seconds_per_step']:.2f} s/step, "
-            f"{e['steps']} steps ≈ {span}{epochs}{flag}")
+            f"{e['steps']} steps ≈ {_span(e['train_seconds'])}{previews}{epochs}{flag}")

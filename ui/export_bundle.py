@@ -13,13 +13,14 @@ from PIL.PngImagePlugin import PngInfo
 from trainer.config import TrainConfig, load_config
 from trainer.formats import infotext
 from trainer.models.spec import display_name
-from trainer.run.events import CONFIG_FILE, read_events
+from trainer.run.events import run_view
+from trainer.run.folder import RunFolder
 
 from ui.paths import UnsafePath, inside
 
 
 def run_config(run_dir: Path) -> TrainConfig:
-    return load_config(run_dir / CONFIG_FILE)
+    return load_config(RunFolder(run_dir).effective_config)  # the settings it really trained with
 
 
 def adapter_path(run_dir: Path) -> Path | None:
@@ -28,10 +29,7 @@ def adapter_path(run_dir: Path) -> Path | None:
     edited = run_dir / "export" / f"{cfg.saving.output_name}.safetensors"
     if edited.is_file():
         return edited
-    final = None
-    for ev in read_events(run_dir):
-        if ev.get("type") in ("finished", "checkpoint") and ev.get("adapter"):
-            final = ev["adapter"]
+    final = run_view(run_dir).adapter
     candidates = [final] if final else []
     candidates.append(f"output/{cfg.saving.output_name}.safetensors")
     for rel in candidates:
@@ -47,15 +45,14 @@ def adapter_path(run_dir: Path) -> Path | None:
 def checkpoint_adapters(run_dir: Path) -> list[tuple[str, Path]]:
     """(label, path) of every saved adapter of the run, oldest first."""
     out, seen = [], set()
-    for ev in read_events(run_dir):
-        if ev.get("type") in ("checkpoint", "finished") and ev.get("adapter"):
-            try:
-                p = inside(run_dir, ev["adapter"])
-            except UnsafePath:
-                continue
-            if p.is_file() and p not in seen:
-                seen.add(p)
-                out.append((f"step {ev.get('step')} · {p.name}", p))
+    for step, rel in run_view(run_dir).adapters():
+        try:
+            p = inside(run_dir, rel)
+        except UnsafePath:
+            continue
+        if p.is_file() and p not in seen:
+            seen.add(p)
+            out.append((f"step {step} · {p.name}", p))
     return out
 
 
@@ -90,8 +87,8 @@ def build_bundle(run_dir: Path, max_previews: int = 8) -> Path:
     if adapter is None:
         raise FileNotFoundError(f"{run_dir.name}: the run has no adapter yet")
     name = adapter.stem
-    samples = [ev for ev in read_events(run_dir) if ev.get("type") == "sample" and ev.get("kind", "adapter") != "base"]
-    steps = max((int(ev.get("step", 0)) for ev in read_events(run_dir) if ev.get("type") == "step"), default=0)
+    view = run_view(run_dir)
+    samples, steps = view.adapter_samples(), view.step
     out = run_dir / "export" / f"{name}-civitai.zip"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{time.time_ns()}.tmp")

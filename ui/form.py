@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any, get_origin
 
 import gradio as gr
+from pydantic import ValidationError
 
-from trainer.config import GROUPS, TrainConfig, deep_merge, field_meta, from_dict, iter_fields
+from trainer.config import GROUPS, ConfigError, TrainConfig, deep_merge, field_meta, iter_fields
 
-# options the Train tab sets with its own widgets (base picker, dataset chooser)
-SEPARATE = {"model.base", "dataset.path"}
+# options the Train tab sets with its own widgets: base picker, dataset chooser, and the run name (the adapter
+# is named after its run, so a new concept is never saved under the last preset's name)
+SEPARATE = {"model.base", "dataset.path", "saving.output_name"}
 
 
 def _range_text(meta: dict) -> str:
@@ -30,8 +32,9 @@ def _widget(key: str, finfo, ann, default: Any) -> gr.components.Component:
     if get_origin(ann) is list:
         return gr.Textbox(value="\n".join(default), lines=3, **common)
     if ann in (int, float):
-        return gr.Number(value=default, precision=0 if ann is int else None,
-                         minimum=meta.get("ge"), maximum=meta.get("le"), **common)
+        # no minimum/maximum here: Gradio would refuse out-of-range input with a fading toast that names no
+        # field; the range is in the help text and form_problems() names the field and stays until fixed
+        return gr.Number(value=default, precision=0 if ann is int else None, **common)
     return gr.Textbox(value=str(default), **common)
 
 
@@ -67,22 +70,53 @@ def _annotations() -> dict[str, Any]:
     return {f"{s}.{k}": ann for s, k, _, ann in iter_fields()}
 
 
+def labels() -> dict[str, str]:
+    """"section.key" → the label the form shows for it."""
+    return {f"{s}.{k}": field_meta(f)["label"] or f"{s}.{k}" for s, k, f, _ in iter_fields()}
+
+
+def _problem_text(err: dict, names: dict[str, str]) -> str:
+    """One validation error in the form's words: the field's label, then the reason."""
+    key = ".".join(str(p) for p in err["loc"])
+    ctx, kind = err.get("ctx") or {}, err["type"]
+    reason = {"greater_than_equal": f"must be at least {ctx.get('ge')}",
+              "less_than_equal": f"must be at most {ctx.get('le')}",
+              "greater_than": f"must be above {ctx.get('gt')}", "less_than": f"must be below {ctx.get('lt')}",
+              "missing": "is empty"}.get(kind, err["msg"].removeprefix("Value error, "))
+    if key in names:
+        return f"{names[key]}: {reason}"
+    # a check across fields (loc = the section or nothing): its message names the options by key
+    for k, label in sorted(names.items(), key=lambda kv: -len(kv[0])):
+        reason = reason.replace(k, f"{label} ({k})")
+    return reason
+
+
 def values_to_config(keys: list[str], values: list[Any], extra: dict[str, Any] | None = None) -> TrainConfig:
-    """Form values (+ the separate widgets' values) → a validated config; ConfigError names the field."""
-    anns = _annotations()
+    """Form values (+ the separate widgets' values) → a validated config. ConfigError names each field
+    by the label the form shows (never the internal section.key alone)."""
+    anns, names = _annotations(), labels()
     data: dict[str, dict] = {}
+    empty = []
     for key, value in zip(keys, values):
         ann = anns[key]
         if get_origin(ann) is list:
             value = [line.strip() for line in str(value or "").splitlines() if line.strip()]
-        elif ann is int and value is not None:
+        elif ann in (int, float) and value in (None, ""):
+            empty.append(f"{names[key]}: is empty")
+            continue
+        elif ann is int:
             value = int(value)
         section, name = key.split(".", 1)
         data.setdefault(section, {})[name] = value
     for key, value in (extra or {}).items():
         section, name = key.split(".", 1)
         data.setdefault(section, {})[name] = value
-    return from_dict(deep_merge(TrainConfig().model_dump(mode="python"), data), "training form")
+    if empty:
+        raise ConfigError("; ".join(empty))
+    try:
+        return TrainConfig.model_validate(deep_merge(TrainConfig().model_dump(mode="python"), data))
+    except ValidationError as e:
+        raise ConfigError("; ".join(_problem_text(err, names) for err in e.errors())) from None
 
 
 def config_to_values(cfg: TrainConfig, keys: list[str]) -> list[Any]:

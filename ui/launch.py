@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["GRADIO_EXAMPLES_CACHE"] = str(data_dir / ".gradio" / "cache")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from ui.context import Studio
+    from ui.workspace import Studio
     from ui.dataset_files import Limits
-    from ui.studio import CSS, build_app
+    from ui.page import CSS, build_app
 
     limits = Limits(max_file_bytes=min(50, a.max_upload_mb) * 2**20, max_zip_total_bytes=2 * 2**30)
     studio = Studio.create(data_dir, a.models_dir, limits)

@@ -15,16 +15,14 @@ from pathlib import Path
 
 from trainer.run.atomic import atomic_write_text
 from trainer.config import REPO_ROOT
-from trainer.run.events import CONFIG_FILE, FINAL_STATES, PID_FILE, read_control, run_state, write_control
+from trainer.run.events import clear_requests, pending_requests, request, run_view
+from trainer.run.folder import EXIT_STATES, FINAL_STATES, RunFolder
 
 from ui.paths import DataDirs
 from ui.store import RunStore
 
-EXIT_FILE = "exit.json"
-LOG_FILE = "trainer.log"
 ACTIVE_FILE = "active.json"
 LOCK_FILE = "train.lock"
-EXIT_STATES = {0: "finished", 3: "stopped"}  # 2 = config error, 1 = failed, <0 = killed by a signal
 
 
 class RunnerBusy(RuntimeError):
@@ -54,24 +52,26 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def log_tail(run_dir: Path, lines: int = 15) -> str:
-    try:
-        text = (run_dir / LOG_FILE).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.strip().splitlines()[-lines:])
+def _with_log(message: str, folder: RunFolder) -> str:
+    tail = folder.log_tail()
+    return message + (f":\n{tail}" if tail else "")
 
 
 def resolve_state(run_dir: Path) -> dict:
-    """The run's state from its folder: events, the pid file, the exit code the watcher recorded.
-    The exit code wins over events: a process that failed is never shown as finished."""
-    info = run_state(run_dir)
+    """The run's state from its folder: the events (read incrementally by the shared view), the pid file,
+    the exit code the watcher recorded. The exit code wins over events: a process that failed is never
+    shown as finished. Keys: state, step, max_steps, loss, error, adapter, warnings, pid (while alive),
+    exit_code (once reaped)."""
+    folder = RunFolder(run_dir)
+    view = run_view(run_dir)
+    info = {"state": view.state, "step": view.step, "max_steps": view.max_steps, "loss": view.loss,
+            "error": view.error, "adapter": view.adapter, "warnings": list(view.warnings)}
     try:
-        pid = int((run_dir / PID_FILE).read_text().strip())
+        pid = int(folder.pid.read_text().strip())
     except (OSError, ValueError):
         pid = None
-    exit_info = _read_json(run_dir / EXIT_FILE)
-    stop_requested = bool(read_control(run_dir).get("stop"))
+    exit_info = _read_json(folder.exit)
+    stop_requested = view.stop_taken or "stop" in pending_requests(run_dir)
     alive = bool(pid) and not exit_info and _pid_alive(int(pid), run_dir)
     info["pid"] = pid if alive else None
     if alive:
@@ -87,14 +87,13 @@ def resolve_state(run_dir: Path) -> dict:
             info["warnings"].append("the trainer did not stop in time and was killed; the last save may be older")
         else:
             info["state"] = "failed"
-            if not info.get("error"):
-                info["error"] = f"trainer exited with code {code}" + (f":\n{log_tail(run_dir)}" if log_tail(run_dir) else "")
+        if info["state"] == "failed" and not info.get("error"):
+            info["error"] = _with_log(f"trainer exited with code {code}", folder)
         return info
     if info["state"] == "running" or (pid and info["state"] not in FINAL_STATES):
         # the process is gone and left no final event and no exit code (app restarted while it died)
         info["state"] = "failed"
-        info["error"] = info.get("error") or "the trainer process ended without reporting" + (
-            f":\n{log_tail(run_dir)}" if log_tail(run_dir) else "")
+        info["error"] = info.get("error") or _with_log("the trainer process ended without reporting", folder)
     return info
 
 
@@ -124,37 +123,38 @@ class Runner:
             run_dir = self.dirs.run_dir(run_id)
         except ValueError:
             return None
-        if _pid_alive(int(pid), run_dir) and not (run_dir / EXIT_FILE).exists():
+        if _pid_alive(int(pid), run_dir) and not RunFolder(run_dir).exit.exists():
             return run_id
         return None
 
     def start(self, run_id: str, resume: bool = False, overrides: list[str] | None = None) -> int:
-        """Launch `python -m trainer train`; RunnerBusy if another run holds the device. Returns the pid."""
+        """Launch `python -m trainer train` on the run's config (the one it last ran with, on a resume);
+        RunnerBusy if another run holds the device. Returns the pid."""
         run_dir = self.dirs.run_dir(run_id)
-        if not (run_dir / CONFIG_FILE).exists():
-            raise FileNotFoundError(f"{run_dir / CONFIG_FILE}: missing")
+        folder = RunFolder(run_dir)
+        config = folder.effective_config
+        if not config.exists():
+            raise FileNotFoundError(f"{folder.config}: missing")
         with self._device_lock():
             busy = self.active()
             if busy:
                 raise RunnerBusy(f"Run {busy} is training on this device; wait for it or stop it first.")
-            for stale in (EXIT_FILE, PID_FILE):
-                (run_dir / stale).unlink(missing_ok=True)
-            # a stop left from an earlier process must not stop the new one
-            if read_control(run_dir).get("stop"):
-                write_control(run_dir, stop=False)
-            args = [self.python, "-m", "trainer", "train", str(run_dir / CONFIG_FILE)]
+            for stale in (folder.exit, folder.pid):
+                stale.unlink(missing_ok=True)
+            clear_requests(run_dir)  # a stop left from an earlier process must not stop the new one
+            args = [self.python, "-m", "trainer", "train", str(config)]
             if resume:
                 args.append("--resume")
             args += [f"--set={o}" for o in overrides or []]  # `=`: a value can never turn into an option
             env = dict(os.environ, PYTHONUNBUFFERED="1")
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
-            log = open(run_dir / LOG_FILE, "ab")
+            log = open(folder.log, "ab")
             try:
                 proc = subprocess.Popen(args, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, env=env, start_new_session=True)
             finally:
                 log.close()
-            atomic_write_text(run_dir / PID_FILE, str(proc.pid))
+            atomic_write_text(folder.pid, str(proc.pid))
             atomic_write_text(self.dirs.root / ACTIVE_FILE,
                               json.dumps({"run_id": run_id, "pid": proc.pid, "started": time.time()}))
         self._procs[run_id] = proc
@@ -165,7 +165,7 @@ class Runner:
     def _watch(self, run_id: str, proc: subprocess.Popen) -> None:
         code = proc.wait()
         run_dir = self.dirs.run_dir(run_id)
-        atomic_write_text(run_dir / EXIT_FILE, json.dumps({"code": code, "time": time.time()}))
+        atomic_write_text(RunFolder(run_dir).exit, json.dumps({"code": code, "time": time.time()}))
         self._procs.pop(run_id, None)
         self.refresh(run_id)
 
@@ -179,12 +179,12 @@ class Runner:
         return info
 
     def stop(self, run_id: str, wait: bool = False) -> str:
-        """Graceful stop: ask through control.json, then SIGTERM, then SIGKILL the process group."""
+        """Graceful stop: a stop request in control/, then SIGTERM, then SIGKILL the process group."""
         run_dir = self.dirs.run_dir(run_id)
         info = resolve_state(run_dir)
         if not info.get("pid"):
             return f"Run {run_id} is not running ({info['state']})."
-        write_control(run_dir, stop=True)
+        request(run_dir, "stop")
         t = threading.Thread(target=self._escalate, args=(run_id, int(info["pid"])), daemon=True)
         t.start()
         if wait:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from ui.paths import safe_name
 
-_COLUMNS = ("id", "name", "base", "preset", "state", "steps", "adapter", "folder", "created")
+_COLUMNS = ("id", "name", "base", "preset", "state", "steps", "adapter", "folder", "created", "dataset")
 _SCHEMA = """CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, base TEXT NOT NULL, preset TEXT NOT NULL,
     state TEXT NOT NULL, steps INTEGER NOT NULL DEFAULT 0, adapter TEXT, folder TEXT NOT NULL,
-    created REAL NOT NULL)"""
+    created REAL NOT NULL, dataset TEXT NOT NULL DEFAULT '')"""
 
 
 class RunStore:
@@ -22,6 +22,9 @@ class RunStore:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
+            # a store made before runs recorded their dataset gains the column (older rows: '')
+            if "dataset" not in {r["name"] for r in db.execute("PRAGMA table_info(runs)")}:
+                db.execute("ALTER TABLE runs ADD COLUMN dataset TEXT NOT NULL DEFAULT ''")
 
     def _connect(self) -> sqlite3.Connection:
         # a connection per call: Gradio runs handlers on many threads
@@ -33,9 +36,10 @@ class RunStore:
     def new_id(name: str) -> str:
         return f"{time.strftime('%Y%m%d-%H%M%S')}-{safe_name(name, 'run', 32)}-{secrets.token_hex(3)}"
 
-    def add(self, run_id: str, name: str, base: str, preset: str, folder: Path, steps: int = 0) -> dict:
+    def add(self, run_id: str, name: str, base: str, preset: str, folder: Path, steps: int = 0,
+            dataset: str = "") -> dict:
         row = dict(id=run_id, name=name, base=base, preset=preset, state="created", steps=steps, adapter=None,
-                   folder=str(folder), created=time.time())
+                   folder=str(folder), created=time.time(), dataset=dataset)
         with self._connect() as db:
             db.execute(f"INSERT INTO runs ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})",
                        [row[c] for c in _COLUMNS])

@@ -6,7 +6,7 @@ from pathlib import Path
 import gradio as gr
 
 from ui import dataset_files as df
-from ui.context import Studio
+from ui.workspace import Studio
 from ui.paths import UnsafePath, safe_name
 
 

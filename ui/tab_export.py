@@ -7,9 +7,10 @@ import json
 import gradio as gr
 
 from trainer.models.spec import parse_base
-from ui.context import Studio
+from trainer.run.events import run_view
+
+from ui.workspace import Studio
 from ui.export_bundle import adapter_path, build_bundle, run_config
-from ui.live import live
 from ui.paths import UnsafePath, inside
 from ui.trainer_cli import run_trainer
 
@@ -62,9 +63,7 @@ def build(studio: Studio) -> dict:
         run_dir = studio.run_dir(run_id)
         cfg = run_config(run_dir)
         p = adapter_path(run_dir)
-        lr = live(run_dir)
-        lr.poll()
-        thumbs = [s["path"] for s in lr.samples if s.get("kind", "adapter") != "base" and s.get("path")]
+        thumbs = [s["path"] for s in run_view(run_dir).adapter_samples() if s.get("path")]
         text = f"Adapter: `{p.name}` ({p.stat().st_size / 1024:.0f} KB)" if p else "No adapter yet."
         return (text, cfg.saving.title or cfg.saving.output_name, cfg.saving.trigger_phrase, cfg.saving.description,
                 gr.update(choices=thumbs, value=thumbs[-1] if thumbs else None))

@@ -6,7 +6,7 @@ import time
 
 import gradio as gr
 
-from ui.context import Studio
+from ui.workspace import Studio
 from ui.export_bundle import adapter_path, checkpoint_adapters, run_config
 from ui.paths import UnsafePath, inside
 from ui.trainer_cli import run_trainer

@@ -1,59 +1,95 @@
-"""Runs tab: history from the run store (refreshed from each folder), re-open, delete."""
+"""Runs tab: every run with its state, live step, duration, dataset, thumbnail and final loss; a row opens
+the run in the Train tab; delete asks first. The data comes from ui/runs.py."""
 from __future__ import annotations
 
-import datetime
-import shutil
+import html
 
 import gradio as gr
 
-from ui.context import Studio
+from ui import runs
+from ui.workspace import Studio
 from ui.paths import UnsafePath
+
+HEADERS = ["", "name", "state", "steps", "duration", "dataset", "final loss", "base", "created", "id"]
+
+
+def _thumb(s: runs.RunSummary) -> str:
+    # served by Gradio's file route, which allows only the data folder's runs/ and datasets/
+    return f'<img src="/gradio_api/file={html.escape(str(s.thumbnail))}" width="48" height="48">' if s.thumbnail else ""
 
 
 def table(studio: Studio) -> list[list]:
     rows = []
-    for r in studio.store.list():
-        if r["state"] in ("created", "running", "stopping"):
-            try:
-                r["state"] = studio.runner.refresh(r["id"])["state"]
-            except (UnsafePath, OSError):
-                pass
-        created = datetime.datetime.fromtimestamp(r["created"]).strftime("%Y-%m-%d %H:%M")
-        rows.append([r["id"], r["name"], r["state"], r["steps"], r["base"], created])
+    for s in runs.summaries(studio):
+        steps = f"{s.step}/{s.max_steps}" if s.max_steps else str(s.step)
+        loss = f"{s.final_loss:.4f}" if s.final_loss is not None else "–"
+        rows.append([_thumb(s), s.name, s.state, steps, runs.fmt_duration(s.seconds) if s.seconds else "–",
+                     s.dataset or "–", loss, s.base, runs.created_text(s.created), s.id])
     return rows
 
 
-def build(studio: Studio, run_state: gr.State, on_open_outputs: list | None = None) -> dict:
-    runs_df = gr.Dataframe(headers=["id", "name", "state", "steps", "base", "created"], value=lambda: table(studio),
-                           interactive=False, elem_id="runs-table")
+def build(studio: Studio, run_state: gr.State, tabs: gr.Tabs) -> dict:
+    runs_df = gr.Dataframe(headers=HEADERS, value=lambda: table(studio), interactive=False, elem_id="runs-table",
+                           datatype=["html"] + ["str"] * (len(HEADERS) - 1), wrap=True)
     with gr.Row():
         pick = gr.Dropdown(choices=studio.run_choices(), label="Run", elem_id="runs-pick", scale=3)
         refresh = gr.Button("Refresh", scale=1, elem_id="runs-refresh")
         open_btn = gr.Button("Open in Train tab", variant="primary", scale=1, elem_id="runs-open")
-        delete = gr.Button("Delete", variant="stop", scale=1, elem_id="runs-delete")
+        delete = gr.Button("Delete…", variant="stop", scale=1, elem_id="runs-delete")
+    with gr.Row(visible=False) as confirm_row:
+        confirm_md = gr.Markdown(elem_id="runs-confirm-text")
+        confirm = gr.Button("Yes, delete it", variant="stop", elem_id="runs-delete-confirm", scale=0)
+        cancel = gr.Button("Keep it", elem_id="runs-delete-cancel", scale=0)
     msg = gr.Markdown(elem_id="runs-msg")
+    timer = gr.Timer(2.0)  # steps and states move while a run trains
 
     def on_refresh():
         return table(studio), gr.update(choices=studio.run_choices())
 
     refresh.click(on_refresh, None, [runs_df, pick])
 
+    def on_tick():
+        if not studio.runner.active():
+            return gr.skip()
+        return table(studio)
+
+    timer.tick(on_tick, None, runs_df, show_progress="hidden")
+
     def on_open(run_id):
         if not run_id or not studio.store.get(run_id):
-            return gr.skip(), "Pick a run."
-        return run_id, f"Opened `{run_id}`: see the Train tab."
+            return gr.skip(), "Pick a run.", gr.skip()
+        return run_id, f"Opened `{run_id}` in the Train tab.", gr.Tabs(selected="train")
 
-    open_btn.click(on_open, pick, [run_state, msg])
+    open_btn.click(on_open, pick, [run_state, msg, tabs])
 
-    def on_delete(run_id):
+    def on_row(evt: gr.SelectData):
+        """A click on a row opens that run (its id is the last column) in the Train tab."""
+        row = evt.row_value if evt is not None else None
+        if not row or not studio.store.get(str(row[-1])):
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return (row[-1], *on_open(row[-1]))
+
+    runs_df.select(on_row, None, [pick, run_state, msg, tabs])
+
+    def on_ask_delete(run_id):
         if not run_id or not studio.store.get(run_id):
             return gr.skip(), gr.skip(), "Pick a run."
-        info = studio.runner.refresh(run_id)
-        if info["state"] in ("running", "stopping"):
-            return gr.skip(), gr.skip(), f"Run `{run_id}` is training: stop it first."
-        shutil.rmtree(studio.run_dir(run_id), ignore_errors=True)
-        studio.store.delete(run_id)
-        return table(studio), gr.update(choices=studio.run_choices(), value=None), f"Deleted `{run_id}`."
+        row = studio.store.get(run_id)
+        return (gr.update(visible=True), f"Delete run **{row['name']}** (`{run_id}`) with its adapters and previews? "
+                "This cannot be undone.", "")
 
-    delete.click(on_delete, pick, [runs_df, pick, msg])
-    return {"table": runs_df, "pick": pick, "refresh": on_refresh}
+    delete.click(on_ask_delete, pick, [confirm_row, confirm_md, msg])
+    def on_keep():
+        return gr.update(visible=False)
+
+    cancel.click(on_keep, None, confirm_row)
+
+    def on_delete(run_id):
+        try:
+            text = runs.delete(studio, run_id)
+        except (runs.RunRefused, UnsafePath) as e:
+            return gr.skip(), gr.skip(), str(e), gr.update(visible=False)
+        return table(studio), gr.update(choices=studio.run_choices(), value=None), text, gr.update(visible=False)
+
+    confirm.click(on_delete, pick, [runs_df, pick, msg, confirm_row])
+    return {"table": runs_df, "pick": pick, "refresh": on_refresh, "open": open_btn}

@@ -1,25 +1,31 @@
-"""Train tab: base model, preset, the generated form, estimate, start/stop/resume, live progress."""
+"""Train tab: dataset, base model, preset, the generated form, estimate, start/stop/resume/sample/save, and
+the live panel. Widgets and wiring only: runs are made and steered by ui/runs.py."""
 from __future__ import annotations
 
-import shutil
+import functools
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
-from trainer.config import REPO_ROOT, ConfigError, load_config, load_preset, preset_names, save_config
+from trainer.config import REPO_ROOT, ConfigError, load_preset, preset_names, save_config
 from trainer.models.spec import parse_base
-from trainer.run.events import CONFIG_FILE
+from trainer.run.events import run_view
 
-from ui import dataset_files as df
-from ui.context import Studio
+from ui import runs
+from ui.workspace import Studio
 from ui.form import build_form, config_to_values, values_to_config
-from ui.live import live, progress_html
+from ui.live import loss_rows, preview_pairs, progress_html
 from ui.paths import UnsafePath, inside, safe_name
-from ui.runner import RunnerBusy, log_tail, resolve_state
+from ui.runner import resolve_state
 
 BUILTIN_BASES = [("Demo base (bundled shapes model)", "builtin:shapes"), ("Tiny random SD1 (tests)", "tiny:sd1")]
 MODEL_SUFFIXES = (".safetensors", ".ckpt")
+BUNDLED_DATASETS = runs.BUNDLED_DATASETS
+CSS = """
+#train-live {position: sticky; top: 4px; align-self: flex-start;}
+#train-form-error:not(:empty) {border-left: 4px solid #dc2626; padding-left: 8px;}
+"""
 
 
 def scan_models(root: Path) -> list[tuple[str, str]]:
@@ -63,11 +69,6 @@ def check_base(studio: Studio, text: str) -> str:
     return str(p)
 
 
-# the datasets that ship with the project (the demo's concept and regularisation images): read-only
-# to the studio, and named repository-relative in the bundled presets ("datasets/shapes-reg")
-BUNDLED_DATASETS = Path(__file__).resolve().parent.parent / "datasets"
-
-
 def check_extra_paths(studio: Studio, cfg) -> None:
     """The form's other path fields stay inside the studio's folders too: a VAE and a start-from adapter in
     the models folders (or a run's adapter), regularisation images in the datasets folder or among the
@@ -105,31 +106,40 @@ def preset_path_or_name(studio: Studio, name: str) -> str:
     return name
 
 
-def estimate_text(cfg, n_images: int, repeats_total: int) -> str:
+def estimate_text(cfg, n_images: int, views: int, dataset: str = "") -> str:
+    """The estimate box: steps, images and epochs said once, then time (training + previews) and memory."""
     from trainer.estimate import estimate, format_estimate
 
     steps = cfg.schedule.max_train_steps
-    per_epoch = max(1, repeats_total // max(1, cfg.dataset.batch_size))
-    lines = [f"**{steps} steps** · {n_images} image(s), {repeats_total} image views per epoch → "
-             f"about {steps / per_epoch:.1f} epoch(s) at batch {cfg.dataset.batch_size}."]
+    if not n_images:
+        return (f"**No images in {('dataset `' + dataset + '`') if dataset else 'the dataset'}:** add images in "
+                f"the Dataset tab or pick another dataset. Training cannot start without them.")
+    lines = [f"**{steps} steps** · {n_images} image(s), {views} image view(s) per epoch at batch "
+             f"{cfg.dataset.batch_size}" + (" (plus as many regularisation images)" if cfg.dataset.reg_path else "")]
     try:
-        est = estimate(cfg, num_images=n_images or None)
+        est = estimate(cfg, num_images=n_images, num_views=views)
         lines.append(f"{format_estimate(est)} — estimated for {est['family']} on {est['device']}.")
     except Exception as e:  # an estimate must never block a launch
         lines.append(f"Time/memory estimate unavailable ({e}).")
     return "\n\n".join(lines)
 
 
-def _dataset_views(root: Path, default_repeats: int) -> tuple[int, int]:
-    n, views = 0, 0
-    for folder, reps, count in df.folders(root):
-        n += count
-        views += count * (reps or default_repeats)
-    return n, views
+def form_problem(studio: Studio, keys: list[str], base_value, values) -> str:
+    """'' when the form is valid, else the problem naming each field by its label (shown until fixed)."""
+    try:
+        cfg = values_to_config(keys, list(values), {"model.base": check_base(studio, base_value)})
+        check_extra_paths(studio, cfg)
+    except ConfigError as e:
+        return f"**Fix before training:** {e}"
+    return ""
 
 
 def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
     with gr.Row():
+        demo_btn = gr.Button("Try the demo", elem_id="train-demo", scale=1,
+                             variant="secondary")
+        dataset = gr.Dropdown(choices=runs.dataset_choices(studio), value=None, label="Dataset",
+                              elem_id="train-dataset", scale=2, info="The images this run trains on.")
         base = gr.Dropdown(choices=base_choices(studio), value="builtin:shapes", allow_custom_value=True,
                            label="Base model", elem_id="train-base", scale=3,
                            info="Bundled demo base, a model in your models folder, a path there, or a hub id.")
@@ -137,49 +147,85 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
         preset = gr.Dropdown(choices=preset_names() + user_presets(studio), value=None, label="Preset",
                              elem_id="train-preset", scale=2)
     with gr.Row():
-        run_name = gr.Textbox(value="my-lora", label="Run name", elem_id="train-run-name", scale=2)
+        run_name = gr.Textbox(value="my-lora", label="Run name", elem_id="train-run-name", scale=2,
+                              info="Also the adapter's file name.")
         preset_save_name = gr.Textbox(label="Save settings as preset", placeholder="name", scale=2)
         save_preset = gr.Button("Save preset", scale=1)
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
+            form_error = gr.Markdown(elem_id="train-form-error")
             widgets = build_form()
         with gr.Column(scale=2, elem_id="train-live"):
             with gr.Row():
                 estimate_btn = gr.Button("Estimate", elem_id="train-estimate-btn")
                 start = gr.Button("Train", variant="primary", elem_id="train-start")
                 stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
-                resume = gr.Button("Resume", elem_id="train-resume")
+            with gr.Row():
+                sample_now = gr.Button("Sample now", elem_id="train-sample-now", size="sm")
+                save_now = gr.Button("Save now", elem_id="train-save-now", size="sm")
+                resume = gr.Button("Resume", elem_id="train-resume", size="sm")
+                more_steps = gr.Number(value=None, precision=0, label="Train to step", elem_id="train-more-steps",
+                                       info="A finished run resumes only to train more: its new total of steps.",
+                                       min_width=120)
             status = gr.Markdown(elem_id="train-status")
-            estimate_md = gr.Markdown(elem_id="train-estimate")
             run_label = gr.Markdown(elem_id="train-run-label")
-            progress = gr.HTML(progress_html("idle", live(studio.dirs.runs / "_none")), elem_id="train-progress-box")
+            progress = gr.HTML(progress_html("idle", None), elem_id="train-progress-box")
+            with gr.Row(visible=False) as after_run:
+                open_generate = gr.Button("Open in Generate", elem_id="train-open-generate", size="sm")
+                open_export = gr.Button("Open in Export", elem_id="train-open-export", size="sm")
             problems = gr.Markdown(elem_id="train-problems")
-            loss_plot = gr.LinePlot(x="step", y="loss", title="Loss", height=240, elem_id="train-loss")
-            previews = gr.Gallery(label="Previews (base | adapter at the same seed)", columns=2, height=340,
+            loss_plot = gr.LinePlot(x="step", y="loss", color="curve", title="Loss (smoothed; raw faint)", height=200,
+                                    color_map={"smoothed": "#4f46e5", "raw": "#c7d2fe"}, elem_id="train-loss")
+            previews = gr.Gallery(label="Previews (base | adapter at the same seed)", columns=2, height=260,
                                   elem_id="train-previews")
+            saves = gr.Markdown(elem_id="train-saves")
+            estimate_md = gr.Markdown(elem_id="train-estimate")
     keys, comps = list(widgets), list(widgets.values())
     seen = gr.State(None)
     timer = gr.Timer(1.0)
 
-    def cfg_from(values, base_value, ds):
+    def cfg_from(values, base_value):
         cfg = values_to_config(keys, list(values), {"model.base": check_base(studio, base_value)})
         check_extra_paths(studio, cfg)
         return cfg
 
+    # ---- settings
     def on_preset(name):
         if not name:
-            return [gr.skip()] * (len(comps) + 2)
+            return [gr.skip()] * (len(comps) + 4)
         try:
             cfg = load_preset(preset_path_or_name(studio, name))
         except ConfigError as e:
-            return [gr.skip()] * len(comps) + [gr.skip(), f"**Preset error:** {e}"]
-        return [*config_to_values(cfg, keys), cfg.model.base, f"Loaded preset `{name}`."]
+            return [gr.skip()] * (len(comps) + 2) + [f"**Preset error:** {e}", gr.skip()]
+        values = config_to_values(cfg, keys)
+        own = runs.preset_dataset(cfg)
+        ds_update = gr.update(choices=runs.dataset_choices(studio), value=own) if own else gr.skip()
+        note = f" It trains on its own dataset `{own}`." if own else ""
+        return [*values, cfg.model.base, ds_update, f"Loaded preset `{name}`.{note}", ""]
 
-    preset.change(on_preset, preset, [*comps, base, status])
+    preset.input(on_preset, preset, [*comps, base, dataset, status, form_error])
+
+    def on_demo():
+        values = on_preset(runs.DEMO["preset"])
+        values[len(comps) + 1] = gr.update(choices=runs.dataset_choices(studio), value=runs.DEMO["dataset"])
+        values[len(comps) + 2] = ("Demo set: the bundled shapes base learns a stripe pattern called “zkq” from "
+                                  "the bundled images. Press **Train**.")
+        return [runs.DEMO["preset"], runs.DEMO["name"], *values]
+
+    demo_btn.click(on_demo, None, [preset, run_name, *comps, base, dataset, status, form_error])
+
+    def on_form_change(status_text, base_value, *values):
+        problem = form_problem(studio, keys, base_value, values)
+        # a refusal for a settings problem goes once the settings are fixed
+        stale = not problem and (status_text or "").startswith("**Settings problem")
+        return problem, ("" if stale else gr.skip())
+
+    gr.on([c.input for c in comps] + [base.input], on_form_change, [status, base, *comps], [form_error, status],
+          show_progress="hidden", trigger_mode="always_last")
 
     def on_save_preset(name, base_value, *values):
         try:
-            cfg = cfg_from(values, base_value, None)
+            cfg = cfg_from(values, base_value)
         except ConfigError as e:
             return f"**Cannot save:** {e}", gr.skip()
         safe = safe_name(name, "")
@@ -190,116 +236,151 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
 
     save_preset.click(on_save_preset, [preset_save_name, base, *comps], [status, preset])
     rescan.click(lambda: gr.update(choices=base_choices(studio)), None, base)
+    # the Dataset tab's pick is the Train tab's default dataset
+    def on_dataset_tab_pick(name):
+        choices = runs.dataset_choices(studio)
+        if name in [v for _, v in choices]:
+            return gr.update(choices=choices, value=name)
+        return gr.update(choices=choices)
+
+    ds_name.change(on_dataset_tab_pick, ds_name, dataset, show_progress="hidden")
+
+    def on_datasets_refresh(name, current):
+        """Fresh choices; the current pick stays, else the Dataset tab's dataset once it has images."""
+        choices = runs.dataset_choices(studio)
+        values = [v for _, v in choices]
+        if current in values:
+            return gr.update(choices=choices, value=current)
+        return gr.update(choices=choices, value=name if name in values else None)
 
     def on_estimate(ds, base_value, *values):
         try:
-            cfg = cfg_from(values, base_value, ds)
+            cfg = cfg_from(values, base_value)
         except ConfigError as e:
             return f"**Settings problem:** {e}"
         try:
-            root = studio.dirs.dataset_dir(safe_name(ds or "", "my-dataset"))
-        except UnsafePath as e:
+            runs.dataset_folder(studio, ds)
+        except runs.RunRefused as e:
             return str(e)
-        n, views = _dataset_views(root, cfg.dataset.repeats)
-        return estimate_text(cfg, n, views)
+        n, views = runs.count_images(studio, ds, cfg.dataset.repeats)
+        return estimate_text(cfg, n, views, ds)
 
-    estimate_btn.click(on_estimate, [ds_name, base, *comps], estimate_md)
+    estimate_btn.click(on_estimate, [dataset, base, *comps], estimate_md)
 
+    # ---- steering
     def on_start(ds, name, preset_name, base_value, *values):
+        # refused: the panel shows the run training now, if any, never an earlier run's end
         try:
-            cfg = cfg_from(values, base_value, ds)
+            cfg = cfg_from(values, base_value)
         except ConfigError as e:
-            return gr.skip(), f"**Settings problem:** {e}"
+            return studio.runner.active(), f"**Settings problem:** {e}"
+        cfg.saving.output_name = safe_name(name, "my-lora")  # the adapter is named after its run
         try:
-            src = studio.dirs.dataset_dir(safe_name(ds or "", "my-dataset"))
-        except UnsafePath as e:
-            return gr.skip(), f"**Dataset:** {e}"
-        if not df.list_images(src):
-            return gr.skip(), "**No images:** upload images in the Dataset tab first."
-        busy = studio.runner.active()
-        if busy:
-            return gr.skip(), f"**Refused:** run `{busy}` is training on this device; stop it or wait."
-        run_id = studio.store.new_id(name or "run")
-        run_dir = studio.run_dir(run_id)
-        (run_dir / "dataset").mkdir(parents=True)
-        df.copy_dataset(src, run_dir / "dataset")
-        cfg.dataset.path = str(run_dir / "dataset")
-        save_config(cfg, run_dir / CONFIG_FILE)
-        studio.store.add(run_id, name or "run", cfg.model.base, preset_name or "", run_dir, 0)
-        try:
-            studio.runner.start(run_id)
-        except RunnerBusy as e:  # another session won the race for the device
-            studio.store.delete(run_id)
-            shutil.rmtree(run_dir, ignore_errors=True)
-            return gr.skip(), f"**Refused:** {e}"
+            run_id = runs.start_new(studio, cfg, name, ds, preset_name or "")
+        except runs.RunRefused as e:
+            return studio.runner.active(), f"**Refused:** {e}"
         return run_id, f"Started run `{run_id}`."
 
-    start.click(on_start, [ds_name, run_name, preset, base, *comps], [run_state, status])
+    start.click(on_start, [dataset, run_name, preset, base, *comps], [run_state, status])
+
+    def steer(action):
+        @functools.wraps(action)  # keeps the handler's name (on_stop, …) for Gradio's API and the tests
+        def handler(run_id, *args):
+            if not run_id:
+                return "No run selected."
+            try:
+                return action(run_id, *args)
+            except (runs.RunRefused, UnsafePath) as e:
+                return f"**Refused:** {e}"
+        return handler
 
     def on_stop(run_id):
+        runs.stop(studio, run_id)
+        return ""  # the progress line says "stopping", then "stopped": no message to go stale
+
+    def on_sample_now(run_id):
+        return runs.ask(studio, run_id, "sample_now")
+
+    def on_save_now(run_id):
+        return runs.ask(studio, run_id, "save_now")
+
+    stop.click(steer(on_stop), run_state, status)
+    sample_now.click(steer(on_sample_now), run_state, status)
+    save_now.click(steer(on_save_now), run_state, status)
+
+    def on_resume(run_id, total_steps=None):
+        return runs.resume(studio, run_id, total_steps)
+
+    resume.click(steer(on_resume), [run_state, more_steps], status)
+
+    # ---- the live panel
+    def render(run_id):
+        """(progress, problems, loss, previews, label, saves, after-run buttons) of a run, or of none."""
+        empty = pd.DataFrame({"step": [], "loss": [], "curve": []})
         if not run_id:
-            return "No run selected."
-        return studio.runner.stop(run_id)
+            return progress_html("idle", None), "", empty, [], "", "", gr.update(visible=False)
+        run_dir = studio.run_dir(run_id)
+        info = resolve_state(run_dir)
+        view = run_view(run_dir)
+        msgs = []
+        if info["state"] == "failed":
+            msgs.append(f"**Training failed:** {info.get('error') or 'no reason given'}")
+        msgs += [f"**Error:** {e}" for e in view.errors if e != info.get("error")]
+        if view.warnings:
+            more = f" (latest 5 of {len(view.warnings)})" if len(view.warnings) > 5 else ""
+            msgs.append(f"**Warnings{more}:**\n" + "\n".join(f"- {w}" for w in view.warnings[-5:]))
+        rows = loss_rows(view)
+        loss = pd.DataFrame(rows, columns=["step", "loss", "curve"]) if rows else empty
+        row = studio.store.get(run_id)
+        label = f"Run **{row['name'] if row else run_id}** · `{run_id}` · {info['state']}"
+        if row and row.get("dataset"):
+            label += f" · dataset `{row['dataset']}`"
+        saved = [f"step {step}" for step, _ in view.adapters()]
+        saves_md = f"Saved adapters: {', '.join(saved)}" if saved else ""
+        done = info["state"] in ("finished", "stopped") and bool(view.adapter)
+        return (progress_html(info["state"], view), "\n\n".join(msgs), loss, preview_pairs(view), label,
+                saves_md, gr.update(visible=done))
 
-    stop.click(on_stop, run_state, status)
-
-    def on_resume(run_id):
-        if not run_id:
-            return "No run selected."
-        info = resolve_state(studio.run_dir(run_id))
-        if info["state"] in ("running", "stopping"):
-            return f"Run `{run_id}` is already running."
-        try:
-            studio.runner.start(run_id, resume=True)
-        except (RunnerBusy, FileNotFoundError) as e:
-            return f"**Refused:** {e}"
-        return f"Resumed run `{run_id}` (it continues from its last saved state)."
-
-    resume.click(on_resume, run_state, status)
+    panel = [progress, problems, loss_plot, previews, run_label, saves, after_run]
 
     def on_tick(run_id, last):
         if not run_id:
-            return [gr.skip()] * 6
+            return [gr.skip()] * (len(panel) + 1)
         try:
             run_dir = studio.run_dir(run_id)
         except UnsafePath:
-            return [gr.skip()] * 6
-        lr = live(run_dir)
-        count = lr.poll()
+            return [gr.skip()] * (len(panel) + 1)
+        view = run_view(run_dir)  # reads only what was appended since the last tick
         info = resolve_state(run_dir)
-        key = (run_id, count, info["state"])
-        if key == (tuple(last) if last else None):
-            return [gr.skip()] * 6
+        key = [run_id, view.count, info["state"]]
+        if key == last:
+            return [gr.skip()] * (len(panel) + 1)
         if info["state"] in ("finished", "stopped", "failed"):
             studio.runner.refresh(run_id)
-        msgs = []
-        if info["state"] == "failed":
-            err = info.get("error") or (lr.errors[-1] if lr.errors else "") or log_tail(run_dir)
-            msgs.append(f"**Training failed:** {err}")
-        for e in lr.errors:
-            if info["state"] != "failed" or e != info.get("error"):
-                msgs.append(f"**Error:** {e}")
-        if lr.warnings:
-            more = f" (latest 5 of {len(lr.warnings)})" if len(lr.warnings) > 5 else ""
-            msgs.append(f"**Warnings{more}:**\n" + "\n".join(f"- {w}" for w in lr.warnings[-5:]))
-        loss = pd.DataFrame(lr.losses, columns=["step", "loss"]) if lr.losses else pd.DataFrame(
-            {"step": [], "loss": []})
-        row = studio.store.get(run_id)
-        label = f"Run **{row['name'] if row else run_id}** · `{run_id}` · {info['state']}"
-        return (progress_html(info["state"], lr), "\n\n".join(msgs), loss, lr.preview_pairs(), label, list(key))
+        return [*render(run_id), key]
 
-    timer.tick(on_tick, [run_state, seen], [progress, problems, loss_plot, previews, run_label, seen],
-               show_progress="hidden")
+    timer.tick(on_tick, [run_state, seen], [*panel, seen], show_progress="hidden")
+
     def on_run_change(run_id):
-        # re-opened or re-attached run: show the settings it was started with
-        if not run_id:
-            return [gr.skip()] * (len(comps) + 3)
+        """A new, re-opened or re-attached run: the settings it really trained with, and its panel."""
+        skip = [gr.skip()] * (len(comps) + 4)
         try:
-            cfg = load_config(studio.run_dir(run_id) / CONFIG_FILE)
+            panel_values = list(render(run_id))
+        except UnsafePath:
+            return skip + [gr.skip()] * len(panel) + [None]
+        if not run_id:
+            return skip + panel_values + [None]
+        try:
+            cfg = runs.run_config(studio, run_id)
         except (ConfigError, UnsafePath):
-            return [gr.skip()] * (len(comps) + 3)
-        row = studio.store.get(run_id)
-        return [*config_to_values(cfg, keys), cfg.model.base, row["name"] if row else gr.skip(), None]
+            return skip + panel_values + [None]
+        row = studio.store.get(run_id) or {}
+        ds = row.get("dataset")
+        ds_update = gr.update(choices=runs.dataset_choices(studio), value=ds) if ds else gr.skip()
+        return [*config_to_values(cfg, keys), cfg.model.base, row.get("name", gr.skip()), ds_update, "",
+                *panel_values, None]
 
-    run_state.change(on_run_change, run_state, [*comps, base, run_name, seen])
-    return {"base": base, "preset": preset}
+    run_state.change(on_run_change, run_state, [*comps, base, run_name, dataset, form_error, *panel, seen])
+    return {"base": base, "preset": preset, "dataset": dataset, "dataset_default": on_dataset_tab_pick,
+            "dataset_refresh": on_datasets_refresh,
+            "open_generate": open_generate, "open_export": open_export}

@@ -11,14 +11,14 @@ import hashlib
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from trainer.config import TrainConfig, save_config
 from trainer.formats.export import RunFacts, export_adapter
-from trainer.run.events import ControlPoller, EventWriter
+from trainer.run.events import ControlPoller, EventWriter, nothing_to_resume
+from trainer.run.folder import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_STOPPED, RunFolder
 from trainer.run.faults import crash_point
 from trainer.run.state import clean_partial, latest_state, save_state
 from trainer.train import checkpoints, setup
@@ -29,37 +29,19 @@ from trainer.train.processes import Processes
 from trainer.train.setup import TrainingError, autocast_for  # noqa: F401 (TrainingError: part of this API)
 from trainer.train.timing import Progress, StepDisplay, Timing
 
-EXIT_OK, EXIT_FAILED, EXIT_STOPPED = 0, 1, 3
 EXIT_BY_STATUS = {"finished": EXIT_OK, "failed": EXIT_FAILED, "stopped": EXIT_STOPPED}
-
-
-@dataclass
-class RunPaths:
-    root: Path
-
-    @property
-    def samples(self) -> Path:
-        return self.root / "samples"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def output(self) -> Path:
-        return self.root / "output"
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = False):
         self.cfg = cfg
-        self.paths = RunPaths(Path(run_dir))
+        self.paths = RunFolder(Path(run_dir))
         self.resume = resume
         self.quiet = quiet
         # under torchrun / accelerate launch every process trains its shard; rank 0 alone writes the run folder
         self.procs = Processes.from_env()
         self.events = EventWriter(self.paths.root, enabled=self.procs.is_main)
-        self.control = ControlPoller(self.paths.root)
+        self.control = ControlPoller(self.paths.root, self.events)
         self.progress = Progress()
         self.timing = Timing()
         self.stop_requested = False
@@ -79,6 +61,10 @@ class Trainer:
     def run(self) -> int:
         """Train; the exit code says how it ended (EXIT_BY_STATUS), the events say why."""
         self._install_signals()
+        refusal = self.resume and nothing_to_resume(self.paths.root, self.cfg.schedule.max_train_steps)
+        if refusal:  # a run that died after its last step but before finishing still resumes to save
+            print(f"config error: {refusal}", file=sys.stderr)
+            return EXIT_CONFIG
         try:
             status = self._run()
             self.procs.leave()
@@ -171,8 +157,9 @@ class Trainer:
                                  self._warn, enabled=self.procs.is_main)
 
     def _prepare_caches(self) -> None:
-        self.cache_stats = setup.prepare_caches(self.cfg, self.dataset, self.base, self.encoders, self._warn,
-                                                self._log)
+        self.cache_stats = setup.prepare_caches(
+            self.cfg, self.dataset, self.base, self.encoders, self._warn, self._log,
+            lambda done, total: self.events.emit("phase", phase="caching", done=done, total=total))
 
     # ---- the loop
     def _loop(self) -> str:
@@ -290,8 +277,10 @@ class Trainer:
                 crash_point("adapter", p.step)
                 self.facts.steps, self.facts.epochs = p.step, p.epoch
                 name = self.cfg.saving.output_name
+                # a run continued past its first finish keeps that adapter; the new one is named by its step
+                taken = (self.paths.output / f"{name}.safetensors").exists()
                 path = export_adapter(self.cfg, self.facts, self.base, self.network, self.paths.output,
-                                      name if final else f"{name}-step{p.step:06d}")
+                                      name if final and not taken else f"{name}-step{p.step:06d}")
         except OSError as e:
             raise TrainingError(f"saving at step {p.step} failed ({e.strerror or e}); the previous adapter and "
                                 "state are intact") from None

@@ -46,7 +46,8 @@ class Previews:
             kinds = ["adapter"] + (["base"] if with_base else [])
         t0 = time.time()
         try:
-            for kind in kinds:
+            for i, kind in enumerate(kinds):
+                self.events.emit("phase", phase="preview", done=i, total=len(kinds))
                 self._draw(kind, step)
         except Exception as e:  # the adapter and state are saved separately: a preview is an extra
             self.warn(f"preview at step {step} failed ({type(e).__name__}: {e}); training goes on", step=step)

@@ -157,7 +157,8 @@ class Encoders:
         return (dist.mean * vae.config.scaling_factor).float().cpu()
 
 
-def prepare_caches(cfg: TrainConfig, ds, base, encoders: Encoders, warn: Warn, log: Callable[[str], None]) -> dict:
+def prepare_caches(cfg: TrainConfig, ds, base, encoders: Encoders, warn: Warn, log: Callable[[str], None],
+                   progress: Callable[[int, int], None] | None = None) -> dict:
     """Encode every image once (and captions, where the text encoder is frozen and captions are not
     shuffled) so that the training step runs the UNet alone. On disk the caches live beside the
     dataset and are reused by later runs; entries are keyed by content, so an edit invalidates
@@ -180,7 +181,7 @@ def prepare_caches(cfg: TrainConfig, ds, base, encoders: Encoders, warn: Warn, l
                              encoders.captions)
     if not (cfg.dataset.cache_latents or text_cached):
         return {}
-    stats = ds.precompute()
+    stats = ds.precompute(progress)
     log(f"caches: {stats} in {time.time() - t0:.1f}s")
     return stats
 
