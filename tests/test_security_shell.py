@@ -175,6 +175,7 @@ def test_real_trainer_generate_and_meta_take_payloads_as_text(tmp_path):
     """The real `python -m trainer` train / generate / meta with hostile values: they run, nothing executes,
     option-looking values stay values."""
     from safetensors import safe_open
+    from trainer.config import load_config
     from ui.tab_generate import _generate
     from ui.runner import resolve_state
     # relative markers: the adapter's metadata refuses absolute paths (privacy); a shell would run in the
@@ -191,7 +192,7 @@ def test_real_trainer_generate_and_meta_take_payloads_as_text(tmp_path):
                        dataset__enable_buckets=False, dataset__cache_to_disk=False, network__rank=4,
                        precision__mixed_precision="no", sampling__every_n_steps=0, sampling__at_start=False,
                        sampling__prompts=f"{prompt}\n{payloads[4]}", sampling__steps=2, sampling__with_base=False,
-                       saving__trigger_phrase=trigger, saving__output_name="tiny-test")
+                       saving__trigger_phrase=trigger)
     rid, msg = h["on_start"]("set", payloads[0], None, "tiny:sd1", *vals)
     assert msg.startswith("Started run"), msg
     run_dir = studio.run_dir(rid)
@@ -202,7 +203,8 @@ def test_real_trainer_generate_and_meta_take_payloads_as_text(tmp_path):
     wait_exit(studio, rid)
     info = studio.runner.refresh(rid)
     assert info["state"] == "finished", (run_dir / "trainer.log").read_text()[-2000:]
-    adapter = run_dir / "output" / "tiny-test.safetensors"
+    name = load_config(run_dir / "config.toml").saving.output_name  # the adapter is named after its run
+    adapter = run_dir / "output" / f"{name}.safetensors"
     with safe_open(str(adapter), "pt") as f:
         assert f.metadata()["modelspec.trigger_phrase"] == trigger
 
@@ -211,7 +213,7 @@ def test_real_trainer_generate_and_meta_take_payloads_as_text(tmp_path):
 
     title = f"--out={tag}-evil; touch {tag}-m"
     h["on_meta"](rid, title, trigger, "-rf /", None)
-    edited = run_dir / "export" / "tiny-test.safetensors"
+    edited = run_dir / "export" / f"{name}.safetensors"
     with safe_open(str(edited), "pt") as f:
         md = f.metadata()
     assert md["modelspec.title"] == title and md["modelspec.description"] == "-rf /"

@@ -112,3 +112,56 @@ def test_the_default_config_round_trips_through_the_form():
     keys = [f"{s}.{k}" for s, k, _, _ in iter_fields() if f"{s}.{k}" not in ("model.base", "dataset.path")]
     cfg = TrainConfig()
     assert values_to_config(keys, config_to_values(cfg, keys)) == cfg
+
+
+FAKE_TRAINER = """#!{python}
+# stands in for `python -m trainer train CONFIG`: ignores SIGTERM; "{mode}"
+import json, os, signal, sys, time
+from pathlib import Path
+run = Path(sys.argv[-1]).parent
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def emit(**ev):
+    with open(run / "events.jsonl", "a") as f:
+        f.write(json.dumps({{"pid": os.getpid(), "time": time.time(), **ev}}) + "\\n")
+emit(type="started", max_steps=10)
+while not any((run / "control").glob("*-stop.json")):
+    time.sleep(0.1)
+if "{mode}" == "saving":  # a slow save that keeps writing: 4 s, longer than both graces
+    for _ in range(8):
+        emit(type="phase", phase="saving", done=0, total=0)
+        time.sleep(0.5)
+    emit(type="finished", status="stopped", step=1)
+    sys.exit(3)
+time.sleep(600)  # hung
+"""
+
+
+@pytest.mark.parametrize("mode", ["saving", "hung"])
+def test_stop_escalates_only_on_a_silent_trainer(tmp_path, mode):
+    """A trainer that keeps writing while it stops is given the time it needs; a silent one is killed."""
+    import time
+    fake = tmp_path / "fake-python"
+    fake.write_text(FAKE_TRAINER.format(python=sys.executable, mode=mode))
+    fake.chmod(0o755)
+    st = Studio.create(tmp_path / "data", python=str(fake))
+    st.runner.stop_grace_s = st.runner.term_grace_s = 1.0
+    rid = st.store.new_id(mode)
+    folder = st.run_dir(rid)
+    from trainer.config import save_config
+    save_config(load_preset("tiny-test"), folder / "config.toml")
+    st.store.add(rid, mode, "tiny:sd1", "tiny-test", folder)
+    st.runner.start(rid)
+    deadline = time.monotonic() + 60
+    while runs.resolve_state(folder)["state"] != "running" or not (folder / "events.jsonl").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    st.runner.stop(rid, wait=True)
+    deadline = time.monotonic() + 60
+    while "exit_code" not in (info := st.runner.refresh(rid)):
+        assert time.monotonic() < deadline, info
+        time.sleep(0.1)
+    if mode == "saving":
+        assert (info["state"], info["exit_code"]) == ("stopped", 3), info
+    else:
+        assert info["state"] == "stopped" and info["exit_code"] == -9, info
+        assert any("killed" in w for w in info["warnings"])

@@ -45,6 +45,13 @@ def _pid_alive(pid: int, run_dir: Path) -> bool:
     return str(run_dir).encode() in cmd
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -200,7 +207,9 @@ class Runner:
                 except (ProcessLookupError, PermissionError):
                     return
             deadline = time.monotonic() + grace
-            while time.monotonic() < deadline:
+            # a trainer still writing events (taking the stop, saving, finishing) is working, not hung: its
+            # grace runs from its latest event too, so a slow step or save is never cut short by SIGKILL
+            while time.monotonic() < deadline or time.time() - _mtime(RunFolder(run_dir).events) < grace:
                 if not _pid_alive(pid, run_dir):
                     return
                 time.sleep(0.2)
