@@ -6,8 +6,10 @@ import json
 
 import gradio as gr
 
+from trainer.formats.safetensors_io import SafetensorsError, read_header
+
 from ui.context import Studio
-from ui.export_bundle import adapter_path, build_bundle, run_config
+from ui.export_bundle import adapter_path, build_bundle, edited_card_fields, run_config
 from ui.live import live
 from ui.paths import UnsafePath, inside
 from ui.trainer_cli import run_trainer
@@ -25,6 +27,30 @@ def _adapter(studio: Studio, run_id: str):
     return p
 
 
+def adapter_info(run_dir) -> str:
+    """The label above the buttons: the file that Download and the bundle give now, with its own title and
+    trigger words (read from the file, so it follows metadata edits)."""
+    p = adapter_path(run_dir)
+    if p is None:
+        return "No adapter yet."
+    try:
+        meta = read_header(p).metadata
+    except SafetensorsError as e:
+        return f"Adapter: `{p.relative_to(run_dir)}`: unreadable ({e})"
+    text = f"Adapter: `{p.relative_to(run_dir)}` ({p.stat().st_size / 1024:.0f} KB)"
+    if meta.get("modelspec.title"):
+        text += f" · title **{meta['modelspec.title']}**"
+    if meta.get("modelspec.trigger_phrase"):
+        text += f" · trigger words `{meta['modelspec.trigger_phrase']}`"
+    return text
+
+
+def select_run(studio: Studio, run_id: str | None):
+    """The update for this tab's run picker (build(...)["run"]) that selects `run_id`; the tab then fills
+    itself in through the picker's change event. For "Open in Export" from another tab."""
+    return gr.update(choices=studio.run_choices(), value=run_id)
+
+
 def check_markdown(res_code: int, stdout: str, message: str) -> str:
     head = "**Compatibility: PASS**" if res_code == 0 else "**Compatibility: FAIL**"
     try:
@@ -36,7 +62,8 @@ def check_markdown(res_code: int, stdout: str, message: str) -> str:
 
 def build(studio: Studio) -> dict:
     with gr.Row():
-        run = gr.Dropdown(choices=studio.run_choices(), label="Run", elem_id="exp-run", scale=3)
+        # value=None: a preselected first choice would show a run whose details were never filled in
+        run = gr.Dropdown(choices=studio.run_choices(), value=None, label="Run", elem_id="exp-run", scale=3)
         refresh = gr.Button("Refresh runs", scale=1)
     info = gr.Markdown(elem_id="exp-info")
     with gr.Row():
@@ -59,13 +86,14 @@ def build(studio: Studio) -> dict:
         if not run_id or not studio.store.get(run_id):
             return "", "", "", "", gr.update(choices=[])
         run_dir = studio.run_dir(run_id)
-        cfg = run_config(run_dir)
-        p = adapter_path(run_dir)
+        cfg, p = run_config(run_dir), adapter_path(run_dir)
+        if p is not None:  # an edited copy's title and trigger words, not the ones the run started with
+            cfg = edited_card_fields(cfg, p)
         lr = live(run_dir)
         lr.poll()
         thumbs = [s["path"] for s in lr.samples if s.get("kind", "adapter") != "base" and s.get("path")]
-        text = f"Adapter: `{p.name}` ({p.stat().st_size / 1024:.0f} KB)" if p else "No adapter yet."
-        return (text, cfg.saving.title or cfg.saving.output_name, cfg.saving.trigger_phrase, cfg.saving.description,
+        return (adapter_info(run_dir), cfg.saving.title or cfg.saving.output_name, cfg.saving.trigger_phrase,
+                cfg.saving.description,
                 gr.update(choices=thumbs, value=thumbs[-1] if thumbs else None))
 
     run.change(on_run, run, [info, title, trigger, description, thumb])
@@ -110,5 +138,7 @@ def build(studio: Studio) -> dict:
         tmp.replace(out)
         return f"Saved metadata: downloads now give `{out.name}` with the new title and trigger words."
 
-    meta_btn.click(on_meta, [run, title, trigger, description, thumb], meta_msg)
+    # the label follows the file: after an edit it names the edited copy and its new title
+    meta_btn.click(on_meta, [run, title, trigger, description, thumb], meta_msg).success(
+        lambda r: adapter_info(studio.run_dir(r)), run, info)
     return {"run": run}
