@@ -45,10 +45,10 @@ def adapter_info(run_dir) -> str:
     return text
 
 
-def select_run(studio: Studio, run_id: str | None):
-    """The update for this tab's run picker (build(...)["run"]) that selects `run_id`; the tab then fills
-    itself in through the picker's change event. For "Open in Export" from another tab."""
-    return gr.update(choices=studio.run_choices(), value=run_id)
+def select_run(studio: Studio, run_id: str | None) -> list:
+    """Updates for build(...)["select_outputs"] that open `run_id` here (for "Open in Export" from another tab);
+    the picker's change event then fills in the label, metadata and thumbnails."""
+    return [gr.update(choices=studio.run_choices(), value=run_id)]
 
 
 def check_markdown(res_code: int, stdout: str, message: str) -> str:
@@ -141,4 +141,4 @@ def build(studio: Studio) -> dict:
     # the label follows the file: after an edit it names the edited copy and its new title
     meta_btn.click(on_meta, [run, title, trigger, description, thumb], meta_msg).success(
         lambda r: adapter_info(studio.run_dir(r)), run, info)
-    return {"run": run}
+    return {"run": run, "select_outputs": [run]}

@@ -27,6 +27,7 @@ from ui.trainer_cli import run_trainer
 SAMPLERS = list(typing.get_args(SamplingSection.model_fields["sampler"].annotation))
 SOURCES = ["A run", "Adapter files"]
 GRID_FILE = "grid.png"  # what `trainer generate --grid` writes in its --out folder
+CELL = "border:none;padding:4px 6px;vertical-align:middle"  # the page's default table borders box every image
 DEFAULT_ROWS = 4  # checkpoints pre-selected for a grid: each row costs one model load and len(strengths) images
 
 
@@ -95,7 +96,8 @@ def grid_table(comp: Comparison) -> str:
     if not comp.cells:
         return ""
     cols = comp.strengths
-    head = "".join(f'<th scope="col" data-strength="{s}">{html.escape(strength_label(s))}</th>' for s in cols)
+    head = "".join(f'<th scope="col" data-strength="{s}" style="{CELL}">{html.escape(strength_label(s))}</th>'
+                   for s in cols)
     prompts: dict[int, str] = {}
     rows: dict[tuple[int, int], dict[float, dict]] = {}
     for c in comp.cells:
@@ -104,7 +106,7 @@ def grid_table(comp: Comparison) -> str:
     body = []
     for pi in sorted(prompts):
         if len(prompts) > 1:
-            body.append(f'<tr><th colspan="{len(cols) + 1}" class="gen-prompt-head" style="text-align:left">'
+            body.append(f'<tr><th colspan="{len(cols) + 1}" class="gen-prompt-head" style="{CELL};text-align:left">'
                         f'prompt {pi + 1}: {html.escape(prompts[pi])}</th></tr>')
         for (p, _), by_strength in sorted(rows.items()):
             if p != pi:
@@ -114,7 +116,7 @@ def grid_table(comp: Comparison) -> str:
             for s in cols:
                 c = by_strength.get(s)
                 if c is None:
-                    tds.append("<td></td>")
+                    tds.append(f'<td style="{CELL}"></td>')
                     continue
                 try:
                     with Image.open(c["path"]) as im:
@@ -123,12 +125,13 @@ def grid_table(comp: Comparison) -> str:
                     small = False
                 style = "width:192px;height:auto" + (";image-rendering:pixelated" if small else "")
                 tip = html.escape(f"{label} · {strength_label(s)} · seed {c['seed']} · {c['prompt']}")
-                tds.append(f'<td data-strength="{s}"><img src="gradio_api/file={quote(c["path"])}" alt="{tip}" '
-                           f'title="{tip}" style="{style}"></td>')
-            body.append(f'<tr data-row="{html.escape(label)}"><th scope="row" style="text-align:left">'
+                src = f"gradio_api/file={quote(c['path'])}"  # runs/ and generate/ are the server's allowed paths
+                tds.append(f'<td data-strength="{s}" style="{CELL}"><img src="{src}" alt="{tip}" title="{tip}" '
+                           f'style="{style}"></td>')
+            body.append(f'<tr data-row="{html.escape(label)}"><th scope="row" style="{CELL};text-align:left">'
                         f'{html.escape(label)}</th>{"".join(tds)}</tr>')
-    return (f'<table id="gen-grid-table" style="border-collapse:separate;border-spacing:6px">'
-            f'<thead><tr><th></th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
+    return (f'<table id="gen-grid-table" style="border-collapse:collapse;width:auto">'
+            f'<thead><tr><th style="{CELL}"></th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
 
 
 def _outputs(comp: Comparison, what: str):
