@@ -43,9 +43,8 @@ def world(tmp_path_factory):
     store.add(run_id, "gridrun", "tiny:sd1", "tiny-test", run_dir)
     store.update(run_id, state="finished", steps=4, adapter="output/tiny-test.safetensors")
 
-    # a LoRA already on the user's shelf (models folder), and a base checkpoint that must not be offered as one
-    (data / "models" / "loras").mkdir(parents=True)
-    shutil.copy(final, data / "models" / "loras" / "shelf-lora.safetensors")
+    # a base checkpoint in the models folder, which must not be offered as an adapter
+    (data / "models").mkdir(parents=True)
     (data / "models" / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     files = root / "upload"
     files.mkdir()
@@ -55,7 +54,7 @@ def world(tmp_path_factory):
     assert read_header(files / "my-civitai-lora.safetensors").metadata["modelspec.title"]
     with studio_server(data) as url, playwright.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
-        yield dict(url=url, data=data, run_id=run_id, run_dir=run_dir, files=files, browser=browser)
+        yield dict(url=url, data=data, run_id=run_id, run_dir=run_dir, files=files, final=final, browser=browser)
         browser.close()
 
 
@@ -138,10 +137,13 @@ def test_compare_is_a_labelled_grid_prefilled_from_the_run(world, tmp_path):
 def test_generate_with_an_uploaded_adapter_file_on_a_chosen_base(world):
     page = new_page(world)
     shot = Shots(page, "compare_file")
+    # a LoRA put on the user's shelf (models folder) while the studio runs
+    (world["data"] / "models" / "loras").mkdir(exist_ok=True)
+    shutil.copy(world["final"], world["data"] / "models" / "loras" / "shelf-lora.safetensors")
     open_tab(page, "Generate")
     page.locator("#gen-source").get_by_text("Adapter files").click()
     page.locator("#gen-upload").wait_for(state="visible", timeout=30_000)
-    # a LoRA in the models folder is offered; a (broken) base checkpoint there is not
+    # the LoRA in the models folder is offered; a (broken) base checkpoint there is not
     page.locator("#gen-adapter input").first.click()
     options = page.locator("[role=option]").all_inner_texts()
     page.keyboard.press("Escape")

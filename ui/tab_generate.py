@@ -196,8 +196,13 @@ def build(studio: Studio) -> dict:
     gallery = gr.Gallery(label="Single images", columns=4, height=420, elem_id="gen-gallery")
 
     refresh.click(lambda: gr.update(choices=studio.run_choices()), None, run)
-    source.change(lambda s: (gr.update(visible=s == SOURCES[0]), gr.update(visible=s != SOURCES[0])), source,
-                  [run_box, file_box])
+    def on_source(src):
+        runs = src == SOURCES[0]
+        # files dropped into the models folder since the page was built show up when the file picker opens
+        files_update = gr.skip() if runs else gr.update(choices=adapter_choices(_adapter_roots(studio)))
+        return gr.update(visible=runs), gr.update(visible=not runs), files_update
+
+    source.change(on_source, source, [run_box, file_box, files])
 
     def on_pick_run(run_id):
         """Pre-fill from the run: its checkpoints, preview prompts, negative prompt, seed, steps, CFG, sampler."""
