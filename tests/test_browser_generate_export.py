@@ -1,5 +1,5 @@
 """Generate / compare and Export in a real Chromium against a real server, on a run trained once by the real
-trainer CLI (tiny model, a checkpoint at step 2 and the final adapter at step 4)."""
+trainer CLI (the bundled demo base and concept, a checkpoint at step 15 and the final adapter at step 30)."""
 import io
 import os
 import shutil
@@ -9,12 +9,13 @@ import pytest
 from PIL import Image
 
 from tests.browser.studio_server import CHROMIUM_ARGS, REPO, Shots, choose, studio_server
-from tests.helpers import make_dataset, run_trainer, write_config
+from tests.helpers import run_trainer, write_config
 
 pytestmark = pytest.mark.browser
 playwright = pytest.importorskip("playwright.sync_api")
+expect = playwright.expect
 
-PROMPTS = ["a photo of a sks cat", "a sks cat on a red sofa"]
+PROMPTS = ["a zkq pattern", "a red zkq pattern on a white background"]
 # ATELIER_UPDATE_SCREENS=1 also writes the screenshots to docs/screens/ (the new user's path in the docs)
 DOC_SCREENS = REPO / "docs" / "screens" if os.environ.get("ATELIER_UPDATE_SCREENS") else None
 
@@ -29,19 +30,23 @@ def world(tmp_path_factory):
     store = RunStore(data / "runs.sqlite")
     run_id = store.new_id("gridrun")
     run_dir = data / "runs" / run_id
-    make_dataset(run_dir / "dataset", n=2)
+    # the bundled demo: its base draws shapes, so the screenshots show pictures (a tiny random model draws noise)
+    shutil.copytree(REPO / "datasets" / "zkq-stripes", run_dir / "dataset")
     # non-default preview settings, so the Generate tab's pre-fill is seen to come from this run
-    cfg = write_config(run_dir, **{"dataset.path": str(run_dir / "dataset"), "schedule.max_train_steps": 4,
-                                   "saving.every_n_steps": 2, "sampling.every_n_steps": 0, "sampling.at_start": False,
-                                   "sampling.with_base": False, "sampling.steps": 2, "sampling.cfg": 5.5,
-                                   "sampling.sampler": "euler", "sampling.prompts": PROMPTS,
-                                   "optimizer.lr": 5e-2, "saving.precision": "fp32"})
+    cfg = write_config(run_dir, "demo", **{"dataset.path": str(run_dir / "dataset"), "dataset.reg_path": "",
+                                           "dataset.batch_size": 4, "optimizer.lr": 4e-3, "schedule.warmup_steps": 0,
+                                           "schedule.max_train_steps": 30, "saving.every_n_steps": 15,
+                                           "sampling.every_n_steps": 0, "sampling.at_start": False,
+                                           "sampling.with_base": False, "sampling.steps": 8, "sampling.cfg": 5.5,
+                                           "sampling.sampler": "euler", "sampling.prompts": PROMPTS,
+                                           "saving.precision": "fp32"})
     r = run_trainer("train", str(cfg), "--quiet")
     assert r.returncode == 0, r.stderr[-3000:]
-    final, ckpt = run_dir / "output" / "tiny-test.safetensors", run_dir / "output" / "tiny-test-step000002.safetensors"
+    final = run_dir / "output" / "zkq-stripes.safetensors"
+    ckpt = run_dir / "output" / "zkq-stripes-step000015.safetensors"
     assert final.is_file() and ckpt.is_file()
-    store.add(run_id, "gridrun", "tiny:sd1", "tiny-test", run_dir)
-    store.update(run_id, state="finished", steps=4, adapter="output/tiny-test.safetensors")
+    store.add(run_id, "gridrun", "builtin:shapes", "demo", run_dir)
+    store.update(run_id, state="finished", steps=30, adapter="output/zkq-stripes.safetensors")
 
     # a base checkpoint in the models folder, which must not be offered as an adapter
     (data / "models").mkdir(parents=True)
@@ -98,14 +103,14 @@ def test_compare_is_a_labelled_grid_prefilled_from_the_run(world, tmp_path):
     open_tab(page, "Generate")
     choose(page, "gen-run", "gridrun")
     # the run's preview prompts, CFG and sampler are pre-filled; every saved adapter is a row
-    page.wait_for_function("document.querySelector('#gen-prompt textarea').value.includes('red sofa')",
+    page.wait_for_function("document.querySelector('#gen-prompt textarea').value.includes('white background')",
                            timeout=30_000)
     assert page.locator("#gen-prompt textarea").input_value().splitlines() == PROMPTS
     assert float(page.locator("#gen-cfg input[type=number]").input_value()) == 5.5
     assert page.locator("#gen-sampler input").first.input_value() == "euler"
-    assert page.locator("#gen-steps input[type=number]").input_value() == "2"
+    assert page.locator("#gen-steps input[type=number]").input_value() == "8"
     boxes = page.locator("#gen-ckpt-pick label")
-    assert [t.strip() for t in boxes.all_inner_texts()] == ["step 2", "step 4 (final)"]
+    assert [t.strip() for t in boxes.all_inner_texts()] == ["step 15", "step 30 (final)"]
     assert all(page.locator("#gen-ckpt-pick input[type=checkbox]").nth(i).is_checked() for i in range(2))
 
     page.locator("#gen-strengths input, #gen-strengths textarea").first.fill("0,1")
@@ -115,11 +120,11 @@ def test_compare_is_a_labelled_grid_prefilled_from_the_run(world, tmp_path):
     wait_grid_images(page, 8)
     cols, rows = grid_headers(page)
     assert cols == ["strength 0.0", "strength 1.0"]
-    assert rows == ["step 2", "step 4 (final)"] * 2
+    assert rows == ["step 15", "step 30 (final)"] * 2
     heads = page.locator("#gen-grid-table .gen-prompt-head").all_inner_texts()
     assert [h.split(": ", 1)[1] for h in heads] == PROMPTS
     assert "4 row(s) × 2 strength(s), 8 image(s)" in page.locator("#gen-msg").inner_text()
-    page.locator("#gen-grid-table").scroll_into_view_if_needed()
+    page.locator("#gen-grid").evaluate("e => e.scrollIntoView({block: 'start'})")  # button, summary and grid
     doc_screen(page, shot, "grid", "compare-grid.png")
 
     # the same grid as one labelled PNG, written by the trainer in the run's folder
@@ -161,18 +166,19 @@ def test_generate_with_an_uploaded_adapter_file_on_a_chosen_base(world):
     assert (world["data"] / "adapters" / "my-civitai-lora.safetensors").is_file()
     assert "my-civitai-lora" in page.locator("#gen-adapter").inner_text()  # picked for the grid
 
-    choose(page, "gen-base", "Tiny random SD1")
-    page.locator("#gen-prompt textarea").fill("a photo of a sks cat")
-    page.locator("#gen-steps input[type=number]").fill("2")
+    choose(page, "gen-base", "Demo base")
+    page.locator("#gen-prompt textarea").fill("a zkq pattern")
+    page.locator("#gen-steps input[type=number]").fill("8")
     page.locator("#gen-strengths input, #gen-strengths textarea").first.fill("0,1")
     page.locator("#gen-grid").click()
     page.locator("#gen-grid-table").wait_for(timeout=300_000)
     wait_grid_images(page, 2)
     cols, rows = grid_headers(page)
     assert cols == ["strength 0.0", "strength 1.0"] and rows == ["my-civitai-lora.safetensors"]
-    assert "tiny:sd1" in page.locator("#gen-msg").inner_text()
+    assert "builtin:shapes" in page.locator("#gen-msg").inner_text()
     assert len(list((world["data"] / "generate").glob("*/r0_p0_s*.png"))) == 2
-    shot("file-grid")
+    page.evaluate("window.scrollTo(0, 0)")
+    doc_screen(page, shot, "file-grid", "compare-adapter-file.png")
     page.context.close()
 
 
@@ -182,13 +188,17 @@ def open_export(page, world):
     info = page.locator("#exp-info")
     info.get_by_text("Adapter:").wait_for(timeout=30_000)
     page.get_by_text("Metadata", exact=True).first.click()  # its accordion starts closed
+    # the run's current title is filled in (the edited file's, or the output name)
+    expect(page.locator("#exp-title textarea, #exp-title input").first).not_to_have_value("", timeout=30_000)
     return info
 
 
 def save_metadata(page, title, trigger, description):
-    page.get_by_label("Title").fill(title)
-    page.get_by_label("Trigger words").fill(trigger)
-    page.get_by_label("Description").fill(description)
+    fields = {"exp-title": title, "exp-trigger": trigger, "exp-description": description}
+    for elem_id, value in fields.items():
+        page.locator(f"#{elem_id} textarea, #{elem_id} input").first.fill(value)
+    for elem_id, value in fields.items():
+        expect(page.locator(f"#{elem_id} textarea, #{elem_id} input").first).to_have_value(value)
     page.locator("#exp-meta-save").click()
     page.get_by_text("Saved metadata").wait_for(timeout=120_000)
 
@@ -197,13 +207,13 @@ def test_export_label_names_the_edited_adapter(world):
     page = new_page(world)
     shot = Shots(page, "export_label")
     info = open_export(page, world)
-    assert "Neon Whiskers" not in info.inner_text()
-    save_metadata(page, "Neon Whiskers", "nwhisk cat", "Glowing whiskers.")
+    assert "Neon Stripes" not in info.inner_text()
+    save_metadata(page, "Neon Stripes", "zkq neon", "Glowing diagonal stripes.")
     # the label follows the file Download now gives: the edited copy, with its new title and trigger words
-    page.wait_for_function("document.querySelector('#exp-info').innerText.includes('Neon Whiskers')",
+    page.wait_for_function("document.querySelector('#exp-info').innerText.includes('Neon Stripes')",
                            timeout=30_000)
     text = info.inner_text()
-    assert "export/tiny-test.safetensors" in text and "nwhisk cat" in text, text
+    assert "export/zkq-stripes.safetensors" in text and "zkq neon" in text, text
     page.evaluate("window.scrollTo(0, 0)")
     doc_screen(page, shot, "edited", "export-metadata.png")
     page.context.close()
@@ -215,7 +225,7 @@ def test_civitai_bundle_readme_uses_the_edited_metadata(world, tmp_path):
     page = new_page(world)
     shot = Shots(page, "export_bundle")
     open_export(page, world)
-    save_metadata(page, "Striped Tabby Deluxe", "zkq tabby", "A tabby with bold zkq stripes.")
+    save_metadata(page, "Bold Diagonal Stripes", "zkq bold stripes", "Diagonal zkq stripes on the bundled shapes base.")
     page.locator("#exp-bundle").click()
     page.locator("#exp-files").get_by_text("civitai").wait_for(timeout=120_000)
     link = page.locator("#exp-files a").first
@@ -226,15 +236,15 @@ def test_civitai_bundle_readme_uses_the_edited_metadata(world, tmp_path):
     with zipfile.ZipFile(bundle) as z:
         readme = z.read("README.md").decode()
         inner = tmp_path / "inner.safetensors"
-        inner.write_bytes(z.read("tiny-test.safetensors"))
+        inner.write_bytes(z.read("zkq-stripes.safetensors"))
         previews = [n for n in z.namelist() if n.startswith("previews/")]
         assert previews and Image.open(io.BytesIO(z.read(previews[0]))).text["parameters"]
     meta = read_header(inner).metadata
-    assert meta["modelspec.title"] == "Striped Tabby Deluxe"  # the adapter carries the edit …
+    assert meta["modelspec.title"] == "Bold Diagonal Stripes"  # the adapter carries the edit …
     # … and so does the card beside it
-    assert readme.startswith("# Striped Tabby Deluxe\n"), readme[:200]
-    assert "**Trigger words:** zkq tabby" in readme
-    assert "A tabby with bold zkq stripes." in readme
+    assert readme.startswith("# Bold Diagonal Stripes\n"), readme[:200]
+    assert "**Trigger words:** zkq bold stripes" in readme
+    assert "Diagonal zkq stripes on the bundled shapes base." in readme
     page.evaluate("window.scrollTo(0, 0)")
     doc_screen(page, shot, "bundle", "export-bundle.png")
     page.context.close()

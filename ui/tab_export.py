@@ -73,9 +73,9 @@ def build(studio: Studio) -> dict:
     files = gr.File(label="Files", file_count="multiple", interactive=False, elem_id="exp-files")
     report = gr.Markdown(elem_id="exp-report")
     with gr.Accordion("Metadata", open=False):
-        title = gr.Textbox(label="Title")
-        trigger = gr.Textbox(label="Trigger words")
-        description = gr.Textbox(label="Description", lines=3)
+        title = gr.Textbox(label="Title", elem_id="exp-title")
+        trigger = gr.Textbox(label="Trigger words", elem_id="exp-trigger")
+        description = gr.Textbox(label="Description", lines=3, elem_id="exp-description")
         thumb = gr.Dropdown(label="Thumbnail (a preview of this run)", choices=[])
         meta_btn = gr.Button("Save metadata", elem_id="exp-meta-save")
         meta_msg = gr.Markdown()

@@ -106,7 +106,8 @@ def grid_table(comp: Comparison) -> str:
     body = []
     for pi in sorted(prompts):
         if len(prompts) > 1:
-            body.append(f'<tr><th colspan="{len(cols) + 1}" class="gen-prompt-head" style="{CELL};text-align:left">'
+            body.append(f'<tr style="border:none"><th colspan="{len(cols) + 1}" class="gen-prompt-head" '
+                        f'style="{CELL};text-align:left">'
                         f'prompt {pi + 1}: {html.escape(prompts[pi])}</th></tr>')
         for (p, _), by_strength in sorted(rows.items()):
             if p != pi:
@@ -120,18 +121,20 @@ def grid_table(comp: Comparison) -> str:
                     continue
                 try:
                     with Image.open(c["path"]) as im:
-                        small = max(im.size) < 192
+                        small = max(im.size) < 160
                 except OSError:
                     small = False
-                style = "width:192px;height:auto" + (";image-rendering:pixelated" if small else "")
+                style = "width:160px;height:auto" + (";image-rendering:pixelated" if small else "")
                 tip = html.escape(f"{label} · {strength_label(s)} · seed {c['seed']} · {c['prompt']}")
                 src = f"gradio_api/file={quote(c['path'])}"  # runs/ and generate/ are the server's allowed paths
                 tds.append(f'<td data-strength="{s}" style="{CELL}"><img src="{src}" alt="{tip}" title="{tip}" '
                            f'style="{style}"></td>')
-            body.append(f'<tr data-row="{html.escape(label)}"><th scope="row" style="{CELL};text-align:left">'
+            body.append(f'<tr data-row="{html.escape(label)}" style="border:none">'
+                        f'<th scope="row" style="{CELL};text-align:left">'
                         f'{html.escape(label)}</th>{"".join(tds)}</tr>')
-    return (f'<table id="gen-grid-table" style="border-collapse:collapse;width:auto">'
-            f'<thead><tr><th style="{CELL}"></th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
+    return (f'<table id="gen-grid-table" style="border:none;border-collapse:collapse;width:auto">'
+            f'<thead><tr style="border:none"><th style="{CELL}"></th>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>')
 
 
 def _outputs(comp: Comparison, what: str):
