@@ -177,7 +177,7 @@ def build(studio: Studio) -> dict:
             base = gr.Dropdown(choices=base_choices(studio), value="builtin:shapes", allow_custom_value=True,
                                label="Base model", elem_id="gen-base", scale=2,
                                info="The base the adapter was trained for.")
-        upload = gr.File(label="Upload an adapter (.safetensors, kohya format)", elem_id="gen-upload")
+        upload = gr.File(label="Upload an adapter (.safetensors, kohya format)", height=110, elem_id="gen-upload")
         upload_msg = gr.Markdown(elem_id="gen-upload-msg")
     with gr.Row():
         prompt = gr.Textbox(label="Prompts (one per line; each adds a block of rows)", lines=2, scale=3,
