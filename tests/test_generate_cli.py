@@ -30,6 +30,20 @@ def test_strength_grid_and_zero_equals_base(tmp_path):
     params = Image.open(rows[1]["path"]).text["parameters"]
     assert "<lora:tiny-test:1>" in params and "Seed: 7" in params
 
+    # the compare tab's grid: a block per prompt (prompt i at seed + i), a labelled row per adapter, and grid.png
+    g = run_trainer("generate", *common, "--prompt", "a red sks shape", "--adapter", str(adapter), "--label", "step 3",
+                    "--adapter", str(adapter), "--label", "again", "--strengths", "0,1", "--out", str(tmp_path / "g"),
+                    "--grid", "--json")
+    assert g.returncode == 0, g.stderr[-2000:]
+    cells = json.loads(g.stdout)
+    assert [(c["prompt_index"], c["label"], c["strength"], c["seed"]) for c in cells] == [
+        (p, label, s, 7 + p) for label in ("step 3", "again") for p in (0, 1) for s in (0.0, 1.0)]
+    pixels = {(c["prompt_index"], c["row"], c["strength"]): np.asarray(Image.open(c["path"])) for c in cells}
+    assert np.array_equal(pixels[(0, 0, 0.0)], base_img) and np.array_equal(pixels[(0, 1, 1.0)], one)
+    assert not np.array_equal(pixels[(1, 0, 0.0)], base_img)  # another prompt, another seed
+    grid = Image.open(tmp_path / "g" / "grid.png")
+    assert grid.width > 2 * 128 and grid.height > 4 * 128
+
 
 def test_generate_refuses_a_broken_adapter(tmp_path):
     bad = tmp_path / "bad.safetensors"

@@ -308,10 +308,18 @@ def test_handler_fields_never_leave_the_data_folder(world):
     assert len(world["payloads"]) >= 40
 
 
+def _names_hub_id(parse_base, v: str) -> bool:
+    try:
+        return parse_base(v).kind == "hub"
+    except ValueError:
+        return False
+
+
 def _paths_the_trainer_got(world) -> list[tuple[str, bool]]:
     """(field=value, inside the data folder?) for each path field of each config the fake trainer was given."""
     from trainer.config import REPO_ROOT, load_config
-    from ui.tab_train import _HUB_ID, BUNDLED_DATASETS
+    from trainer.models.spec import parse_base
+    from ui.tab_train import BUNDLED_DATASETS
     data = world["data"].resolve()
     out = []
     for line in (world["root"] / "argv.jsonl").read_text().splitlines():
@@ -322,7 +330,7 @@ def _paths_the_trainer_got(world) -> list[tuple[str, bool]]:
         for key in ("model.base", "model.vae", "network.init_weights", "dataset.reg_path", "dataset.path"):
             section, name = key.split(".")
             v = getattr(getattr(cfg, section), name)
-            hub_id = key == "model.base" and _HUB_ID.fullmatch(v) and not (REPO_ROOT / v).exists()
+            hub_id = key == "model.base" and _names_hub_id(parse_base, v) and not (REPO_ROOT / v).exists()
             bundled = key == "dataset.reg_path" and Path(v).resolve().is_relative_to(BUNDLED_DATASETS)
             ok = bool(not v or v.startswith(("tiny:", "builtin:")) or hub_id or bundled
                       or Path(v).resolve().is_relative_to(data))

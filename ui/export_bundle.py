@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -15,6 +16,7 @@ from trainer.formats import infotext
 from trainer.models.spec import display_name
 from trainer.run.events import run_view
 from trainer.run.folder import RunFolder
+from trainer.formats.safetensors_io import SafetensorsError, read_header
 
 from ui.paths import UnsafePath, inside
 
@@ -42,18 +44,47 @@ def adapter_path(run_dir: Path) -> Path | None:
     return None
 
 
-def checkpoint_adapters(run_dir: Path) -> list[tuple[str, Path]]:
-    """(label, path) of every saved adapter of the run, oldest first."""
-    out, seen = [], set()
-    for step, rel in run_view(run_dir).adapters():
+@dataclass(frozen=True)
+class SavedAdapter:
+    step: int
+    path: Path
+    final: bool
+
+    @property
+    def label(self) -> str:
+        """How comparison grids name the row: by training step."""
+        return f"step {self.step}" + (" (final)" if self.final else "")
+
+
+def checkpoint_adapters(run_dir: Path) -> list[SavedAdapter]:
+    """Every saved adapter of the run (checkpoints and the final one), oldest first."""
+    view = run_view(run_dir)
+    final = view.adapter if view.state == "finished" else None
+    out: dict[Path, SavedAdapter] = {}
+    for step, rel in view.adapters():
         try:
             p = inside(run_dir, rel)
         except UnsafePath:
             continue
-        if p.is_file() and p not in seen:
-            seen.add(p)
-            out.append((f"step {step} · {p.name}", p))
-    return out
+        if p.is_file():
+            out[p] = SavedAdapter(step, p, rel == final)
+    return list(out.values())
+
+
+def edited_card_fields(cfg: TrainConfig, adapter: Path) -> TrainConfig:
+    """The run's config with the title, trigger words and description the adapter itself carries: the
+    metadata editor changes the file, not the run's config, and the card must describe the file."""
+    try:
+        meta = read_header(adapter).metadata
+    except SafetensorsError:
+        return cfg
+    if "modelspec.title" not in meta:  # written without ModelSpec: the config is all we know
+        return cfg
+    cfg = cfg.model_copy(deep=True)
+    cfg.saving.title = meta.get("modelspec.title", "")
+    cfg.saving.trigger_phrase = meta.get("modelspec.trigger_phrase", "")
+    cfg.saving.description = meta.get("modelspec.description", "")
+    return cfg
 
 
 def a1111_parameters(cfg: TrainConfig, sample: dict, lora_name: str, width: int, height: int) -> str:
@@ -82,10 +113,10 @@ def model_card(cfg: TrainConfig, lora_name: str, n_images: int, steps: int) -> s
 
 def build_bundle(run_dir: Path, max_previews: int = 8) -> Path:
     """Write export/<name>-civitai.zip in the run folder and return its path."""
-    cfg = run_config(run_dir)
     adapter = adapter_path(run_dir)
     if adapter is None:
         raise FileNotFoundError(f"{run_dir.name}: the run has no adapter yet")
+    cfg = edited_card_fields(run_config(run_dir), adapter)
     name = adapter.stem
     view = run_view(run_dir)
     samples, steps = view.adapter_samples(), view.step

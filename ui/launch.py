@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"LoRA Atelier: data in {data_dir}", flush=True)
     demo.launch(server_name=a.host, server_port=a.port, auth=auth, share=a.share, show_error=True,
                 app_kwargs={"middleware": loopback_only_hosts()} if is_loopback(a.host) and not a.share else None,
-                allowed_paths=[str(studio.dirs.runs), str(studio.dirs.datasets)],
+                # generate/: the Generate tab's grids drawn from adapter files (a run's grids stay in its folder)
+                allowed_paths=[str(studio.dirs.runs), str(studio.dirs.datasets), str(studio.dirs.root / "generate")],
                 blocked_paths=[str(data_dir / "runs.sqlite"), str(data_dir / "presets")],
                 max_file_size=f"{a.max_upload_mb}mb", css=CSS, footer_links=[])
     return 0

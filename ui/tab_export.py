@@ -6,11 +6,12 @@ import json
 
 import gradio as gr
 
+from trainer.formats.safetensors_io import SafetensorsError, read_header
 from trainer.models.spec import parse_base
 from trainer.run.events import run_view
 
 from ui.workspace import Studio
-from ui.export_bundle import adapter_path, build_bundle, run_config
+from ui.export_bundle import adapter_path, build_bundle, edited_card_fields, run_config
 from ui.paths import UnsafePath, inside
 from ui.trainer_cli import run_trainer
 
@@ -27,6 +28,30 @@ def _adapter(studio: Studio, run_id: str):
     return p
 
 
+def adapter_info(run_dir) -> str:
+    """The label above the buttons: the file that Download and the bundle give now, with its own title and
+    trigger words (read from the file, so it follows metadata edits)."""
+    p = adapter_path(run_dir)
+    if p is None:
+        return "No adapter yet."
+    try:
+        meta = read_header(p).metadata
+    except SafetensorsError as e:
+        return f"Adapter: `{p.relative_to(run_dir)}`: unreadable ({e})"
+    text = f"Adapter: `{p.relative_to(run_dir)}` ({p.stat().st_size / 1024:.0f} KB)"
+    if meta.get("modelspec.title"):
+        text += f" · title **{meta['modelspec.title']}**"
+    if meta.get("modelspec.trigger_phrase"):
+        text += f" · trigger words `{meta['modelspec.trigger_phrase']}`"
+    return text
+
+
+def select_run(studio: Studio, run_id: str | None) -> list:
+    """Updates for build(...)["select_outputs"] that open `run_id` here (for "Open in Export" from another tab);
+    the picker's change event then fills in the label, metadata and thumbnails."""
+    return [gr.update(choices=studio.run_choices(), value=run_id)]
+
+
 def check_markdown(res_code: int, stdout: str, message: str) -> str:
     head = "**Compatibility: PASS**" if res_code == 0 else "**Compatibility: FAIL**"
     try:
@@ -38,7 +63,8 @@ def check_markdown(res_code: int, stdout: str, message: str) -> str:
 
 def build(studio: Studio) -> dict:
     with gr.Row():
-        run = gr.Dropdown(choices=studio.run_choices(), label="Run", elem_id="exp-run", scale=3)
+        # value=None: a preselected first choice would show a run whose details were never filled in
+        run = gr.Dropdown(choices=studio.run_choices(), value=None, label="Run", elem_id="exp-run", scale=3)
         refresh = gr.Button("Refresh runs", scale=1)
     info = gr.Markdown(elem_id="exp-info")
     with gr.Row():
@@ -48,9 +74,9 @@ def build(studio: Studio) -> dict:
     files = gr.File(label="Files", file_count="multiple", interactive=False, elem_id="exp-files")
     report = gr.Markdown(elem_id="exp-report")
     with gr.Accordion("Metadata", open=False):
-        title = gr.Textbox(label="Title")
-        trigger = gr.Textbox(label="Trigger words")
-        description = gr.Textbox(label="Description", lines=3)
+        title = gr.Textbox(label="Title", elem_id="exp-title")
+        trigger = gr.Textbox(label="Trigger words", elem_id="exp-trigger")
+        description = gr.Textbox(label="Description", lines=3, elem_id="exp-description")
         thumb = gr.Dropdown(label="Thumbnail (a preview of this run)", choices=[])
         meta_btn = gr.Button("Save metadata", elem_id="exp-meta-save")
         meta_msg = gr.Markdown()
@@ -61,11 +87,12 @@ def build(studio: Studio) -> dict:
         if not run_id or not studio.store.get(run_id):
             return "", "", "", "", gr.update(choices=[])
         run_dir = studio.run_dir(run_id)
-        cfg = run_config(run_dir)
-        p = adapter_path(run_dir)
+        cfg, p = run_config(run_dir), adapter_path(run_dir)
+        if p is not None:  # an edited copy's title and trigger words, not the ones the run started with
+            cfg = edited_card_fields(cfg, p)
         thumbs = [s["path"] for s in run_view(run_dir).adapter_samples() if s.get("path")]
-        text = f"Adapter: `{p.name}` ({p.stat().st_size / 1024:.0f} KB)" if p else "No adapter yet."
-        return (text, cfg.saving.title or cfg.saving.output_name, cfg.saving.trigger_phrase, cfg.saving.description,
+        return (adapter_info(run_dir), cfg.saving.title or cfg.saving.output_name, cfg.saving.trigger_phrase,
+                cfg.saving.description,
                 gr.update(choices=thumbs, value=thumbs[-1] if thumbs else None))
 
     run.change(on_run, run, [info, title, trigger, description, thumb])
@@ -110,5 +137,7 @@ def build(studio: Studio) -> dict:
         tmp.replace(out)
         return f"Saved metadata: downloads now give `{out.name}` with the new title and trigger words."
 
-    meta_btn.click(on_meta, [run, title, trigger, description, thumb], meta_msg)
-    return {"run": run}
+    # the label follows the file: after an edit it names the edited copy and its new title
+    meta_btn.click(on_meta, [run, title, trigger, description, thumb], meta_msg).success(
+        lambda r: adapter_info(studio.run_dir(r)), run, info)
+    return {"run": run, "select_outputs": [run]}
