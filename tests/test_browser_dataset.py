@@ -215,3 +215,135 @@ def test_upload_explains_refusals_and_renames_and_leaves_no_litter(world):
     line = next(ln for ln in doctor.splitlines() if "copied-late.jpg" in ln)
     assert "truncated" in line and "skipped" in line, doctor
     page.context.close()
+
+
+def artwork(path: Path, i: int) -> Path:
+    """A small picture that reads as a picture in a screenshot: a coloured ground, a disc, stripes."""
+    from PIL import ImageDraw
+    grounds = [(236, 201, 160), (160, 200, 236), (200, 236, 170), (240, 180, 200), (210, 210, 240), (250, 230, 150)]
+    im = Image.new("RGB", (384, 384), grounds[i % len(grounds)])
+    d = ImageDraw.Draw(im)
+    d.ellipse((70 + 10 * i, 90, 300 - 5 * i, 320), fill=(40 + 30 * i, 60, 120 + 20 * i))
+    for x in range(0, 384, 48):
+        d.rectangle((x, 0, x + 10, 40), fill=(250, 250, 250))
+    im.save(path)
+    return path
+
+
+def doc_shot(page, shot: Shots, name: str) -> None:
+    path = shot(name)
+    if DOC_SCREENS is not None:
+        DOC_SCREENS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(DOC_SCREENS / f"dataset-{name}.png"))  # the 1440×900 viewport, as a user sees it
+
+
+def value(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id} input, #{elem_id} textarea").first.input_value()
+
+
+def wait_value(page, elem_id: str, expected: str, timeout: float = 60) -> None:
+    page.wait_for_function(
+        "([id, v]) => { const e = document.querySelector('#' + id + ' input, #' + id + ' textarea');"
+        " return e && e.value === v; }", arg=[elem_id, expected], timeout=timeout * 1000)
+
+
+def test_caption_editor(world):
+    """Frictions: the picked image large beside its caption, previous/next by button and key, edits never lost
+    on switching, exclude/restore and delete, bulk edits previewed and undone; the picker shows pictures
+    (a .tif too, which a browser cannot show itself)."""
+    src = files_dir(world, "editor")
+    files = [artwork(src / f"sketch-{i}.png", i) for i in range(5)]
+    Image.open(files[0]).save(src / "scan.tif")
+    files.append(src / "scan.tif")
+    for i in (0, 1, 2):
+        (src / f"sketch-{i}.txt").write_text(f"a sketch, figure {i}, ink")
+    page = new_page(world)
+    shot = Shots(page, "caption_editor")
+    set_dataset(page, "sketchbook")
+    upload(page, [*files, *sorted(src.glob("*.txt"))])
+    wait_text(page, "ds-import-report", "Added 9 file(s)")
+    root = dataset(world, "sketchbook")
+    order = ["images/scan.tif", *(f"images/sketch-{i}.png" for i in range(5))]
+
+    # the picker shows pictures: every thumbnail (the .tif's too) is an image the browser decoded
+    page.wait_for_function("document.querySelectorAll('#ds-gallery img').length == 6", timeout=60_000)
+    page.wait_for_function("[...document.querySelectorAll('#ds-gallery img')].every(i => i.complete"
+                           " && i.naturalWidth > 0)", timeout=60_000)
+    doc_shot(page, shot, "upload")
+
+    # clicking a thumbnail opens the picture large beside its caption
+    page.locator("#ds-gallery .thumbnail-item").nth(2).click()
+    wait_value(page, "ds-image", order[2])
+    wait_value(page, "ds-caption", "a sketch, figure 1, ink")
+    page.wait_for_function("(document.querySelector('#ds-preview img') || {}).naturalWidth >= 384", timeout=60_000)
+    doc_shot(page, shot, "editor")
+
+    # an unsaved edit is saved when moving on (button), and the next image opens
+    page.locator("#ds-caption textarea").fill("a sketch, figure 1, ink, edited")
+    page.locator("#ds-next").click()
+    wait_value(page, "ds-image", order[3])
+    wait_text(page, "ds-caption-msg", "Saved your edit")
+    assert (root / "images/sketch-1.txt").read_text().strip() == "a sketch, figure 1, ink, edited"
+    # ... and when another thumbnail is clicked
+    page.locator("#ds-caption textarea").fill("a sketch, figure 2, ink, edited too")
+    page.locator("#ds-gallery .thumbnail-item").nth(5).click()
+    wait_value(page, "ds-image", order[5])
+    wait_until(lambda: (root / "images/sketch-2.txt").read_text().strip() == "a sketch, figure 2, ink, edited too",
+               "the edit saved on clicking another thumbnail")
+
+    # keys: ← → outside text boxes, Page Up / Page Down while typing, Ctrl+Enter saves
+    page.locator("#ds-caption-msg").click()
+    page.keyboard.press("ArrowLeft")
+    wait_value(page, "ds-image", order[4])
+    page.keyboard.press("ArrowRight")
+    wait_value(page, "ds-image", order[5])
+    page.keyboard.press("ArrowRight")  # wraps around to the first image
+    wait_value(page, "ds-image", order[0])
+    page.locator("#ds-caption textarea").fill("a scanned page")
+    page.locator("#ds-caption textarea").press("Control+Enter")
+    wait_until(lambda: (root / "images/scan.txt").is_file(), "Ctrl+Enter saved the caption")
+    assert (root / "images/scan.txt").read_text().strip() == "a scanned page"
+    page.locator("#ds-caption textarea").press("PageDown")
+    wait_value(page, "ds-image", order[1])
+
+    # exclude (kept aside, not trained), restore, delete after a confirmation
+    page.locator("#ds-exclude").click()
+    wait_text(page, "ds-caption-msg", "Excluded")
+    assert (root / ".excluded/images/sketch-0.png").is_file() and not (root / "images/sketch-0.png").exists()
+    page.wait_for_function("document.querySelectorAll('#ds-gallery img').length == 5")
+    wait_text(page, "ds-doctor", "1 excluded")
+    page.locator("#ds-excluded").get_by_text("Excluded images").first.click()
+    choose(page, "ds-excluded-pick", "images/sketch-0.png")
+    page.locator("#ds-restore").click()
+    wait_text(page, "ds-caption-msg", "Restored")
+    assert (root / "images/sketch-0.png").is_file() and (root / "images/sketch-0.txt").is_file()
+    page.wait_for_function("document.querySelectorAll('#ds-gallery img').length == 6")
+    choose(page, "ds-image", "images/sketch-4.png")
+    wait_value(page, "ds-caption", "")
+    page.locator("#ds-delete").click()
+    page.locator("#ds-delete-confirm").get_by_text("for good").first.wait_for()
+    page.locator("#ds-delete-yes").click()
+    wait_text(page, "ds-caption-msg", "Deleted")
+    assert not (root / "images/sketch-4.png").exists()
+    page.wait_for_function("document.querySelectorAll('#ds-gallery img').length == 5")
+
+    # bulk edit: preview writes nothing, apply writes, undo puts everything back
+    before = {p.name: p.read_bytes() for p in (root / "images").glob("*.txt")}
+    page.locator("#ds-bulk").get_by_text("Bulk caption tools").first.click()
+    page.locator("#ds-bulk-a textarea, #ds-bulk-a input").first.fill("zkq")
+    page.locator("#ds-bulk-preview").click()
+    wait_text(page, "ds-bulk-msg", "5 caption(s) would change")
+    table = page.locator("#ds-bulk-table").inner_text()
+    assert "zkq, a sketch, figure 1, ink, edited" in table and "zkq" in table, table
+    assert {p.name: p.read_bytes() for p in (root / "images").glob("*.txt")} == before
+    page.locator("#ds-bulk-table").scroll_into_view_if_needed()
+    doc_shot(page, shot, "bulk-preview")
+    page.locator("#ds-bulk-apply").click()
+    wait_text(page, "ds-bulk-msg", "Changed 5 caption(s)")
+    assert (root / "images/sketch-1.txt").read_text().strip() == "zkq, a sketch, figure 1, ink, edited"
+    assert (root / "images/sketch-3.txt").read_text().strip() == "zkq"
+    page.locator("#ds-bulk-undo").click()
+    wait_text(page, "ds-bulk-msg", "restored 5 caption(s)")
+    assert {p.name: p.read_bytes() for p in (root / "images").glob("*.txt")} == before
+    assert not (root / "images/sketch-3.txt").exists()
+    page.context.close()

@@ -21,10 +21,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from trainer.data.captions import decode_caption_bytes
-from trainer.data.images import IMAGE_EXTENSIONS, ImageError, load_image
+from trainer.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, ImageError, load_image, normalise
 from trainer.data.scan import (CACHE_DIR_NAME, CAPTION_EXTENSIONS, REPEAT_FOLDER, DatasetError, Problem, Scan,
                                doctor, list_dataset, scan_dataset)
 from trainer.run.atomic import atomic_write_bytes, atomic_write_text
@@ -575,6 +575,25 @@ def _broken_picture(side: int) -> Image.Image:
     return im
 
 
+def _quick_picture(img: Path, side: int) -> Image.Image | None:
+    """What load_image makes of `img` (upright, alpha on white, 8-bit RGB) at most `side` px, with JPEGs decoded
+    at a reduced scale (several times faster on photos); None when anything is off (load_image then decides)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(img) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    return None
+                im.draft("RGB", (side, side))  # only JPEG honours it: whole data read, 1/2–1/8 scale decoded
+                im.load()
+                rgb = normalise(ImageOps.exif_transpose(im))
+                rgb = rgb.copy() if rgb is im else rgb
+        rgb.thumbnail((side, side))
+        return rgb
+    except Exception:  # truncated, corrupt, odd modes: the trainer's loader gives the reason
+        return None
+
+
 def preview(root: Path, rel: str, side: int = THUMB_SIDE) -> tuple[Path, str | None]:
     """(a JPEG of the image as the trainer sees it, upright RGB at most `side` px, cached in the dataset's
     .atelier-cache; the reason the trainer will skip it, or None). Browsers cannot show .tif, .tga or .ppm:
@@ -585,12 +604,14 @@ def preview(root: Path, rel: str, side: int = THUMB_SIDE) -> tuple[Path, str | N
     if out.is_file():
         return out, (reason_file.read_text(encoding="utf-8") if reason_file.is_file() else None)
     reason = None
-    try:
-        im = load_image(img).image
-        im.thumbnail((side, side))
-    except ImageError as e:
-        reason = e.reason
-        im = _broken_picture(side)
+    im = _quick_picture(img, side)
+    if im is None:
+        try:
+            im = load_image(img).image  # the trainer's loader, for its reason when it cannot read the file
+            im.thumbnail((side, side))
+        except ImageError as e:
+            reason = e.reason
+            im = _broken_picture(side)
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=88)
     if reason:
@@ -643,6 +664,38 @@ def doctor_report(root: Path, caption_ext: str = ".txt", default_repeats: int = 
     if len(findings) > 50:
         lines.append(f"- … and {len(findings) - 50} more")
     return "\n".join(lines)
+
+
+_DOCTOR_CACHE: dict[str, tuple[str, str]] = {}  # real root -> (fingerprint, report); decoding is the slow part
+
+
+def fingerprint(root: Path) -> str:
+    """Changes whenever a file of the dataset (or an excluded one) is added, removed, renamed or written."""
+    h = hashlib.sha1()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d != CACHE_DIR_NAME)
+        for name in sorted(filenames):
+            try:
+                st = os.stat(os.path.join(dirpath, name), follow_symlinks=False)
+            except OSError:
+                continue
+            h.update(f"{dirpath}/{name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def cached_doctor_report(root: Path, only_cached: bool = False) -> str | None:
+    """doctor_report, redone only when the dataset's files changed; None with only_cached and nothing cached."""
+    key, fp = str(Path(root).resolve()), fingerprint(root)
+    hit = _DOCTOR_CACHE.get(key)
+    if hit and hit[0] == fp:
+        return hit[1]
+    if only_cached:
+        return None
+    report = doctor_report(root)
+    if len(_DOCTOR_CACHE) > 32:
+        _DOCTOR_CACHE.pop(next(iter(_DOCTOR_CACHE)))
+    _DOCTOR_CACHE[key] = (fp, report)
+    return report
 
 
 def _skipped(f: Problem) -> bool:

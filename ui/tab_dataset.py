@@ -75,24 +75,25 @@ def build(studio: Studio) -> dict:
     editing = gr.State(None)  # {"ds", "rel"}: the image whose caption is in the caption box
     rels = gr.State([])  # the dataset's images in gallery order
     undo = gr.State(None)  # (dataset, CaptionUndo) of the last bulk edit
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=2, min_width=320):
-            gallery = gr.Gallery(label="Images (click one to caption it)", columns=4, height=560,
+    with gr.Row(equal_height=False, elem_id="ds-editor"):
+        with gr.Column(scale=4, min_width=300):
+            gallery = gr.Gallery(label="Images (click one to caption it)", columns=3, height=480,
                                  allow_preview=False, object_fit="cover", interactive=False, fit_columns=False,
                                  elem_id="ds-gallery")
-        with gr.Column(scale=3, min_width=420):
-            big = gr.Image(type="filepath", interactive=False, height=400, show_label=True, label="Image",
+        with gr.Column(scale=5, min_width=360):
+            big = gr.Image(type="filepath", interactive=False, height=440, show_label=True, label="Image",
                            buttons=["fullscreen"], elem_id="ds-preview")
+        with gr.Column(scale=4, min_width=300):
             with gr.Row():
-                prev_btn = gr.Button("◀ Previous", elem_id="ds-prev", size="sm", scale=1, min_width=90)
-                image_pick = gr.Dropdown(label="File", choices=[], show_label=False, elem_id="ds-image", scale=4)
-                next_btn = gr.Button("Next ▶", elem_id="ds-next", size="sm", scale=1, min_width=90)
-            caption = gr.Textbox(label="Caption", lines=3, elem_id="ds-caption",
+                prev_btn = gr.Button("◀ Previous", elem_id="ds-prev", size="sm", min_width=80)
+                next_btn = gr.Button("Next ▶", elem_id="ds-next", size="sm", min_width=80)
+            image_pick = gr.Dropdown(label="File", choices=[], show_label=False, container=False, elem_id="ds-image")
+            caption = gr.Textbox(label="Caption", lines=7, elem_id="ds-caption",
                                  placeholder="Comma-separated tags or a sentence; put the trigger word first.")
+            save_caption = gr.Button("Save caption", variant="primary", elem_id="ds-save-caption")
             with gr.Row():
-                save_caption = gr.Button("Save caption", variant="primary", elem_id="ds-save-caption")
-                exclude_btn = gr.Button("Exclude from training", elem_id="ds-exclude")
-                delete_btn = gr.Button("Delete…", variant="stop", elem_id="ds-delete")
+                exclude_btn = gr.Button("Exclude from training", elem_id="ds-exclude", size="sm")
+                delete_btn = gr.Button("Delete…", variant="stop", elem_id="ds-delete", size="sm")
             with gr.Row(visible=False, elem_id="ds-delete-confirm") as confirm_row:
                 confirm_md = gr.Markdown()
                 delete_yes = gr.Button("Delete for good", variant="stop", elem_id="ds-delete-yes", size="sm")
@@ -156,7 +157,9 @@ def build(studio: Studio) -> dict:
         return f"Saved your edit of `{ed['rel']}` before switching."
 
     def _view(name: str, pick: str | None = None, report: str = "", msg: str = "", on_load: bool = False):
-        """Every output in `outs`, for dataset `name` with image `pick` open."""
+        """Every output in `outs`, for dataset `name` with image `pick` open. The doctor decodes every image:
+        on page load it is run here; after other events it follows in `on_doctor` (chained), so the gallery
+        and caption never wait for it."""
         all_names = dataset_names(studio)
         if on_load and name not in all_names and all_names:
             name = _last_changed(studio, all_names)  # the page opens on a dataset that exists
@@ -172,16 +175,33 @@ def build(studio: Studio) -> dict:
         df.prune_previews(root, order)
         big_path, text, label = _image(root, pick)
         fl = df.folders(root)
+        subfolders = [f for f, _, _ in fl if f != "."]  # "." (images in the dataset folder itself) has no name
         more = f" (first {MAX_GALLERY} of {len(order)})" if len(order) > MAX_GALLERY else ""
         return (gr.update(choices=all_names, value=safe) if on_load else gr.update(choices=all_names), report,
-                df.doctor_report(root) if root.exists() else "",
+                _doctor_now(root, run=on_load),
                 gr.update(value=thumbs, selected_index=order.index(pick) if pick in order[:MAX_GALLERY] else None,
                           label=f"{len(order)} image(s){more}: click one to caption it"),
                 gr.update(choices=order, value=pick), gr.update(value=big_path, label=label), text,
                 {"ds": safe, "rel": pick} if pick else {"ds": safe, "rel": None}, order, _tags(root),
                 [[f, r if r is not None else "(default)", n] for f, r, n in fl] or None,
-                gr.update(choices=[f for f, _, _ in fl if f != "."], value=next((f for f, _, _ in fl if f != "."), None)),
+                gr.update(choices=subfolders, value=subfolders[0] if subfolders else None),
                 gr.update(choices=df.excluded_images(root), value=None), msg)
+
+    def _doctor_now(root: Path, run: bool) -> str:
+        if not root.exists():
+            return ""
+        return df.cached_doctor_report(root, only_cached=not run) or "Dataset doctor: checking every image…"
+
+    def on_doctor(name):
+        try:
+            return _doctor_now(_root(name), run=True)
+        except UnsafePath as e:
+            return str(e)
+
+    def then_doctor(event) -> None:
+        # one doctor at a time: it is CPU-bound, and a later request re-checks whatever changed meanwhile
+        event.then(on_doctor, ds_name, doctor_md, concurrency_limit=1, concurrency_id="ds-doctor",
+                   show_progress="hidden")
 
     outs = [ds_name, import_report, doctor_md, gallery, image_pick, big, caption, editing, rels, tags, folders_df,
             folder_pick, excluded_pick, caption_msg]
@@ -195,7 +215,7 @@ def build(studio: Studio) -> dict:
             return [gr.skip()] * len(outs)  # already showing it (the page load or an upload set the name)
         return _view(name, msg=_autosave(ed, text))
 
-    ds_name.change(on_switch, [ds_name, editing, caption], outs)
+    then_doctor(ds_name.change(on_switch, [ds_name, editing, caption], outs))
 
     def on_upload(files, name, folder, ed, text):
         safe = safe_name(name, DEFAULT_NAME)
@@ -211,7 +231,7 @@ def build(studio: Studio) -> dict:
         out[0] = gr.update(choices=dataset_names(studio), value=safe)
         return (*out, None)
 
-    upload.upload(on_upload, [upload, ds_name, ds_folder, editing, caption], [*outs, upload])
+    then_doctor(upload.upload(on_upload, [upload, ds_name, ds_folder, editing, caption], [*outs, upload]))
 
     # moving between images: the caption box is saved into the image it belongs to first
     step_outs = [gallery, image_pick, big, caption, editing, caption_msg, tags]
@@ -232,7 +252,7 @@ def build(studio: Studio) -> dict:
             return [gr.skip()] * len(step_outs)
         return go(name, ed, text, order, target)
 
-    gallery.select(on_gallery_select, [ds_name, editing, caption, rels], step_outs)
+    then_doctor(gallery.select(on_gallery_select, [ds_name, editing, caption, rels], step_outs))
 
     def on_pick(name, ed, text, order, target):
         try:
@@ -241,7 +261,7 @@ def build(studio: Studio) -> dict:
             raise gr.Error(str(e))
         return go(name, ed, text, order, target)
 
-    image_pick.input(on_pick, [ds_name, editing, caption, rels, image_pick], step_outs)
+    then_doctor(image_pick.input(on_pick, [ds_name, editing, caption, rels, image_pick], step_outs))
 
     def stepper(delta: int):
         def on_step(name, ed, text, order):
@@ -252,8 +272,8 @@ def build(studio: Studio) -> dict:
             return go(name, ed, text, order, order[(i + delta) % len(order)])
         return on_step
 
-    prev_btn.click(stepper(-1), [ds_name, editing, caption, rels], step_outs)
-    next_btn.click(stepper(1), [ds_name, editing, caption, rels], step_outs)
+    then_doctor(prev_btn.click(stepper(-1), [ds_name, editing, caption, rels], step_outs))
+    then_doctor(next_btn.click(stepper(1), [ds_name, editing, caption, rels], step_outs))
 
     def on_save(name, pick, text):
         if not pick:
@@ -265,7 +285,7 @@ def build(studio: Studio) -> dict:
         df.write_caption(img, text)
         return f"Saved caption of `{pick}`.", _tags(_root(name))
 
-    save_caption.click(on_save, [ds_name, image_pick, caption], [caption_msg, tags])
+    then_doctor(save_caption.click(on_save, [ds_name, image_pick, caption], [caption_msg, tags]))
 
     def _neighbour(order: list[str], rel: str) -> str | None:
         """The image shown after `rel` leaves the dataset: the next one, else the previous."""
@@ -283,10 +303,11 @@ def build(studio: Studio) -> dict:
             where = df.exclude_image(_root(name), rel)
         except (UnsafePath, ValueError, OSError) as e:
             raise gr.Error(str(e))
-        msg = f"Excluded `{rel}` from training (kept as `{df.EXCLUDED_DIR}/{where}`; restore it under “Excluded images”)."
+        msg = (f"Excluded `{rel}` from training (kept as `{df.EXCLUDED_DIR}/{where}`; restore it under "
+               f"“Excluded images”).")
         return _view(name, _neighbour(order, rel), msg=" ".join(x for x in (saved, msg) if x))
 
-    exclude_btn.click(on_exclude, [ds_name, editing, caption, rels], outs)
+    then_doctor(exclude_btn.click(on_exclude, [ds_name, editing, caption, rels], outs))
 
     def on_delete_ask(ed):
         rel = ed.get("rel") if ed else None
@@ -307,7 +328,7 @@ def build(studio: Studio) -> dict:
             raise gr.Error(str(e))
         return (gr.update(visible=False), *_view(name, _neighbour(order, rel), msg=f"Deleted {', '.join(gone)}."))
 
-    delete_yes.click(on_delete, [ds_name, editing, rels], [confirm_row, *outs])
+    then_doctor(delete_yes.click(on_delete, [ds_name, editing, rels], [confirm_row, *outs]))
 
     def on_restore(name, rel, ed):
         if not rel:
@@ -318,7 +339,7 @@ def build(studio: Studio) -> dict:
             raise gr.Error(str(e))
         return _view(name, back, msg=f"Restored `{back}`: it is trained again.")
 
-    restore_btn.click(on_restore, [ds_name, excluded_pick, editing], outs)
+    then_doctor(restore_btn.click(on_restore, [ds_name, excluded_pick, editing], outs))
 
     def on_bulk_preview(name, op_, a_, b_):
         try:
@@ -341,10 +362,11 @@ def build(studio: Studio) -> dict:
         done = df.apply_caption_changes(root, plan)
         msg = f"Changed {len(plan)} caption(s)." + (" “Undo last bulk edit” puts them back." if plan else "")
         view = _view(name, pick, msg=saved)
-        return (" ".join(x for x in (saved, msg) if x), None, (safe_name(name, DEFAULT_NAME), done) if plan else gr.skip(),
-                *view)
+        last = (safe_name(name, DEFAULT_NAME), done) if plan else gr.skip()
+        return (" ".join(x for x in (saved, msg) if x), None, last, *view)
 
-    apply_btn.click(on_bulk, [ds_name, op, a, b, image_pick, editing, caption], [bulk_msg, bulk_table, undo, *outs])
+    then_doctor(apply_btn.click(on_bulk, [ds_name, op, a, b, image_pick, editing, caption],
+                                [bulk_msg, bulk_table, undo, *outs]))
 
     def on_undo(name, last, pick):
         if not last:
@@ -359,7 +381,7 @@ def build(studio: Studio) -> dict:
             msg += f" Left {len(kept)} alone that were edited since: {', '.join(kept[:5])}."
         return msg, None, *_view(ds, pick if ds == safe_name(name, DEFAULT_NAME) else None)
 
-    undo_btn.click(on_undo, [ds_name, undo, image_pick], [bulk_msg, undo, *outs])
+    then_doctor(undo_btn.click(on_undo, [ds_name, undo, image_pick], [bulk_msg, undo, *outs]))
 
     def on_repeats(name, folder, n):
         try:
@@ -368,5 +390,5 @@ def build(studio: Studio) -> dict:
             raise gr.Error(str(e))
         return f"Folder is now `{new}`.", *_view(name)
 
-    repeats_btn.click(on_repeats, [ds_name, folder_pick, repeats], [repeats_msg, *outs])
+    then_doctor(repeats_btn.click(on_repeats, [ds_name, folder_pick, repeats], [repeats_msg, *outs]))
     return {"ds_name": ds_name, "refresh": refresh, "outs": outs}
