@@ -201,10 +201,11 @@ def test_upload_explains_refusals_and_renames_and_leaves_no_litter(world):
     assert "hidden-cat.png" in stored and ".hidden-cat.png" not in stored, stored  # hidden files are not trained
     assert ".hidden-cat.png" in report and "renamed" in report and "hidden-cat.png" in report, report
     assert "truncated.jpg" not in stored and "fake.png" not in stored
+    doc_shot(page, Shots(page, "upload_report"), "refusals")
     # what was uploaded is gone from the upload cache inside the data folder, refused or not
-    left = [p.name for p in (world["data"] / ".gradio").rglob("*") if p.is_file()]
+    left = [p for p in (world["data"] / ".gradio").rglob("*") if p.is_file()]
     for name in ("truncated.jpg", "fake.png", ".hidden-cat.png"):
-        assert name not in left, left
+        assert name not in [p.name for p in left], left
 
     # a truncated file that reached the folder some other way: the doctor says it will be skipped
     shutil.copy(broken, dataset(world, "odd") / "images" / "copied-late.jpg")
@@ -269,6 +270,7 @@ def test_caption_editor(world):
     page.wait_for_function("document.querySelectorAll('#ds-gallery img').length == 6", timeout=60_000)
     page.wait_for_function("[...document.querySelectorAll('#ds-gallery img')].every(i => i.complete"
                            " && i.naturalWidth > 0)", timeout=60_000)
+    wait_text(page, "ds-doctor", "6 image(s) will be trained")
     doc_shot(page, shot, "upload")
 
     # clicking a thumbnail opens the picture large beside its caption

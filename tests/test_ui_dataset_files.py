@@ -1,6 +1,8 @@
 """Server-side dataset handling: checked uploads, zip refusals before extraction, caption tools, repeats."""
 import io
+import os
 import stat
+import time
 import zipfile
 from pathlib import Path
 
@@ -201,8 +203,13 @@ def test_discard_uploads_touches_only_the_upload_cache(tmp_path):
     outside = write(tmp_path / "mine.png", b"mine")
     link = cache / "uploads" / "link.png"
     link.symlink_to(outside)
+    gradio_leftover = write(cache / "uploads" / "tmpab12cd34", b"")
+    os.utime(gradio_leftover, (time.time() - 7200, time.time() - 7200))
+    receiving = write(cache / "uploads" / "tmpjustnow", b"")  # could be an upload being received: kept
+    busy = write(cache / "uploads" / "tmp-not-empty", b"data")
     assert df.discard_uploads([inside_file, outside, link, cache], cache) == 1
     assert not inside_file.exists() and not (cache / "uploads" / "abc123").exists()  # emptied folder gone too
+    assert not gradio_leftover.exists() and busy.exists() and receiving.exists()
     assert outside.read_bytes() == b"mine" and link.is_symlink() and cache.is_dir()
 
 

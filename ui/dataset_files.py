@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import stat
+import time
 import unicodedata
 import warnings
 import zipfile
@@ -138,7 +139,7 @@ def check_image(data: bytes, name: str, limits: Limits) -> str | None:
     return None
 
 
-def _caption_text(data: bytes, name: str, limits: Limits) -> tuple[str | None, str | None, str | None]:
+def _caption_text(data: bytes, limits: Limits) -> tuple[str | None, str | None, str | None]:
     """(text, conversion note, refusal reason) for an uploaded caption file."""
     if len(data) > limits.max_caption_bytes:
         return None, None, f"caption file larger than {limits.max_caption_bytes // 2**10} KB"
@@ -173,7 +174,7 @@ class _Importer:
                 why = "; ".join(x for x in (why, f"a file named {stored} is already in {folder}") if x)
             self.renamed[(folder, _nfc(Path(name).stem))] = dest.stem
         else:
-            text, note, reason = _caption_text(data, label, self.limits)
+            text, note, reason = _caption_text(data, self.limits)
             if reason:
                 self.rep.rejected.append(f"{label}: {reason}")
                 return
@@ -193,7 +194,7 @@ class _Importer:
         self.rep.added.append(f"{folder}/{dest.name}")
 
 
-def _images_first(name: str) -> bool:
+def _is_caption(name: str) -> bool:
     return Path(name).suffix.lower() in CAPTION_EXTS
 
 
@@ -246,7 +247,7 @@ def _import_zip(zip_path: Path, imp: _Importer) -> None:
                 continue
             entries.append((info, parts))
         renamed_folders = set()
-        for info, parts in sorted(entries, key=lambda e: _images_first(e[1][-1])):
+        for info, parts in sorted(entries, key=lambda e: _is_caption(e[1][-1])):
             # keep one folder level: kohya `10_name` folders carry repeats
             folder = safe_name(parts[-2], LOOSE_FOLDER, 64) if len(parts) > 1 else LOOSE_FOLDER
             if len(parts) > 1 and folder != parts[-2] and parts[-2] not in renamed_folders:
@@ -260,19 +261,13 @@ def _import_zip(zip_path: Path, imp: _Importer) -> None:
             imp.add(data, parts[-1], folder, f"{label}:{info.filename}")
 
 
-def import_zip(zip_path: Path, dest_root: Path, limits: Limits) -> ImportReport:
-    imp = _Importer(dest_root, limits)
-    _import_zip(zip_path, imp)
-    return imp.rep
-
-
 def import_uploads(paths: list[str | Path], dest_root: Path, limits: Limits = Limits(),
                    folder: str = LOOSE_FOLDER) -> ImportReport:
     """Add uploaded files (images, captions, zips) to a dataset folder, checking each on the server."""
     imp = _Importer(dest_root, limits)
     rep = imp.rep
     folder = safe_name(folder, LOOSE_FOLDER, 64)
-    for p in sorted((Path(p) for p in paths), key=lambda p: _images_first(p.name)):
+    for p in sorted((Path(p) for p in paths), key=lambda p: _is_caption(p.name)):
         name = p.name
         try:
             size = p.stat().st_size
@@ -295,7 +290,7 @@ def import_uploads(paths: list[str | Path], dest_root: Path, limits: Limits = Li
 def discard_uploads(paths: list[str | Path], cache_root: Path) -> int:
     """Delete uploaded files (already copied into a dataset or refused) from Gradio's upload cache, and their
     emptied folders. Only paths inside `cache_root` are touched: a user's own files never are."""
-    real_root, n = Path(cache_root).resolve(), 0
+    real_root, n, upload_dirs = Path(cache_root).resolve(), 0, set()
     for p in paths:
         p = Path(p)
         try:
@@ -306,6 +301,8 @@ def discard_uploads(paths: list[str | Path], cache_root: Path) -> int:
             continue
         real.unlink(missing_ok=True)
         n += 1
+        if real.parent.parent.is_relative_to(real_root) and real.parent.parent != real_root:
+            upload_dirs.add(real.parent.parent)  # Gradio keeps an upload as <uploads>/<sha256>/<name>
         parent = real.parent
         while parent != real_root and parent.is_relative_to(real_root):
             try:
@@ -313,6 +310,17 @@ def discard_uploads(paths: list[str | Path], cache_root: Path) -> int:
             except OSError:
                 break
             parent = parent.parent
+    # gr.File leaves one empty `tmpXXXXXXXX` file there per uploaded file and never reads it again; an upload
+    # being received has the same kind of name, so only placeholders an hour old go
+    old = time.time() - 3600
+    for d in upload_dirs:
+        for f in d.glob("tmp*"):
+            try:
+                st = f.lstat()
+                if stat.S_ISREG(st.st_mode) and st.st_size == 0 and st.st_mtime < old:
+                    f.unlink()
+            except OSError:
+                pass
     return n
 
 

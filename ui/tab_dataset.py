@@ -157,12 +157,12 @@ def build(studio: Studio) -> dict:
         return f"Saved your edit of `{ed['rel']}` before switching."
 
     def _view(name: str, pick: str | None = None, report: str = "", msg: str = "", on_load: bool = False):
-        """Every output in `outs`, for dataset `name` with image `pick` open. The doctor decodes every image:
-        on page load it is run here; after other events it follows in `on_doctor` (chained), so the gallery
-        and caption never wait for it."""
+        """Every output in `outs`, for dataset `name` with image `pick` open. The doctor decodes every image, so
+        it follows in `on_doctor` (chained, or when the image list changes): the page, its gallery and caption
+        never wait for it."""
         all_names = dataset_names(studio)
-        if on_load and name not in all_names and all_names:
-            name = _last_changed(studio, all_names)  # the page opens on a dataset that exists
+        if on_load and all_names:
+            name = _last_changed(studio, all_names)  # a (re)loaded page opens on the dataset worked on last
         safe = safe_name(name, DEFAULT_NAME)
         root = _root(safe)
         view = df.dataset_view(root)
@@ -178,7 +178,7 @@ def build(studio: Studio) -> dict:
         subfolders = [f for f, _, _ in fl if f != "."]  # "." (images in the dataset folder itself) has no name
         more = f" (first {MAX_GALLERY} of {len(order)})" if len(order) > MAX_GALLERY else ""
         return (gr.update(choices=all_names, value=safe) if on_load else gr.update(choices=all_names), report,
-                _doctor_now(root, run=on_load),
+                _doctor_now(root, run=not order),
                 gr.update(value=thumbs, selected_index=order.index(pick) if pick in order[:MAX_GALLERY] else None,
                           label=f"{len(order)} image(s){more}: click one to caption it"),
                 gr.update(choices=order, value=pick), gr.update(value=big_path, label=label), text,
@@ -215,6 +215,8 @@ def build(studio: Studio) -> dict:
             return [gr.skip()] * len(outs)  # already showing it (the page load or an upload set the name)
         return _view(name, msg=_autosave(ed, text))
 
+    # also after the page load (ui/studio.py), which fills `rels`
+    rels.change(on_doctor, ds_name, doctor_md, concurrency_limit=1, concurrency_id="ds-doctor", show_progress="hidden")
     then_doctor(ds_name.change(on_switch, [ds_name, editing, caption], outs))
 
     def on_upload(files, name, folder, ed, text):
