@@ -67,14 +67,17 @@ class ImportReport:
         self.changed += other.changed
 
     def summary(self) -> str:
-        lines = [f"Added {len(self.added)} file(s)."]
-        if self.changed:
-            lines.append(f"Changed on the way in ({len(self.changed)}):")
-            lines += [f"- {c}" for c in self.changed]
+        """Markdown: a blank line before each list, or it runs into the line above."""
+        parts = [f"Added {len(self.added)} file(s)."]
         if self.rejected:
-            lines.append(f"Refused {len(self.rejected)}:")
-            lines += [f"- {r}" for r in self.rejected]
-        return "\n".join(lines)
+            parts.append(f"Refused {len(self.rejected)}:\n\n" + _bullets(self.rejected))
+        if self.changed:
+            parts.append(f"Changed on the way in ({len(self.changed)}):\n\n" + _bullets(self.changed))
+        return "\n\n".join(parts)
+
+
+def _bullets(items: list[str]) -> str:
+    return "\n".join(f"- {x}" for x in items)
 
 
 def _nfc(text: str) -> str:

@@ -69,7 +69,7 @@ def build(studio: Studio) -> dict:
         with gr.Column(scale=2):
             upload = gr.File(file_count="multiple", label="Images, captions (.txt, .caption) or a .zip",
                              file_types=df.UPLOAD_TYPES, elem_id="ds-upload", height=110)
-            import_report = gr.Markdown(elem_id="ds-import-report", max_height=160)
+            import_report = gr.Markdown(elem_id="ds-import-report", max_height=200)
         with gr.Column(scale=3):
             doctor_md = gr.Markdown(elem_id="ds-doctor", max_height=240)
     editing = gr.State(None)  # {"ds", "rel"}: the image whose caption is in the caption box
