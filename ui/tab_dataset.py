@@ -198,6 +198,10 @@ def build(studio: Studio) -> dict:
         except UnsafePath as e:
             return str(e)
 
+    # events that change what the tab shows run one at a time, in the order they were made: a dataset typed in
+    # and files dropped at once must not have the empty dataset's view land after the upload's
+    IN_ORDER = {"concurrency_limit": 1, "concurrency_id": "ds-view"}
+
     def then_doctor(event) -> None:
         # one doctor at a time: it is CPU-bound, and a later request re-checks whatever changed meanwhile
         event.then(on_doctor, ds_name, doctor_md, concurrency_limit=1, concurrency_id="ds-doctor",
@@ -217,7 +221,7 @@ def build(studio: Studio) -> dict:
 
     # also after the page load (ui/studio.py), which fills `rels`
     rels.change(on_doctor, ds_name, doctor_md, concurrency_limit=1, concurrency_id="ds-doctor", show_progress="hidden")
-    then_doctor(ds_name.change(on_switch, [ds_name, editing, caption], outs))
+    then_doctor(ds_name.change(on_switch, [ds_name, editing, caption], outs, **IN_ORDER))
 
     def on_upload(files, name, folder, ed, text):
         safe = safe_name(name, DEFAULT_NAME)
@@ -233,7 +237,7 @@ def build(studio: Studio) -> dict:
         out[0] = gr.update(choices=dataset_names(studio), value=safe)
         return (*out, None)
 
-    then_doctor(upload.upload(on_upload, [upload, ds_name, ds_folder, editing, caption], [*outs, upload]))
+    then_doctor(upload.upload(on_upload, [upload, ds_name, ds_folder, editing, caption], [*outs, upload], **IN_ORDER))
 
     # moving between images: the caption box is saved into the image it belongs to first
     step_outs = [gallery, image_pick, big, caption, editing, caption_msg, tags]
@@ -241,6 +245,7 @@ def build(studio: Studio) -> dict:
     def go(name, ed, text, order, target):
         saved = _autosave(ed, text)
         root = _root(name)
+        order = [it.rel for it in df.dataset_view(root).items]  # the files decide, not the page's copy
         if not target or target not in order:
             return [gr.skip()] * (len(step_outs) - 2) + [saved or gr.skip(), _tags(root) if saved else gr.skip()]
         big_path, cap, label = _image(root, target)
@@ -254,7 +259,7 @@ def build(studio: Studio) -> dict:
             return [gr.skip()] * len(step_outs)
         return go(name, ed, text, order, target)
 
-    then_doctor(gallery.select(on_gallery_select, [ds_name, editing, caption, rels], step_outs))
+    then_doctor(gallery.select(on_gallery_select, [ds_name, editing, caption, rels], step_outs, **IN_ORDER))
 
     def on_pick(name, ed, text, order, target):
         try:
@@ -263,10 +268,11 @@ def build(studio: Studio) -> dict:
             raise gr.Error(str(e))
         return go(name, ed, text, order, target)
 
-    then_doctor(image_pick.input(on_pick, [ds_name, editing, caption, rels, image_pick], step_outs))
+    then_doctor(image_pick.input(on_pick, [ds_name, editing, caption, rels, image_pick], step_outs, **IN_ORDER))
 
     def stepper(delta: int):
-        def on_step(name, ed, text, order):
+        def on_step(name, ed, text, _shown):
+            order = [it.rel for it in df.dataset_view(_root(name)).items]
             if not order:
                 return [gr.skip()] * len(step_outs)
             cur = ed.get("rel") if ed else None
@@ -274,8 +280,8 @@ def build(studio: Studio) -> dict:
             return go(name, ed, text, order, order[(i + delta) % len(order)])
         return on_step
 
-    then_doctor(prev_btn.click(stepper(-1), [ds_name, editing, caption, rels], step_outs))
-    then_doctor(next_btn.click(stepper(1), [ds_name, editing, caption, rels], step_outs))
+    then_doctor(prev_btn.click(stepper(-1), [ds_name, editing, caption, rels], step_outs, **IN_ORDER))
+    then_doctor(next_btn.click(stepper(1), [ds_name, editing, caption, rels], step_outs, **IN_ORDER))
 
     def on_save(name, pick, text):
         if not pick:
@@ -287,7 +293,7 @@ def build(studio: Studio) -> dict:
         df.write_caption(img, text)
         return f"Saved caption of `{pick}`.", _tags(_root(name))
 
-    then_doctor(save_caption.click(on_save, [ds_name, image_pick, caption], [caption_msg, tags]))
+    then_doctor(save_caption.click(on_save, [ds_name, image_pick, caption], [caption_msg, tags], **IN_ORDER))
 
     def _neighbour(order: list[str], rel: str) -> str | None:
         """The image shown after `rel` leaves the dataset: the next one, else the previous."""
@@ -309,7 +315,7 @@ def build(studio: Studio) -> dict:
                f"“Excluded images”).")
         return _view(name, _neighbour(order, rel), msg=" ".join(x for x in (saved, msg) if x))
 
-    then_doctor(exclude_btn.click(on_exclude, [ds_name, editing, caption, rels], outs))
+    then_doctor(exclude_btn.click(on_exclude, [ds_name, editing, caption, rels], outs, **IN_ORDER))
 
     def on_delete_ask(ed):
         rel = ed.get("rel") if ed else None
@@ -330,7 +336,7 @@ def build(studio: Studio) -> dict:
             raise gr.Error(str(e))
         return (gr.update(visible=False), *_view(name, _neighbour(order, rel), msg=f"Deleted {', '.join(gone)}."))
 
-    then_doctor(delete_yes.click(on_delete, [ds_name, editing, rels], [confirm_row, *outs]))
+    then_doctor(delete_yes.click(on_delete, [ds_name, editing, rels], [confirm_row, *outs], **IN_ORDER))
 
     def on_restore(name, rel, ed):
         if not rel:
@@ -341,7 +347,7 @@ def build(studio: Studio) -> dict:
             raise gr.Error(str(e))
         return _view(name, back, msg=f"Restored `{back}`: it is trained again.")
 
-    then_doctor(restore_btn.click(on_restore, [ds_name, excluded_pick, editing], outs))
+    then_doctor(restore_btn.click(on_restore, [ds_name, excluded_pick, editing], outs, **IN_ORDER))
 
     def on_bulk_preview(name, op_, a_, b_):
         try:
@@ -368,7 +374,7 @@ def build(studio: Studio) -> dict:
         return (" ".join(x for x in (saved, msg) if x), None, last, *view)
 
     then_doctor(apply_btn.click(on_bulk, [ds_name, op, a, b, image_pick, editing, caption],
-                                [bulk_msg, bulk_table, undo, *outs]))
+                                [bulk_msg, bulk_table, undo, *outs], **IN_ORDER))
 
     def on_undo(name, last, pick):
         if not last:
@@ -383,7 +389,7 @@ def build(studio: Studio) -> dict:
             msg += f" Left {len(kept)} alone that were edited since: {', '.join(kept[:5])}."
         return msg, None, *_view(ds, pick if ds == safe_name(name, DEFAULT_NAME) else None)
 
-    then_doctor(undo_btn.click(on_undo, [ds_name, undo, image_pick], [bulk_msg, undo, *outs]))
+    then_doctor(undo_btn.click(on_undo, [ds_name, undo, image_pick], [bulk_msg, undo, *outs], **IN_ORDER))
 
     def on_repeats(name, folder, n):
         try:
@@ -392,5 +398,5 @@ def build(studio: Studio) -> dict:
             raise gr.Error(str(e))
         return f"Folder is now `{new}`.", *_view(name)
 
-    then_doctor(repeats_btn.click(on_repeats, [ds_name, folder_pick, repeats], [repeats_msg, *outs]))
+    then_doctor(repeats_btn.click(on_repeats, [ds_name, folder_pick, repeats], [repeats_msg, *outs], **IN_ORDER))
     return {"ds_name": ds_name, "refresh": refresh, "outs": outs}
