@@ -74,6 +74,7 @@ def test_new_user_trains_stops_and_exports(world, tmp_path):
     assert "fake.png: not a readable image" in report.inner_text()
     page.locator("#ds-doctor").get_by_text("Dataset doctor").wait_for(timeout=30_000)
     choose(page, "ds-image", "images/cat1.png")
+    page.locator("#ds-preview").get_by_text("images/cat1.png").wait_for()  # opened: typing now is not overwritten
     page.locator("#ds-caption textarea").fill("a photo of a sks cat, sitting")
     page.locator("#ds-save-caption").click()
     page.locator("#ds-caption-msg").get_by_text("Saved caption").wait_for()

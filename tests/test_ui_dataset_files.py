@@ -1,6 +1,8 @@
 """Server-side dataset handling: checked uploads, zip refusals before extraction, caption tools, repeats."""
 import io
+import os
 import stat
+import time
 import zipfile
 from pathlib import Path
 
@@ -29,12 +31,13 @@ def test_uploads_keep_images_and_refuse_odd_files(tmp_path):
              write(up / "fake.png", b"MZ\x90\x00 this is an exe"), write(up / "tool.exe", b"MZ"),
              write(up / "huge.png", png_bytes(size=(300, 300)))]
     rep = df.import_uploads(files, tmp_path / "ds", df.Limits(max_pixels=200 * 200))
-    assert rep.added == ["images/cat-one.png", "images/cat-one.txt"]
+    assert rep.added == ["images/cat one.png", "images/cat one.txt"]  # the names are kept
     reasons = "\n".join(rep.rejected)
     assert "fake.png: not a readable image" in reasons
+    assert "Error" not in reasons  # reasons in words, never an exception's class name
     assert "tool.exe: not an image or caption" in reasons
     assert "huge.png: 300×300 is more than 40000 pixels" in reasons
-    assert df.read_caption(tmp_path / "ds/images/cat-one.png") == "a sks cat, sitting"
+    assert df.read_caption(tmp_path / "ds/images/cat one.png") == "a sks cat, sitting"
 
 
 def _zip(path: Path, entries: list[tuple[zipfile.ZipInfo | str, bytes]]) -> Path:
@@ -118,3 +121,159 @@ def test_names_and_paths_stay_inside(tmp_path):
     (tmp_path / "data" / "runs" / "link").symlink_to(tmp_path)
     with pytest.raises(UnsafePath):
         inside(tmp_path / "data" / "runs", "link/secret")
+
+
+def jpeg_bytes(size=(128, 128)) -> bytes:
+    buf = io.BytesIO()
+    Image.effect_noise(size, 60).convert("RGB").save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def test_truncated_images_are_refused_with_the_trainers_reason(tmp_path):
+    up = tmp_path / "up"
+    up.mkdir()
+    full = jpeg_bytes()
+    files = [write(up / "cut.jpg", full[: len(full) // 2]), write(up / "cut.png", png_bytes(size=(300, 300))[:400]),
+             write(up / "empty.png", b""), write(up / "page.png", b"<!doctype html><html>404</html>")]
+    rep = df.import_uploads(files, tmp_path / "ds")
+    assert rep.added == []
+    reasons = dict(r.split(": ", 1) for r in rep.rejected)
+    assert "truncated" in reasons["cut.jpg"] and "truncated" in reasons["cut.png"], reasons
+    assert "empty" in reasons["empty.png"] and "HTML page" in reasons["page.png"], reasons
+
+
+@pytest.mark.parametrize("name, stored, why", [
+    ("ünïcødé 猫 🐱.png", "ünïcødé 猫 🐱.png", None),
+    ("u\u0308ber.png", "über.png", None),  # macOS writes decomposed names: stored composed, as the scan matches
+    (".hidden-cat.png", "hidden-cat.png", "hidden"),
+    ("CON.png", "_CON.png", "Windows"),
+    ("cat .png", "cat.png", "ends"),
+    ("a" * 200 + ".png", "a" * 150 + ".png", "longer"),
+])
+def test_unicode_names_are_kept_and_renames_are_reported(tmp_path, name, stored, why):
+    up = tmp_path / "up"
+    up.mkdir()
+    rep = df.import_uploads([write(up / name, png_bytes())], tmp_path / "ds")
+    assert rep.added == [f"images/{stored}"], rep
+    assert (tmp_path / "ds" / "images" / stored).is_file()
+    renames = [c for c in rep.changed if "renamed" in c]
+    if why is None:
+        assert renames == []
+    else:
+        assert len(renames) == 1 and name in renames[0] and stored in renames[0] and why in renames[0], renames
+        assert "renamed" in rep.summary()
+
+
+def test_a_clashing_name_is_renamed_and_its_caption_follows(tmp_path):
+    up = tmp_path / "up"
+    up.mkdir()
+    root = tmp_path / "ds"
+    first = df.import_uploads([write(up / "cat.png", png_bytes()), write(up / "cat.txt", b"first cat")], root)
+    assert first.changed == []
+    second = df.import_uploads([write(up / "cat.txt", b"second cat"), write(up / "cat.png", png_bytes((1, 2, 3)))],
+                               root)
+    assert sorted(second.added) == ["images/cat-1.png", "images/cat-1.txt"]
+    assert any("cat.png: renamed to cat-1.png" in c and "already" in c for c in second.changed), second.changed
+    assert df.read_caption(root / "images/cat.png") == "first cat"  # the first image keeps its caption
+    assert df.read_caption(root / "images/cat-1.png") == "second cat"
+
+
+@pytest.mark.parametrize("raw, text, said", [
+    ("café au lait, sks".encode("utf-16"), "café au lait, sks", "UTF-16"),
+    ("café au lait, sks".encode("utf-16-le"), "café au lait, sks", "UTF-16"),
+    ("crème brûlée, sks".encode("cp1252"), "crème brûlée, sks", "Windows-1252"),
+    (b"\xef\xbb\xbfplain, sks", "plain, sks", None),
+    ("déjà vu, sks".encode("utf-8"), "déjà vu, sks", None),
+])
+def test_captions_in_other_encodings_are_stored_as_utf8_and_said_so(tmp_path, raw, text, said):
+    up = tmp_path / "up"
+    up.mkdir()
+    rep = df.import_uploads([write(up / "a.png", png_bytes()), write(up / "a.txt", raw)], tmp_path / "ds")
+    assert sorted(rep.added) == ["images/a.png", "images/a.txt"], rep
+    assert (tmp_path / "ds/images/a.txt").read_bytes().decode("utf-8") == text
+    if said:
+        assert any(c.startswith("a.txt: converted to UTF-8") and said in c for c in rep.changed), rep.changed
+    else:
+        assert rep.changed == []
+
+
+def test_discard_uploads_touches_only_the_upload_cache(tmp_path):
+    cache = tmp_path / ".gradio"
+    inside_file = write((cache / "uploads" / "abc123").mkdir(parents=True) or cache / "uploads/abc123/x.png", b"x")
+    outside = write(tmp_path / "mine.png", b"mine")
+    link = cache / "uploads" / "link.png"
+    link.symlink_to(outside)
+    gradio_leftover = write(cache / "uploads" / "tmpab12cd34", b"")
+    os.utime(gradio_leftover, (time.time() - 7200, time.time() - 7200))
+    receiving = write(cache / "uploads" / "tmpjustnow", b"")  # could be an upload being received: kept
+    busy = write(cache / "uploads" / "tmp-not-empty", b"data")
+    assert df.discard_uploads([inside_file, outside, link, cache], cache) == 1
+    assert not inside_file.exists() and not (cache / "uploads" / "abc123").exists()  # emptied folder gone too
+    assert not gradio_leftover.exists() and busy.exists() and receiving.exists()
+    assert outside.read_bytes() == b"mine" and link.is_symlink() and cache.is_dir()
+
+
+def _dataset(tmp_path, captions: dict[str, str]) -> Path:
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    for i, (name, cap) in enumerate(captions.items()):
+        write(root / "images" / name, png_bytes((40 * i, 100, 100)))
+        if cap is not None:
+            df.write_caption(root / "images" / name, cap)
+    return root
+
+
+def test_bulk_edit_preview_writes_nothing_and_undo_restores(tmp_path):
+    root = _dataset(tmp_path, {"a.png": "a cat", "b.png": "sks, a dog", "c.png": None})
+    before = {p.name: p.read_bytes() for p in (root / "images").iterdir()}
+    plan = df.plan_bulk_edit(root, "trigger", "sks")
+    assert plan == [("images/a.png", "a cat", "sks, a cat"), ("images/c.png", "", "sks")]
+    assert {p.name: p.read_bytes() for p in (root / "images").iterdir()} == before  # a preview writes nothing
+    done = df.apply_caption_changes(root, plan)
+    assert df.read_caption(root / "images/c.png") == "sks"
+    df.write_caption(root / "images/a.png", "edited by hand")  # changed after the bulk edit: undo leaves it
+    restored, kept = df.undo_caption_changes(root, done)
+    assert (restored, kept) == (1, ["images/a.png"])
+    assert not (root / "images/c.txt").exists()  # it had no caption file before
+    assert df.read_caption(root / "images/a.png") == "edited by hand"
+    with pytest.raises(ValueError, match="trigger"):
+        df.plan_bulk_edit(root, "trigger", "  ")
+
+
+def test_exclude_restore_and_delete(tmp_path):
+    root = _dataset(tmp_path, {"a.png": "a cat", "b.png": "a dog"})
+    (root / "images" / "a.caption").write_text("old caption")
+    assert df.exclude_image(root, "images/a.png") == "images/a.png"
+    assert [p.name for p in df.list_images(root)] == ["b.png"]  # not trained, not in the run's copy
+    assert df.excluded_images(root) == ["images/a.png"]
+    assert sorted(p.name for p in (root / ".excluded/images").iterdir()) == ["a.caption", "a.png", "a.txt"]
+    assert "1 excluded" in df.doctor_report(root)
+    assert df.restore_image(root, "images/a.png") == "images/a.png"
+    assert df.read_caption(root / "images/a.png") == "a cat" and df.excluded_images(root) == []
+    assert sorted(df.delete_image(root, "images/b.png")) == ["b.png", "b.txt"]
+    assert [p.name for p in df.list_images(root)] == ["a.png"]
+    for bad in ("../outside.png", "images/missing.png", "images/a.txt"):
+        with pytest.raises((ValueError, UnsafePath)):
+            df.delete_image(root, bad)
+    with pytest.raises((ValueError, UnsafePath)):
+        df.restore_image(root, "../../etc/passwd")
+
+
+def test_previews_show_what_the_trainer_sees_and_mark_skipped_files(tmp_path):
+    root = _dataset(tmp_path, {"a.png": "x"})
+    Image.new("RGBA", (400, 200), (0, 0, 0, 0)).save(root / "images" / "clear.tif")
+    full = jpeg_bytes()
+    write(root / "images" / "cut.jpg", full[: len(full) // 2])
+    thumb, skip = df.preview(root, "images/clear.tif", df.THUMB_SIDE)
+    assert skip is None and thumb.suffix == ".jpg"
+    with Image.open(thumb) as im:
+        assert im.size == (256, 128) and im.getpixel((10, 10)) == (255, 255, 255)  # alpha on white, like the trainer
+    _, skip = df.preview(root, "images/cut.jpg", df.THUMB_SIDE)
+    assert "truncated" in skip
+    assert df.preview(root, "images/cut.jpg", df.THUMB_SIDE)[1] == skip  # cached with its reason
+    report = df.doctor_report(root)
+    line = next(ln for ln in report.splitlines() if "cut.jpg" in ln)
+    assert "truncated" in line and "skipped" in line and "1 file(s) will be skipped" in report
+    (root / "images" / "cut.jpg").unlink()
+    df.prune_previews(root, ["images/a.png", "images/clear.tif"])
+    assert len(list((root / ".atelier-cache/previews/256").glob("*.jpg"))) == 1  # clear.tif's; cut.jpg's went

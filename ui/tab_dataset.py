@@ -1,4 +1,6 @@
-"""Dataset tab: upload images or a zip, edit captions, bulk caption tools, repeats per folder, doctor."""
+"""Dataset tab: upload images or a zip, the dataset doctor, the caption editor (thumbnails, the picked image
+large beside its caption, previous/next, exclude/delete), bulk caption tools with preview and undo, repeats per
+folder. The files work is in ui/dataset_files.py; this module lays out widgets and wires them."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,40 +11,115 @@ from ui import dataset_files as df
 from ui.workspace import Studio
 from ui.paths import UnsafePath, safe_name
 
+MAX_GALLERY = 300  # thumbnails on the page; previous/next and the file list reach every image
+DEFAULT_NAME = "my-dataset"
+
+# ← / → (outside text fields) and Page Up / Page Down (also while typing a caption) switch images;
+# Ctrl/⌘+Enter in the caption saves. Only while the Dataset tab is on screen.
+KEYS_JS = """
+if (!window.__atelierDatasetKeys) {
+  window.__atelierDatasetKeys = true;
+  document.addEventListener('keydown', (e) => {
+    const btn = (id) => document.querySelector('#' + id);
+    const next = btn('ds-next'), prev = btn('ds-prev');
+    if (!next || next.offsetParent === null) return;
+    const t = e.target || {};
+    const typing = t.tagName === 'TEXTAREA' || t.tagName === 'INPUT' || t.isContentEditable;
+    const inCaption = !!(t.closest && t.closest('#ds-caption'));
+    let go = null;
+    if (e.key === 'PageDown' && (!typing || inCaption)) go = next;
+    else if (e.key === 'PageUp' && (!typing || inCaption)) go = prev;
+    else if (!typing && !e.altKey && !e.ctrlKey && !e.metaKey && e.key === 'ArrowRight') go = next;
+    else if (!typing && !e.altKey && !e.ctrlKey && !e.metaKey && e.key === 'ArrowLeft') go = prev;
+    else if (inCaption && (e.ctrlKey || e.metaKey) && e.key === 'Enter') go = btn('ds-save-caption');
+    if (go) { e.preventDefault(); go.click(); }
+  });
+}
+"""
+KEYS_HINT = ("<span style='font-size:13px;color:#6b7280'>Keys: ← → switch images (outside text boxes), "
+             "Page Up / Page Down also while typing a caption, Ctrl+Enter saves. Switching images saves your "
+             "edit.</span>")
+
 
 def dataset_names(studio: Studio) -> list[str]:
     return sorted(p.name for p in studio.dirs.datasets.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _last_changed(studio: Studio, names: list[str]) -> str:
+    """The dataset changed last (its folder or one of its top-level folders)."""
+    def changed(name: str) -> float:
+        d = studio.dirs.datasets / name
+        try:
+            return max([d.stat().st_mtime] + [p.stat().st_mtime for p in d.iterdir() if p.is_dir()])
+        except OSError:
+            return 0.0
+    return max(names, key=changed)
+
+
 def build(studio: Studio) -> dict:
     names = dataset_names(studio)
     with gr.Row():
-        ds_name = gr.Dropdown(choices=names, value=names[0] if names else "my-dataset", allow_custom_value=True,
+        ds_name = gr.Dropdown(choices=names, value=names[0] if names else DEFAULT_NAME, allow_custom_value=True,
                               label="Dataset", info="Pick one, or type a new name (letters, digits, - and _).",
                               elem_id="ds-name", scale=3)
         ds_folder = gr.Textbox(value=df.LOOSE_FOLDER, label="Upload into folder",
                                info="Folder of this dataset; name it N_concept to repeat its images N times.",
                                elem_id="ds-folder", scale=2)
-    upload = gr.File(file_count="multiple", label="Images (.png .jpg .webp .bmp), captions (.txt) or a .zip",
-                     file_types=sorted(df.IMAGE_EXTS | df.CAPTION_EXTS | {".zip"}), elem_id="ds-upload")
-    import_report = gr.Markdown(elem_id="ds-import-report")
-    doctor_md = gr.Markdown(elem_id="ds-doctor")
-    with gr.Row():
-        gallery = gr.Gallery(label="Images", columns=6, height=320, allow_preview=False, elem_id="ds-gallery", scale=3)
+    with gr.Row(equal_height=False):
         with gr.Column(scale=2):
-            image_pick = gr.Dropdown(label="Image", choices=[], elem_id="ds-image")
-            caption = gr.Textbox(label="Caption", lines=3, elem_id="ds-caption")
-            save_caption = gr.Button("Save caption", elem_id="ds-save-caption")
+            upload = gr.File(file_count="multiple", label="Images, captions (.txt, .caption) or a .zip",
+                             file_types=df.UPLOAD_TYPES, elem_id="ds-upload", height=110)
+            import_report = gr.Markdown(elem_id="ds-import-report", max_height=200)
+        with gr.Column(scale=3):
+            doctor_md = gr.Markdown(elem_id="ds-doctor", max_height=240)
+    editing = gr.State(None)  # {"ds", "rel"}: the image whose caption is in the caption box
+    rels = gr.State([])  # the dataset's images in gallery order
+    undo = gr.State(None)  # (dataset, CaptionUndo) of the last bulk edit
+    with gr.Row(equal_height=False, elem_id="ds-editor"):
+        with gr.Column(scale=4, min_width=300):
+            gallery = gr.Gallery(label="Images (click one to caption it)", columns=3, height=480,
+                                 allow_preview=False, object_fit="cover", interactive=False, fit_columns=False,
+                                 elem_id="ds-gallery")
+        with gr.Column(scale=5, min_width=360):
+            big = gr.Image(type="filepath", interactive=False, height=440, show_label=True, label="Image",
+                           buttons=["fullscreen"], elem_id="ds-preview")
+        with gr.Column(scale=4, min_width=300):
+            with gr.Row():
+                prev_btn = gr.Button("◀ Previous", elem_id="ds-prev", size="sm", min_width=80)
+                next_btn = gr.Button("Next ▶", elem_id="ds-next", size="sm", min_width=80)
+            image_pick = gr.Dropdown(label="File", choices=[], show_label=False, container=False, elem_id="ds-image")
+            caption = gr.Textbox(label="Caption", lines=7, elem_id="ds-caption",
+                                 placeholder="Comma-separated tags or a sentence; put the trigger word first.")
+            save_caption = gr.Button("Save caption", variant="primary", elem_id="ds-save-caption")
+            with gr.Row():
+                exclude_btn = gr.Button("Exclude from training", elem_id="ds-exclude", size="sm")
+                delete_btn = gr.Button("Delete…", variant="stop", elem_id="ds-delete", size="sm")
+            with gr.Row(visible=False, elem_id="ds-delete-confirm") as confirm_row:
+                confirm_md = gr.Markdown()
+                delete_yes = gr.Button("Delete for good", variant="stop", elem_id="ds-delete-yes", size="sm")
+                delete_no = gr.Button("Cancel", elem_id="ds-delete-no", size="sm")
             caption_msg = gr.Markdown(elem_id="ds-caption-msg")
-    with gr.Accordion("Bulk caption tools", open=False):
+            gr.HTML(KEYS_HINT, js_on_load=KEYS_JS, elem_id="ds-keys")
+    with gr.Accordion("Bulk caption tools", open=False, elem_id="ds-bulk"):
         with gr.Row():
             op = gr.Dropdown([("Add trigger word first", "trigger"), ("Prefix", "prefix"), ("Suffix", "suffix"),
                               ("Find / replace", "replace")], value="trigger", label="Tool", elem_id="ds-bulk-op")
             a = gr.Textbox(label="Text / trigger / find", elem_id="ds-bulk-a")
             b = gr.Textbox(label="Replace with", elem_id="ds-bulk-b")
-            apply_btn = gr.Button("Apply to all captions", elem_id="ds-bulk-apply")
-        bulk_msg = gr.Markdown()
-        tags = gr.Dataframe(headers=["tag", "count"], label="Tag frequency", interactive=False, elem_id="ds-tags")
+        with gr.Row():
+            preview_btn = gr.Button("Preview changes", elem_id="ds-bulk-preview")
+            apply_btn = gr.Button("Apply to all captions", variant="primary", elem_id="ds-bulk-apply")
+            undo_btn = gr.Button("Undo last bulk edit", elem_id="ds-bulk-undo")
+        bulk_msg = gr.Markdown(elem_id="ds-bulk-msg")
+        bulk_table = gr.Dataframe(headers=["image", "caption now", "caption after"], interactive=False, wrap=True,
+                                  label="Preview (nothing is written until you apply)", elem_id="ds-bulk-table")
+        tags = gr.Dataframe(headers=["tag", "images"], label="Tag frequency (as the trainer counts it)",
+                            interactive=False, elem_id="ds-tags")
+    with gr.Accordion("Excluded images", open=False, elem_id="ds-excluded"):
+        with gr.Row():
+            excluded_pick = gr.Dropdown(label="Excluded (kept, not trained)", choices=[], elem_id="ds-excluded-pick",
+                                        scale=3)
+            restore_btn = gr.Button("Restore to the dataset", elem_id="ds-restore", scale=1)
     with gr.Accordion("Repeats per folder", open=False):
         folders_df = gr.Dataframe(headers=["folder", "repeats", "images"], interactive=False, label="Folders")
         with gr.Row():
@@ -52,81 +129,274 @@ def build(studio: Studio) -> dict:
         repeats_msg = gr.Markdown()
 
     def _root(name: str) -> Path:
-        return studio.dirs.dataset_dir(safe_name(name, "my-dataset"))
+        return studio.dirs.dataset_dir(safe_name(name, DEFAULT_NAME))
 
-    def refresh(name: str, pick: str | None = None):
-        root = _root(name)
-        images = df.list_images(root)
-        rels = [str(p.relative_to(root)) for p in images]
-        pick = pick if pick in rels else (rels[0] if rels else None)
-        cap = df.read_caption(root / pick) if pick else ""
-        fl = df.folders(root) if root.exists() else []
-        return (gr.update(value=[(str(p), str(p.relative_to(root))) for p in images[:200]]),
-                gr.update(choices=rels, value=pick), cap,
-                [list(t) for t in df.tag_frequency(root)[:100]] or None,
-                [[f, r if r is not None else "(config)", n] for f, r, n in fl] or None,
-                gr.update(choices=[f for f, _, _ in fl], value=fl[0][0] if fl else None))
+    def _tags(root: Path):
+        return [list(t) for t in df.tag_frequency(root)[:100]] or None
 
-    outs = [gallery, image_pick, caption, tags, folders_df, folder_pick]
+    def _image(root: Path, rel: str | None):
+        """(large preview, caption text, label) of one image."""
+        if not rel:
+            return None, "", "Image"
+        big_path, skip = df.preview(root, rel, df.LARGE_SIDE)
+        label = f"{rel} · the trainer skips it: {skip}" if skip else rel
+        return str(big_path), df.read_caption(root / rel), label
 
-    def on_upload(files, name, folder):
-        safe = safe_name(name, "my-dataset")
+    def _autosave(ed, text) -> str:
+        """Save the caption box into the image it belongs to when it was edited; '' when nothing changed."""
+        if not ed or not ed.get("rel") or text is None:
+            return ""
+        try:
+            root = _root(ed["ds"])
+            img = df.dataset_image(root, ed["rel"])
+        except (UnsafePath, ValueError, KeyError):
+            return ""  # that image is gone (deleted, excluded, renamed folder): nothing to save into
+        if text.strip() == df.read_caption(img):
+            return ""
+        df.write_caption(img, text)
+        return f"Saved your edit of `{ed['rel']}` before switching."
+
+    def _view(name: str, pick: str | None = None, report: str = "", msg: str = "", on_load: bool = False):
+        """Every output in `outs`, for dataset `name` with image `pick` open. The doctor decodes every image, so
+        it follows in `on_doctor` (chained, or when the image list changes): the page, its gallery and caption
+        never wait for it."""
+        all_names = dataset_names(studio)
+        if on_load and all_names:
+            name = _last_changed(studio, all_names)  # a (re)loaded page opens on the dataset worked on last
+        safe = safe_name(name, DEFAULT_NAME)
+        root = _root(safe)
+        view = df.dataset_view(root)
+        order = [it.rel for it in view.items]
+        pick = pick if pick in order else (order[0] if order else None)
+        thumbs = []
+        for it in view.items[:MAX_GALLERY]:
+            path, skip = df.preview(root, it.rel, df.THUMB_SIDE)
+            thumbs.append((str(path), f"{Path(it.rel).name}{' · skipped' if skip else ''}"))
+        df.prune_previews(root, order)
+        big_path, text, label = _image(root, pick)
+        fl = df.folders(root)
+        subfolders = [f for f, _, _ in fl if f != "."]  # "." (images in the dataset folder itself) has no name
+        more = f" (first {MAX_GALLERY} of {len(order)})" if len(order) > MAX_GALLERY else ""
+        return (gr.update(choices=all_names, value=safe) if on_load else gr.update(choices=all_names), report,
+                _doctor_now(root, run=not order),
+                gr.update(value=thumbs, selected_index=order.index(pick) if pick in order[:MAX_GALLERY] else None,
+                          label=f"{len(order)} image(s){more}: click one to caption it"),
+                gr.update(choices=order, value=pick), gr.update(value=big_path, label=label), text,
+                {"ds": safe, "rel": pick} if pick else {"ds": safe, "rel": None}, order, _tags(root),
+                [[f, r if r is not None else "(default)", n] for f, r, n in fl] or None,
+                gr.update(choices=subfolders, value=subfolders[0] if subfolders else None),
+                gr.update(choices=df.excluded_images(root), value=None), msg)
+
+    def _doctor_now(root: Path, run: bool) -> str:
+        if not root.exists():
+            return ""
+        return df.cached_doctor_report(root, only_cached=not run) or "Dataset doctor: checking every image…"
+
+    def on_doctor(name):
+        try:
+            return _doctor_now(_root(name), run=True)
+        except UnsafePath as e:
+            return str(e)
+
+    # events that change what the tab shows run one at a time, in the order they were made: a dataset typed in
+    # and files dropped at once must not have the empty dataset's view land after the upload's
+    IN_ORDER = {"concurrency_limit": 1, "concurrency_id": "ds-view"}
+
+    def then_doctor(event) -> None:
+        # one doctor at a time: it is CPU-bound, and a later request re-checks whatever changed meanwhile
+        event.then(on_doctor, ds_name, doctor_md, concurrency_limit=1, concurrency_id="ds-doctor",
+                   show_progress="hidden")
+
+    outs = [ds_name, import_report, doctor_md, gallery, image_pick, big, caption, editing, rels, tags, folders_df,
+            folder_pick, excluded_pick, caption_msg]
+
+    def refresh(name: str):
+        """The whole tab, when the page loads (ui/studio.py)."""
+        return _view(name, on_load=True)
+
+    def on_switch(name, ed, text):
+        if ed and ed.get("ds") == safe_name(name, DEFAULT_NAME):
+            return [gr.skip()] * len(outs)  # already showing it (the page load or an upload set the name)
+        return _view(name, msg=_autosave(ed, text))
+
+    # also after the page load (ui/studio.py), which fills `rels`
+    rels.change(on_doctor, ds_name, doctor_md, concurrency_limit=1, concurrency_id="ds-doctor", show_progress="hidden")
+    then_doctor(ds_name.change(on_switch, [ds_name, editing, caption], outs, **IN_ORDER))
+
+    def on_upload(files, name, folder, ed, text):
+        safe = safe_name(name, DEFAULT_NAME)
         root = _root(safe)
         root.mkdir(parents=True, exist_ok=True)
         paths = [f if isinstance(f, str) else getattr(f, "name", f) for f in files or []]
-        rep = df.import_uploads(paths, root, studio.limits, folder or df.LOOSE_FOLDER)
-        doc = df.doctor_report(root) if rep.added else ""
-        return (gr.update(choices=dataset_names(studio), value=safe), rep.summary(), doc, *refresh(safe), None)
-
-    upload.upload(on_upload, [upload, ds_name, ds_folder], [ds_name, import_report, doctor_md, *outs, upload])
-    ds_name.change(lambda n: refresh(n), ds_name, outs)
-
-    def on_pick(name, pick):
+        saved = _autosave(ed, text)
         try:
-            from ui.paths import inside
-            return df.read_caption(inside(_root(name), pick)) if pick else ""
-        except UnsafePath as e:
+            rep = df.import_uploads(paths, root, studio.limits, folder or df.LOOSE_FOLDER)
+        finally:
+            df.discard_uploads(paths, studio.dirs.gradio_tmp)  # refused or copied, the upload is done with
+        out = list(_view(safe, ed.get("rel") if ed and ed.get("ds") == safe else None, rep.summary(), saved))
+        out[0] = gr.update(choices=dataset_names(studio), value=safe)
+        return (*out, None)
+
+    then_doctor(upload.upload(on_upload, [upload, ds_name, ds_folder, editing, caption], [*outs, upload], **IN_ORDER))
+
+    # moving between images: the caption box is saved into the image it belongs to first
+    step_outs = [gallery, image_pick, big, caption, editing, caption_msg, tags]
+
+    def go(name, ed, text, order, target):
+        saved = _autosave(ed, text)
+        root = _root(name)
+        order = [it.rel for it in df.dataset_view(root).items]  # the files decide, not the page's copy
+        if not target or target not in order:
+            return [gr.skip()] * (len(step_outs) - 2) + [saved or gr.skip(), _tags(root) if saved else gr.skip()]
+        big_path, cap, label = _image(root, target)
+        return (gr.update(selected_index=order.index(target) if order.index(target) < MAX_GALLERY else None),
+                gr.update(value=target), gr.update(value=big_path, label=label), cap,
+                {"ds": safe_name(name, DEFAULT_NAME), "rel": target}, saved, _tags(root) if saved else gr.skip())
+
+    def on_gallery_select(name, ed, text, order, evt: gr.SelectData):
+        target = order[evt.index] if isinstance(evt.index, int) and evt.index < len(order) else None
+        if ed and target == ed.get("rel"):
+            return [gr.skip()] * len(step_outs)
+        return go(name, ed, text, order, target)
+
+    then_doctor(gallery.select(on_gallery_select, [ds_name, editing, caption, rels], step_outs, **IN_ORDER))
+
+    def on_pick(name, ed, text, order, target):
+        try:
+            df.dataset_image(_root(name), target) if target else None
+        except (UnsafePath, ValueError) as e:
             raise gr.Error(str(e))
+        return go(name, ed, text, order, target)
 
-    image_pick.change(on_pick, [ds_name, image_pick], caption)
+    then_doctor(image_pick.input(on_pick, [ds_name, editing, caption, rels, image_pick], step_outs, **IN_ORDER))
 
-    def on_gallery_select(name, evt: gr.SelectData):
-        # the gallery's captions are the images' relative paths: clicking one opens its caption
-        rels = [str(p.relative_to(_root(name))) for p in df.list_images(_root(name))]
-        return rels[evt.index] if isinstance(evt.index, int) and evt.index < len(rels) else gr.skip()
+    def stepper(delta: int):
+        def on_step(name, ed, text, _shown):
+            order = [it.rel for it in df.dataset_view(_root(name)).items]
+            if not order:
+                return [gr.skip()] * len(step_outs)
+            cur = ed.get("rel") if ed else None
+            i = order.index(cur) if cur in order else -delta
+            return go(name, ed, text, order, order[(i + delta) % len(order)])
+        return on_step
 
-    gallery.select(on_gallery_select, ds_name, image_pick)
+    then_doctor(prev_btn.click(stepper(-1), [ds_name, editing, caption, rels], step_outs, **IN_ORDER))
+    then_doctor(next_btn.click(stepper(1), [ds_name, editing, caption, rels], step_outs, **IN_ORDER))
 
     def on_save(name, pick, text):
-        from ui.paths import inside
         if not pick:
             return "Pick an image first.", gr.skip()
         try:
-            img = inside(_root(name), pick)
-        except UnsafePath as e:
+            img = df.dataset_image(_root(name), pick)
+        except (UnsafePath, ValueError) as e:
             raise gr.Error(str(e))
-        if not img.is_file() or img.suffix.lower() not in df.IMAGE_EXTS:
-            raise gr.Error(f"{pick}: not an image of this dataset")
         df.write_caption(img, text)
-        return f"Saved caption of `{pick}`.", [list(t) for t in df.tag_frequency(_root(name))[:100]] or None
+        return f"Saved caption of `{pick}`.", _tags(_root(name))
 
-    save_caption.click(on_save, [ds_name, image_pick, caption], [caption_msg, tags])
+    then_doctor(save_caption.click(on_save, [ds_name, image_pick, caption], [caption_msg, tags], **IN_ORDER))
 
-    def on_bulk(name, op_, a_, b_, pick):
+    def _neighbour(order: list[str], rel: str) -> str | None:
+        """The image shown after `rel` leaves the dataset: the next one, else the previous."""
+        if rel not in order or len(order) < 2:
+            return None
+        i = order.index(rel)
+        return order[i + 1] if i + 1 < len(order) else order[i - 1]
+
+    def on_exclude(name, ed, text, order):
+        rel = ed.get("rel") if ed else None
+        if not rel:
+            return _view(name, msg="Pick an image first.")
+        saved = _autosave(ed, text)
         try:
-            n = df.bulk_edit(_root(name), op_, a_, b_)
+            where = df.exclude_image(_root(name), rel)
+        except (UnsafePath, ValueError, OSError) as e:
+            raise gr.Error(str(e))
+        msg = (f"Excluded `{rel}` from training (kept as `{df.EXCLUDED_DIR}/{where}`; restore it under "
+               f"“Excluded images”).")
+        return _view(name, _neighbour(order, rel), msg=" ".join(x for x in (saved, msg) if x))
+
+    then_doctor(exclude_btn.click(on_exclude, [ds_name, editing, caption, rels], outs, **IN_ORDER))
+
+    def on_delete_ask(ed):
+        rel = ed.get("rel") if ed else None
+        if not rel:
+            return gr.update(visible=False), "", "Pick an image first."
+        return gr.update(visible=True), f"Delete `{rel}` and its caption for good?", ""
+
+    delete_btn.click(on_delete_ask, editing, [confirm_row, confirm_md, caption_msg])
+    delete_no.click(lambda: (gr.update(visible=False), ""), None, [confirm_row, confirm_md])
+
+    def on_delete(name, ed, order):
+        rel = ed.get("rel") if ed else None
+        if not rel:
+            return (gr.update(visible=False), *_view(name, msg="Pick an image first."))
+        try:
+            gone = df.delete_image(_root(name), rel)
+        except (UnsafePath, ValueError, OSError) as e:
+            raise gr.Error(str(e))
+        return (gr.update(visible=False), *_view(name, _neighbour(order, rel), msg=f"Deleted {', '.join(gone)}."))
+
+    then_doctor(delete_yes.click(on_delete, [ds_name, editing, rels], [confirm_row, *outs], **IN_ORDER))
+
+    def on_restore(name, rel, ed):
+        if not rel:
+            return _view(name, ed.get("rel") if ed else None, msg="Pick an excluded image first.")
+        try:
+            back = df.restore_image(_root(name), rel)
+        except (UnsafePath, ValueError, OSError) as e:
+            raise gr.Error(str(e))
+        return _view(name, back, msg=f"Restored `{back}`: it is trained again.")
+
+    then_doctor(restore_btn.click(on_restore, [ds_name, excluded_pick, editing], outs, **IN_ORDER))
+
+    def on_bulk_preview(name, op_, a_, b_):
+        try:
+            plan = df.plan_bulk_edit(_root(name), op_, a_, b_)
         except ValueError as e:
             raise gr.Error(str(e))
-        return f"Changed {n} caption(s).", *refresh(name, pick)
+        msg = (f"{len(plan)} caption(s) would change (first 100 below). Nothing is written until you apply."
+               if plan else "No caption would change.")
+        return msg, [list(r) for r in plan[:100]] or None
 
-    apply_btn.click(on_bulk, [ds_name, op, a, b, image_pick], [bulk_msg, *outs])
+    preview_btn.click(on_bulk_preview, [ds_name, op, a, b], [bulk_msg, bulk_table])
+
+    def on_bulk(name, op_, a_, b_, pick, ed=None, text=None):
+        saved = _autosave(ed, text)  # an unsaved caption edit is saved before the tool reads the captions
+        root = _root(name)
+        try:
+            plan = df.plan_bulk_edit(root, op_, a_, b_)
+        except ValueError as e:
+            raise gr.Error(str(e))
+        done = df.apply_caption_changes(root, plan)
+        msg = f"Changed {len(plan)} caption(s)." + (" “Undo last bulk edit” puts them back." if plan else "")
+        view = _view(name, pick, msg=saved)
+        last = (safe_name(name, DEFAULT_NAME), done) if plan else gr.skip()
+        return (" ".join(x for x in (saved, msg) if x), None, last, *view)
+
+    then_doctor(apply_btn.click(on_bulk, [ds_name, op, a, b, image_pick, editing, caption],
+                                [bulk_msg, bulk_table, undo, *outs], **IN_ORDER))
+
+    def on_undo(name, last, pick):
+        if not last:
+            return "Nothing to undo.", gr.skip(), *([gr.skip()] * len(outs))
+        ds, done = last
+        try:
+            restored, kept = df.undo_caption_changes(_root(ds), done)
+        except (UnsafePath, OSError) as e:
+            raise gr.Error(str(e))
+        msg = f"Undid the last bulk edit on `{ds}`: restored {restored} caption(s)."
+        if kept:
+            msg += f" Left {len(kept)} alone that were edited since: {', '.join(kept[:5])}."
+        return msg, None, *_view(ds, pick if ds == safe_name(name, DEFAULT_NAME) else None)
+
+    then_doctor(undo_btn.click(on_undo, [ds_name, undo, image_pick], [bulk_msg, undo, *outs], **IN_ORDER))
 
     def on_repeats(name, folder, n):
         try:
             new = df.set_repeats(_root(name), folder, int(n or 1))
         except (ValueError, OSError) as e:
             raise gr.Error(str(e))
-        return f"Folder is now `{new}`.", *refresh(name)
+        return f"Folder is now `{new}`.", *_view(name)
 
-    repeats_btn.click(on_repeats, [ds_name, folder_pick, repeats], [repeats_msg, *outs])
+    then_doctor(repeats_btn.click(on_repeats, [ds_name, folder_pick, repeats], [repeats_msg, *outs], **IN_ORDER))
     return {"ds_name": ds_name, "refresh": refresh, "outs": outs}

@@ -4,6 +4,10 @@ Layout (kohya-compatible): images with same-name caption sidecars (a.png + a.txt
 and/or in subfolders; a top-level subfolder named `N_name` repeats its images N times per epoch.
 Nothing here is fatal for one bad file: it is reported as a Problem and skipped. Only a dataset with no
 usable image at all raises DatasetError.
+
+This module is the one definition of what counts as a dataset image, which caption belongs to it and how often
+it repeats: the studio's Dataset tab lists datasets with `list_dataset` (same walk, no pixels decoded), so what
+it shows is what the trainer uses. Torch-free on purpose.
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ Severity = Literal["error", "warning", "note"]
 SEVERITY_ORDER = {"error": 0, "warning": 1, "note": 2}
 CACHE_DIR_NAME = ".atelier-cache"
 REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
+# caption sidecars after the configured extension, in this order (kohya reads .caption and .txt)
+CAPTION_EXTENSIONS = (".caption", ".txt")
 SYSTEM_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db", ".directory", "icon\r"})
 SYSTEM_DIRS = frozenset({"__macosx", "@eadir", "$recycle.bin", "system volume information", "__pycache__"})
 UNSUPPORTED_IMAGES = {
@@ -137,14 +143,15 @@ def _printable(rel: str) -> str:
 
 class _Scanner:
     def __init__(self, root: Path, caption_ext: str, default_repeats: int, check_images: bool, is_reg: bool,
-                 background: str):
+                 background: str, open_images: bool = True):
         if not caption_ext.startswith("."):
             caption_ext = "." + caption_ext
         self.root = root
-        self.caption_exts = list(dict.fromkeys([caption_ext.lower(), ".caption", ".txt"]))
+        self.caption_exts = list(dict.fromkeys([caption_ext.lower(), *CAPTION_EXTENSIONS]))
         self.caption_ext = caption_ext
         self.default_repeats = default_repeats
         self.check_images = check_images
+        self.open_images = open_images  # False: list files and read captions only (sizes 0, no hash)
         self.is_reg = is_reg
         self.background = background
         self.items: list[Item] = []
@@ -258,15 +265,17 @@ class _Scanner:
         path = d / name
         self.image_files += 1
         notes: list[str] = []
+        width = height = 0
+        sha = ""
         try:
-            if self.check_images:
+            if self.open_images and self.check_images:
                 data = path.read_bytes()
                 sha = hashlib.sha256(data).hexdigest()
                 loaded = load_image(path, self.background, data=data)
                 width, height = loaded.size
                 notes = loaded.notes
                 loaded.image.close()
-            else:
+            elif self.open_images:
                 width, height = probe_size(path)
                 sha = _file_sha256(path)
         except ImageError as e:
@@ -279,7 +288,7 @@ class _Scanner:
             return
         for note in notes:
             self.add(rel, note, "warning" if note.startswith("tiny image") else "note")
-        if not self.check_images and min(width, height) < TINY_SIDE:
+        if self.open_images and not self.check_images and min(width, height) < TINY_SIDE:
             self.add(rel, f"tiny image ({width}×{height}, shortest side under {TINY_SIDE} px): it will be "
                           f"upscaled and blurry", "warning")
         caption, cap_rel = "", None
@@ -297,10 +306,10 @@ class _Scanner:
                     self.add(cap_rel, note, "note")
                 if not caption:
                     self.add(cap_rel, "caption file is empty; trained with an empty caption", "warning")
-        if sha in self.seen_hash:
+        if sha and sha in self.seen_hash:
             self.add(rel, f"same picture as {self.seen_hash[sha]}; both are used, so it counts twice per epoch",
                      "warning")
-        else:
+        elif sha:
             self.seen_hash[sha] = rel
         self.items.append(Item(path=path, rel=rel, caption=caption, repeats=repeats, folder=folder,
                                is_reg=self.is_reg, sha256=sha, width=width, height=height, caption_file=cap_rel,
@@ -331,6 +340,17 @@ def scan_dataset(root: str | Path, caption_ext: str = ".txt", default_repeats: i
         exts = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise DatasetError(f"no images in {kind} {root} (looked for {exts})", scan.problems)
     return scan
+
+
+def list_dataset(root: str | Path, caption_ext: str = ".txt", default_repeats: int = 1) -> Scan:
+    """The images `scan_dataset` would consider, with captions, folders and repeats, without opening a single
+    image (sizes are 0, hashes empty; a broken image is listed). A missing folder is an empty dataset."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return Scan(root=root, items=[], problems=[], caption_ext=caption_ext)
+    sc = _Scanner(root.resolve(), caption_ext, max(1, default_repeats), False, False, "#ffffff", open_images=False)
+    sc.run()
+    return Scan(root=sc.root, items=sc.items, problems=sc.problems, caption_ext=sc.caption_ext)
 
 
 def doctor(scan: Scan, resolution: int | None = None, max_aspect: float | None = None) -> list[Problem]:
