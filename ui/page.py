@@ -33,7 +33,8 @@ def build_app(studio: Studio) -> gr.Blocks:
         def on_load(ds_name):
             # re-attach to the run training now, on the Train tab (older runs open from the Runs tab)
             current = studio.runner.active()
-            choices = gr.update(choices=studio.run_choices(), value=current)
+            # the value only when a run trains: re-setting it would re-fill fields the user is editing
+            choices = gr.update(choices=studio.run_choices(), **({"value": current} if current else {}))
             tab = gr.Tabs(selected="train") if current else gr.skip()
             return (current, *ds["refresh"](ds_name), *runs["refresh"](), choices, choices,
                     train["dataset_default"](ds_name), tab)
@@ -41,18 +42,20 @@ def build_app(studio: Studio) -> gr.Blocks:
         demo.load(on_load, ds["ds_name"], [run_state, *ds["outs"], runs["table"], runs["pick"], gen["run"],
                                            exp["run"], train["dataset"], tabs])
 
-        # after a run: open it in Generate / Export (switch tab, select the run)
-        def open_in(tab):
+        # after a run: open it in Generate / Export (switch tab, select the run; the tab fills itself in)
+        def open_in(tab, module, outputs):
             def handler(run_id):
                 if not run_id:
-                    return gr.skip(), gr.skip()
-                return gr.Tabs(selected=tab), gr.update(choices=studio.run_choices(), value=run_id)
+                    return (gr.skip(),) * (1 + len(outputs))
+                return (gr.Tabs(selected=tab), *module.select_run(studio, run_id))
             handler.__name__ = f"on_open_in_{tab}"
             return handler
 
         # datasets made in the Dataset tab since the page loaded appear in the Train tab's picker
         train_tab.select(train["dataset_refresh"], [ds["ds_name"], train["dataset"]], train["dataset"],
                          show_progress="hidden")
-        train["open_generate"].click(open_in("generate"), run_state, [tabs, gen["run"]])
-        train["open_export"].click(open_in("export"), run_state, [tabs, exp["run"]])
+        train["open_generate"].click(open_in("generate", tab_generate, gen["select_outputs"]), run_state,
+                                     [tabs, *gen["select_outputs"]])
+        train["open_export"].click(open_in("export", tab_export, exp["select_outputs"]), run_state,
+                                   [tabs, *exp["select_outputs"]])
     return demo
