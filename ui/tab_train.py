@@ -117,6 +117,9 @@ def estimate_text(cfg, n_images: int, repeats_total: int) -> str:
         lines.append(f"{format_estimate(est)} — estimated for {est['family']} on {est['device']}.")
     except Exception as e:  # an estimate must never block a launch
         lines.append(f"Time/memory estimate unavailable ({e}).")
+    from trainer.models.checks import launch_warnings
+
+    lines += [f"⚠ {w}" for w in launch_warnings(cfg)]  # settings that do not fit the base model's file
     return "\n\n".join(lines)
 
 
