@@ -357,14 +357,50 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
 
 
+# Top-level keys a preset may hold beside the config sections: what it is for, in an artist's words (the
+# studio shows it), and the preset it starts from (a low-VRAM variant changes only the memory settings).
+PRESET_ONLY_KEYS = ("description", "extends")
+
+
+def _preset_file(name: str) -> Path:
+    p = Path(name)
+    if p.suffix:
+        return p
+    if name not in preset_names():
+        raise ConfigError(f"preset {name!r}: not found in {PRESETS_DIR.name}/ (have: {', '.join(preset_names())})")
+    return PRESETS_DIR / f"{name}.toml"
+
+
+def read_preset(name: str, _chain: tuple[str, ...] = ()) -> tuple[dict, str]:
+    """(partial config, description) of a preset (a name or a .toml path), its `extends` chain applied."""
+    path = _preset_file(name)
+    data = read_toml(path)
+    description, parent = data.pop("description", ""), data.pop("extends", "")
+    for key, value in (("description", description), ("extends", parent)):
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: {key} must be a string")
+    if parent:
+        if parent in _chain or parent == path.stem:
+            raise ConfigError(f"{path}: extends {parent!r} goes round in a circle")
+        if Path(parent).suffix:
+            raise ConfigError(f"{path}: extends names a bundled preset, not a file ({parent!r})")
+        inherited, parent_description = read_preset(parent, (*_chain, path.stem))
+        data, description = deep_merge(inherited, data), description or parent_description
+    return data, description
+
+
+def preset_description(name: str) -> str:
+    """What a preset is for, in an artist's words ("" when it says nothing)."""
+    try:
+        return read_preset(name)[1]
+    except ConfigError:
+        return ""
+
+
 def load_preset(name: str, overrides: list[str] | None = None) -> TrainConfig:
     """A preset is a partial config over the defaults; `name` is a preset name or a .toml path."""
-    p = Path(name)
-    if not p.suffix:
-        if name not in preset_names():
-            raise ConfigError(f"preset {name!r}: not found in {PRESETS_DIR.name}/ (have: {', '.join(preset_names())})")
-        p = PRESETS_DIR / f"{name}.toml"
-    return from_dict(apply_overrides(read_toml(p), overrides or []), str(p))
+    data, _ = read_preset(name)
+    return from_dict(apply_overrides(data, overrides or []), str(_preset_file(name)))
 
 
 def to_toml(cfg: TrainConfig) -> str:
