@@ -7,7 +7,8 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from trainer.config import REPO_ROOT, ConfigError, load_config, load_preset, preset_names, save_config
+from trainer.config import (REPO_ROOT, ConfigError, load_config, load_preset, preset_names, read_preset,
+                            save_config)
 from trainer.models.spec import parse_base
 from trainer.run.events import CONFIG_FILE
 
@@ -176,7 +177,11 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
             cfg = load_preset(preset_path_or_name(studio, name))
         except ConfigError as e:
             return [gr.skip()] * len(comps) + [gr.skip(), f"**Preset error:** {e}"]
-        return [*config_to_values(cfg, keys), cfg.model.base, f"Loaded preset `{name}`."]
+        data, about = read_preset(preset_path_or_name(studio, name))  # about: what the preset is for
+        loaded = f"Loaded preset `{name}`" + (f": {about}" if about else ".")
+        # a family preset names no base: the model the user picked stays
+        return [*config_to_values(cfg, keys), cfg.model.base if "base" in data.get("model", {}) else gr.skip(),
+                loaded]
 
     preset.change(on_preset, preset, [*comps, base, status])
 
