@@ -23,15 +23,23 @@ LATEST = "latest"
 
 
 def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state as "<param id>.<key>" tensors and JSON scalars. A nested dict (bitsandbytes'
+    8-bit optimizers keep their quantisation state in one) is flattened with "/" between its keys."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
+
+    def put(key: str, v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            tensors[key] = v.detach().cpu().contiguous()
+        elif isinstance(v, dict):
+            for k, inner in v.items():
+                put(f"{key}/{k}", inner)
+        else:
+            scalars[key] = v
+
     for pid, st in sd["state"].items():
         for k, v in st.items():
-            key = f"{pid}.{k}"
-            if isinstance(v, torch.Tensor):
-                tensors[key] = v.detach().cpu().contiguous()
-            else:
-                scalars[key] = v
+            put(f"{pid}.{k}", v)
     return tensors, {"scalars": scalars, "param_groups": sd["param_groups"]}
 
 
@@ -39,7 +47,11 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     state: dict[int, dict] = {}
     for key, v in list(tensors.items()) + list(meta["scalars"].items()):
         pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
+        *parents, leaf = k.split("/")
+        node = state.setdefault(int(pid), {})
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = v
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
