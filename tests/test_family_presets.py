@@ -117,3 +117,28 @@ def test_preset_trains_two_steps_on_its_tiny_architecture(tmp_path, name):
     used = (run / "config.used.toml").read_text()
     assert f'style = "{load_preset(name).sampling.style}"' in used
     assert json.loads(md["ss_network_args"]) is not None
+
+
+def test_preview_plan_fills_the_trigger_and_keeps_what_the_user_set():
+    cfg = load_preset("pony-v6")
+    assert preview_plan(cfg).prompts[0].startswith("score_9, score_8_up, score_7_up, 1girl")  # no trigger: slot gone
+    cfg.saving.trigger_phrase = "zkq style"
+    plan = preview_plan(cfg)
+    assert all("zkq style" in p for p in plan.prompts) and plan.size == 1024
+    cfg.sampling.prompts, cfg.sampling.negative_prompt, cfg.sampling.size = ["my prompt"], "blurry", 768
+    assert preview_plan(cfg) == type(plan)(["my prompt"], "blurry", 768)
+    cfg.sampling.style, cfg.sampling.prompts = "none", []
+    assert preview_plan(cfg).prompts == []  # no style, no prompts: no previews, as before
+
+
+@pytest.mark.slow
+def test_clip_skip_on_sdxl_is_a_warning_event(tmp_path):
+    ds = make_dataset(tmp_path / "ds", n=2, size=64)
+    run = tmp_path / "run"
+    r = run_trainer("train", "illustrious-xl", "--preset", "--run-dir", str(run), "--quiet",
+                    "--set", "model.base=tiny:sdxl", "--set", f"dataset.path={ds}", "--set", "dataset.resolution=64",
+                    "--set", "model.clip_skip=2", "--set", "schedule.max_train_steps=1", "--set", "sampling.style=none",
+                    "--set", "dataset.cache_to_disk=false", "--set", "precision.device=cpu")
+    assert r.returncode == 0, r.stderr[-3000:]
+    warnings = [e["message"] for e in events(run) if e["type"] == "warning"]
+    assert any("SDXL already uses the penultimate" in w for w in warnings), warnings
