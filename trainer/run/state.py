@@ -24,16 +24,19 @@ LATEST = "latest"
 
 def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
     """Optimizer state as "<param id>.<key>" tensors and JSON scalars. A nested dict (bitsandbytes'
-    8-bit optimizers keep their quantisation state in one) is flattened with "/" between its keys."""
+    8-bit optimizers keep their quantisation state in one) is flattened with "/" between its keys; its
+    tensors are copied, as bitsandbytes shares one quantisation map between all parameters and
+    safetensors stores no shared memory."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
 
-    def put(key: str, v: Any) -> None:
+    def put(key: str, v: Any, nested: bool = False) -> None:
         if isinstance(v, torch.Tensor):
-            tensors[key] = v.detach().cpu().contiguous()
+            t = v.detach().cpu()
+            tensors[key] = t.clone() if nested else t.contiguous()
         elif isinstance(v, dict):
             for k, inner in v.items():
-                put(f"{key}/{k}", inner)
+                put(f"{key}/{k}", inner, nested=True)
         else:
             scalars[key] = v
 
