@@ -47,10 +47,19 @@ class ModelSection(Section):
     family: Literal["auto", "sd1", "sd2", "sd2-v", "sdxl"] = opt(
         "auto", "Model family", "auto detects SD1.x / SD2.x / SD2.x-v / SDXL from the weights.", advanced=True)
     prediction_type: Literal["auto", "epsilon", "v_prediction"] = opt(
-        "auto", "Prediction type", "What the UNet predicts; auto takes it from the model (v for SD2-768-v).",
-        advanced=True)
-    clip_skip: int = opt(1, "CLIP skip", "Use the output of the N-th last text-encoder layer (2 for anime models).",
-                         ge=1, le=12)
+        "auto", "Prediction type",
+        "What the UNet predicts; auto takes it from the model file (its v_pred marker or ModelSpec "
+        "prediction_type; v for SD2-768-v). NoobAI-XL v-pred needs v_prediction: trained as epsilon it "
+        "gives empty images.", advanced=True)
+    zero_terminal_snr: Literal["auto", "on", "off"] = opt(
+        "auto", "Zero terminal SNR",
+        "Rescale the noise schedule so its last step is pure noise (trailing timesteps in previews), as "
+        "NoobAI-XL v-pred was trained; auto takes it from the model file (a ztsnr marker or "
+        "ss_zero_terminal_snr). Use with v-prediction only.", advanced=True)
+    clip_skip: int = opt(1, "CLIP skip",
+                         "Use the output of the N-th last text-encoder layer (2 for SD1.5 anime models). SDXL "
+                         "(Illustrious, NoobAI, Pony) already uses the penultimate layer — what 'clip skip 2' "
+                         "means elsewhere — so keep 1 there; more skips one layer further.", ge=1, le=12)
     vae: str = opt("", "Separate VAE", "Optional VAE to use instead of the checkpoint's own (path).", advanced=True)
 
 
@@ -144,11 +153,16 @@ class NoiseSection(Section):
     min_timestep: int = opt(0, "Min timestep", "Lowest timestep sampled.", ge=0, le=999, advanced=True)
     max_timestep: int = opt(1000, "Max timestep", "Highest timestep sampled (exclusive).", ge=1, le=1000,
                             advanced=True)
+    v_loss_like_noise: bool = opt(False, "Scale v-loss like noise",
+                                  "v-prediction only: weight each sample's loss by SNR/(SNR+1), so it weighs "
+                                  "timesteps as noise prediction does (sd-scripts' scale_v_pred_loss_like_noise_pred).",
+                                  advanced=True)
 
 
 class PrecisionSection(Section):
     mixed_precision: Literal["no", "fp16", "bf16"] = opt(
-        "bf16", "Mixed precision", "bf16 on recent GPUs; falls back to fp32 where the device lacks it.")
+        "bf16", "Mixed precision", "bf16 on recent GPUs; falls back to fp32 where the device lacks it. The VAE "
+        "always stays fp32: SDXL's VAE overflows in fp16 (NaN latents, black images).")
     gradient_checkpointing: bool = opt(False, "Gradient checkpointing", "Less memory, ~25% slower.")
     attention: Literal["sdpa", "xformers"] = opt("sdpa", "Attention", "PyTorch SDPA, or xformers when installed.",
                                                  advanced=True)
@@ -166,9 +180,16 @@ class SamplingSection(Section):
     steps: int = opt(20, "Sampling steps", "Denoising steps per preview.", ge=1, le=150, advanced=True)
     guidance_scale: float = opt(7.0, "CFG scale", "Classifier-free guidance scale.", ge=1.0, le=30.0,
                                 advanced=True)
+    guidance_rescale: float = opt(0.0, "CFG rescale",
+                                  "Rescale guided predictions against over-exposure (0.7 for zero-terminal-SNR "
+                                  "models such as NoobAI-XL v-pred; 0 = off).", ge=0.0, le=1.0, advanced=True)
     sampler: Literal["euler", "euler_a", "dpmpp_2m", "ddim"] = opt("dpmpp_2m", "Sampler", "Preview sampler.",
                                                                      advanced=True)
     size: int = opt(0, "Preview size", "Pixels per side (0 = training resolution).", ge=0, le=2048, advanced=True)
+    style: Literal["none", "illustrious", "noobai", "pony", "sdxl-photo", "sd15-anime", "sd15-photo"] = opt(
+        "none", "Default preview style",
+        "With no preview prompts: draw the model family's own prompts, negative prompt and size (trigger words "
+        "filled in). none = no previews without prompts.", advanced=True)
     with_base: bool = opt(True, "Base image beside previews",
                           "Also draw the base model at the same seed, to compare.", advanced=True)
 
@@ -336,14 +357,50 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
 
 
+# Top-level keys a preset may hold beside the config sections: what it is for, in an artist's words (the
+# studio shows it), and the preset it starts from (a low-VRAM variant changes only the memory settings).
+PRESET_ONLY_KEYS = ("description", "extends")
+
+
+def _preset_file(name: str) -> Path:
+    p = Path(name)
+    if p.suffix:
+        return p
+    if name not in preset_names():
+        raise ConfigError(f"preset {name!r}: not found in {PRESETS_DIR.name}/ (have: {', '.join(preset_names())})")
+    return PRESETS_DIR / f"{name}.toml"
+
+
+def read_preset(name: str, _chain: tuple[str, ...] = ()) -> tuple[dict, str]:
+    """(partial config, description) of a preset (a name or a .toml path), its `extends` chain applied."""
+    path = _preset_file(name)
+    data = read_toml(path)
+    description, parent = data.pop("description", ""), data.pop("extends", "")
+    for key, value in (("description", description), ("extends", parent)):
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: {key} must be a string")
+    if parent:
+        if parent in _chain or parent == path.stem:
+            raise ConfigError(f"{path}: extends {parent!r} goes round in a circle")
+        if Path(parent).suffix:
+            raise ConfigError(f"{path}: extends names a bundled preset, not a file ({parent!r})")
+        inherited, parent_description = read_preset(parent, (*_chain, path.stem))
+        data, description = deep_merge(inherited, data), description or parent_description
+    return data, description
+
+
+def preset_description(name: str) -> str:
+    """What a preset is for, in an artist's words ("" when it says nothing)."""
+    try:
+        return read_preset(name)[1]
+    except ConfigError:
+        return ""
+
+
 def load_preset(name: str, overrides: list[str] | None = None) -> TrainConfig:
     """A preset is a partial config over the defaults; `name` is a preset name or a .toml path."""
-    p = Path(name)
-    if not p.suffix:
-        if name not in preset_names():
-            raise ConfigError(f"preset {name!r}: not found in {PRESETS_DIR.name}/ (have: {', '.join(preset_names())})")
-        p = PRESETS_DIR / f"{name}.toml"
-    return from_dict(apply_overrides(read_toml(p), overrides or []), str(p))
+    data, _ = read_preset(name)
+    return from_dict(apply_overrides(data, overrides or []), str(_preset_file(name)))
 
 
 def to_toml(cfg: TrainConfig) -> str:

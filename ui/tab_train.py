@@ -8,7 +8,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from trainer.config import REPO_ROOT, ConfigError, load_preset, preset_names, save_config
+from trainer.config import REPO_ROOT, ConfigError, load_preset, preset_names, read_preset, save_config
 from trainer.models.spec import parse_base
 from trainer.run.events import run_view
 
@@ -121,6 +121,9 @@ def estimate_text(cfg, n_images: int, views: int, dataset: str = "") -> str:
         lines.append(f"{format_estimate(est)} — estimated for {est['family']} on {est['device']}.")
     except Exception as e:  # an estimate must never block a launch
         lines.append(f"Time/memory estimate unavailable ({e}).")
+    from trainer.models.checks import launch_warnings
+
+    lines += [f"⚠ {w}" for w in launch_warnings(cfg)]  # settings that do not fit the base model's file
     return "\n\n".join(lines)
 
 
@@ -197,11 +200,14 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
             cfg = load_preset(preset_path_or_name(studio, name))
         except ConfigError as e:
             return [gr.skip()] * (len(comps) + 2) + [f"**Preset error:** {e}", gr.skip()]
-        values = config_to_values(cfg, keys)
+        data, about = read_preset(preset_path_or_name(studio, name))  # about: what the preset is for
         own = runs.preset_dataset(cfg)
         ds_update = gr.update(choices=runs.dataset_choices(studio), value=own) if own else gr.skip()
         note = f" It trains on its own dataset `{own}`." if own else ""
-        return [*values, cfg.model.base, ds_update, f"Loaded preset `{name}`.{note}", ""]
+        loaded = f"Loaded preset `{name}`" + (f": {about}" if about else ".") + note
+        # a family preset names no base: the model the user picked stays
+        base = cfg.model.base if "base" in data.get("model", {}) else gr.skip()
+        return [*config_to_values(cfg, keys), base, ds_update, loaded, ""]
 
     preset.input(on_preset, preset, [*comps, base, dataset, status, form_error])
 

@@ -33,6 +33,7 @@ class RunFacts:
     samples_dir: Path  # where the previews are (the newest first prompt becomes the thumbnail)
     steps: int = 0
     epochs: int = 0
+    zero_terminal_snr: bool = False
     session_id: str = field(default_factory=lambda: str(uuid.uuid4().int % 2**31))
 
     @classmethod
@@ -45,7 +46,7 @@ class RunFacts:
                    num_images=sum(f["img_count"] * f["n_repeats"] for f in dataset.folders.values()),
                    num_reg_images=dataset.num_reg_images, batches_per_epoch=batches_per_epoch,
                    num_epochs=-(-sched.max_train_steps * sched.grad_accum // batches_per_epoch),
-                   started_at=started_at, samples_dir=Path(samples_dir))
+                   started_at=started_at, samples_dir=Path(samples_dir), zero_terminal_snr=base.zero_terminal_snr)
 
     def for_metadata(self) -> dict:
         facts = {k: v for k, v in asdict(self).items() if k != "samples_dir"}

@@ -5,6 +5,7 @@ string→string header. Facts the training loop passes (all optional except fami
 
     family            "sd1" | "sd2" | "sd2-v" | "sdxl"
     prediction_type   "epsilon" | "v_prediction" (default: from family)
+    zero_terminal_snr True when trained on a zero-terminal-SNR schedule (ss_zero_terminal_snr, as sd-scripts)
     base_name         base model file/folder name (reduced to its last path component)
     base_hash         sha256 / sshs hash of the base file (ss_new_sd_model_hash)
     base_legacy_hash  A1111's old short hash of the base (ss_sd_model_hash)
@@ -45,8 +46,8 @@ HASH_KEYS = ("sshs_model_hash", "sshs_legacy_hash")
 THUMBNAIL_MAX_BYTES = 256 * 1024
 # the keys clients read; "minimal" metadata is these (no dataset, hyperparameters or timestamps)
 CLIENT_KEYS = ("ss_base_model_version", "ss_v2", "ss_v_parameterization", "ss_output_name", "ss_sd_model_name",
-               "ss_clip_skip", "ss_resolution", "ss_network_module", "ss_network_dim", "ss_network_alpha",
-               "ss_network_args")
+               "ss_zero_terminal_snr", "ss_clip_skip", "ss_resolution", "ss_network_module", "ss_network_dim",
+               "ss_network_alpha", "ss_network_args")
 
 
 class MetadataError(ValueError):
@@ -143,6 +144,7 @@ def build_metadata(cfg, facts: dict, minimal: bool = False) -> dict[str, str]:
         "ss_base_model_version": BASE_MODEL_VERSION[family],
         "ss_v2": str(family.startswith("sd2")),
         "ss_v_parameterization": str(pred == "v_prediction"),
+        "ss_zero_terminal_snr": str(bool(facts.get("zero_terminal_snr"))),
         "ss_output_name": cfg.saving.output_name,
         "ss_sd_model_name": leaf_name(facts.get("base_name") or cfg.model.base),
         "ss_clip_skip": str(cfg.model.clip_skip),

@@ -42,6 +42,11 @@ class Base:
     def is_v(self) -> bool:
         return self.prediction_type == "v_prediction"
 
+    @property
+    def zero_terminal_snr(self) -> bool:
+        """Whether the training schedule is rescaled to zero terminal SNR (the scheduler says so)."""
+        return bool(self.scheduler.config.get("rescale_betas_zero_snr", False))
+
     def pipeline(self, scheduler=None):
         """An inference pipeline sharing this base's modules (adapters included, if injected)."""
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline

@@ -14,6 +14,11 @@ or v (2.x, 768 px); both have identical tensors. `detect_prediction_type` decide
 4. SD2 only: a resolution hint of 768 px or more (the training resolution), or "768" in the file
    name (Stability's own file is v2-1_768-ema-pruned), means v; otherwise epsilon.
 SD1 and SDXL default to epsilon.
+
+Zero terminal SNR (the noise schedule rescaled so its last step is pure noise, Lin et al. 2023) is
+decided by `detect_zero_terminal_snr`: an explicit "on"/"off" from the user; else a `ztsnr` tensor in
+the file (NoobAI-XL v-pred carries `v_pred` and `ztsnr`, 0-dim, at the top level; ComfyUI reads both),
+or `ss_zero_terminal_snr` = True in its metadata (sd-scripts fine-tunes). Otherwise off.
 """
 from __future__ import annotations
 
@@ -115,6 +120,18 @@ def detect_prediction_type(family: str, keys_and_shapes: dict[str, tuple] | None
     if family == "sd2" and ((resolution or 0) >= 768 or "768" in Path(name).name):
         return "v_prediction"
     return "epsilon"
+
+
+def detect_zero_terminal_snr(keys_and_shapes: dict[str, tuple] | None = None,
+                             metadata: dict[str, str] | None = None, override: str = "auto") -> bool:
+    """Whether the model was trained with a zero-terminal-SNR schedule (rules: this module's docstring)."""
+    if override not in ("auto", "", None):
+        if override not in ("on", "off"):
+            raise ValueError(f"zero_terminal_snr must be auto, on or off, not {override!r}")
+        return override == "on"
+    if keys_and_shapes and "ztsnr" in keys_and_shapes:
+        return True
+    return (metadata or {}).get("ss_zero_terminal_snr", "").strip().lower() == "true"
 
 
 def family_name(family: str, prediction_type: str) -> str:

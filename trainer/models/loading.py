@@ -20,7 +20,8 @@ import torch
 from trainer.formats.safetensors_io import SafetensorsError, model_hash
 from trainer.models.base import FAMILIES, Base, load_clip_tokenizer
 from trainer.models.detect import (FamilyDetectionError, detect_family, detect_family_from_folder,
-                                   detect_prediction_type, family_name, header_keys_and_shapes)
+                                   detect_prediction_type, detect_zero_terminal_snr, family_name,
+                                   header_keys_and_shapes)
 from trainer.models.random_arch import family_config_dir
 from trainer.models.spec import BUILTINS, PICKLE_SUFFIXES, display_name, parse_base 
 
@@ -38,14 +39,34 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
-def _training_scheduler(config: dict, prediction_type: str):
+def training_scheduler(config: dict, prediction_type: str, zero_terminal_snr: bool | None = None):
+    """The DDPM training schedule from a scheduler config. zero_terminal_snr True rescales the betas so
+    the last step is pure noise (alphas_cumprod[-1] = 0) and spaces sampling steps "trailing" (so the
+    first preview step starts there), as diffusers' docs advise for such models; None keeps the
+    config's own setting (a diffusers folder saved with rescale_betas_zero_snr)."""
     from diffusers import DDPMScheduler
 
     keep = {k: v for k, v in config.items() if k in ("num_train_timesteps", "beta_start", "beta_end",
                                                       "beta_schedule", "trained_betas", "steps_offset",
                                                       "timestep_spacing", "rescale_betas_zero_snr")}
+    if zero_terminal_snr is not None:
+        keep["rescale_betas_zero_snr"] = zero_terminal_snr
+        if zero_terminal_snr:
+            keep["timestep_spacing"] = "trailing"
     # clip_sample only matters when sampling with DDPM; SD never clips.
     return DDPMScheduler.from_config(keep, prediction_type=prediction_type, clip_sample=False)
+
+
+def set_noise_schedule(base: Base, prediction_type: str = "auto", zero_terminal_snr: str = "auto") -> Base:
+    """Apply the config's explicit prediction type / zero-terminal-SNR choice to a built base (tiny and
+    random bases, which have no file to detect them from); "auto" keeps what the base has."""
+    pred = base.prediction_type if prediction_type in ("auto", "", None) else prediction_type
+    ztsnr = None if zero_terminal_snr in ("auto", "", None) else zero_terminal_snr == "on"
+    if pred != base.prediction_type or ztsnr is not None:
+        base.scheduler = training_scheduler(dict(base.scheduler.config), pred, ztsnr)
+        base.prediction_type = pred
+        base.family = family_name(base.family, pred)
+    return base
 
 
 def _tokenizers(family: str) -> dict:
@@ -187,12 +208,13 @@ def _load_hub(repo_id: str, family: str, prediction_type: str, dtype) -> tuple:
     return _load_folder(Path(folder), repo_id, family, prediction_type, dtype)
 
 
-def _base_from_pipeline(pipe, family: str, pred: str, spec: str) -> Base:
+def _base_from_pipeline(pipe, family: str, pred: str, spec: str, zero_terminal_snr: bool | None = None) -> Base:
     is_xl = family == "sdxl"
     encoders = [pipe.text_encoder, pipe.text_encoder_2] if is_xl else [pipe.text_encoder]
     tokenizers = [pipe.tokenizer, pipe.tokenizer_2] if is_xl else [pipe.tokenizer]
     return Base(family=family, unet=pipe.unet, vae=pipe.vae, text_encoders=encoders, tokenizers=tokenizers,
-                scheduler=_training_scheduler(dict(pipe.scheduler.config), pred), prediction_type=pred,
+                scheduler=training_scheduler(dict(pipe.scheduler.config), pred, zero_terminal_snr),
+                prediction_type=pred,
                 name=display_name(spec), source=spec,
                 extra={"inference_scheduler_config": dict(pipe.scheduler.config)})
 
@@ -226,7 +248,8 @@ def load_vae(spec: str, family: str, dtype=torch.float32):
 
 def load_base(spec: str, family: str = "auto", prediction_type: str = "auto", vae: str = "",
               dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", *,
-              resolution: int | None = None, config_dir: str | Path | None = None) -> Base:
+              resolution: int | None = None, config_dir: str | Path | None = None,
+              zero_terminal_snr: str = "auto") -> Base:
     """Load a base model (see the module docstring for what spec may be).
 
     family: "auto" or one of FAMILIES; a named family must agree with the weights.
@@ -234,6 +257,7 @@ def load_base(spec: str, family: str = "auto", prediction_type: str = "auto", va
     on single files; folders and hub ids take their scheduler config's).
     resolution: training resolution, the hint that tells an SD2 768-v single file from a 512 base one.
     config_dir: a diffusers config folder to use for a single file instead of the bundled one.
+    zero_terminal_snr: "auto" (a .safetensors file's markers, a folder's scheduler config), "on" or "off".
     Raises ModelLoadError naming the path or id and the reason."""
     spec = (spec or "").strip()
     if not spec:
@@ -241,6 +265,7 @@ def load_base(spec: str, family: str = "auto", prediction_type: str = "auto", va
     if prediction_type not in ("auto", "", "epsilon", "v_prediction"):
         raise ModelLoadError(f"{spec}: prediction_type must be auto, epsilon or v_prediction, not {prediction_type!r}")
     model_hash_hex = ""
+    ztsnr = None if zero_terminal_snr in ("auto", "") else detect_zero_terminal_snr(override=zero_terminal_snr)
     parsed = parse_base(spec)
     if parsed.kind == "builtin":
         folder = parsed.path
@@ -262,11 +287,13 @@ def load_base(spec: str, family: str = "auto", prediction_type: str = "auto", va
             pipe, fam, pred = _load_single_file(path, family, prediction_type, dtype, resolution, config_dir)
             if suffix == ".safetensors":
                 model_hash_hex = model_hash(path)
+                if ztsnr is None:  # the header was read (and checked) by the loader a moment ago
+                    ztsnr = detect_zero_terminal_snr(*header_keys_and_shapes(path))
         elif parsed.kind != "hub":
             raise ModelLoadError(f"{spec}: no such file or folder")
         else:
             pipe, fam, pred = _load_hub(spec, family, prediction_type, dtype)
-    base = _base_from_pipeline(pipe, fam, pred, spec)
+    base = _base_from_pipeline(pipe, fam, pred, spec, ztsnr)
     base.model_hash = model_hash_hex
     if vae:
         base.vae = load_vae(vae, fam, dtype)

@@ -23,15 +23,26 @@ LATEST = "latest"
 
 
 def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state as "<param id>.<key>" tensors and JSON scalars. A nested dict (bitsandbytes'
+    8-bit optimizers keep their quantisation state in one) is flattened with "/" between its keys; its
+    tensors are copied, as bitsandbytes shares one quantisation map between all parameters and
+    safetensors stores no shared memory."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
+
+    def put(key: str, v: Any, nested: bool = False) -> None:
+        if isinstance(v, torch.Tensor):
+            t = v.detach().cpu()
+            tensors[key] = t.clone() if nested else t.contiguous()
+        elif isinstance(v, dict):
+            for k, inner in v.items():
+                put(f"{key}/{k}", inner, nested=True)
+        else:
+            scalars[key] = v
+
     for pid, st in sd["state"].items():
         for k, v in st.items():
-            key = f"{pid}.{k}"
-            if isinstance(v, torch.Tensor):
-                tensors[key] = v.detach().cpu().contiguous()
-            else:
-                scalars[key] = v
+            put(f"{pid}.{k}", v)
     return tensors, {"scalars": scalars, "param_groups": sd["param_groups"]}
 
 
@@ -39,7 +50,11 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     state: dict[int, dict] = {}
     for key, v in list(tensors.items()) + list(meta["scalars"].items()):
         pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
+        *parents, leaf = k.split("/")
+        node = state.setdefault(int(pid), {})
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = v
     return {"state": state, "param_groups": meta["param_groups"]}
 
 

@@ -17,6 +17,7 @@ import torch
 
 from trainer.config import TrainConfig, save_config
 from trainer.formats.export import RunFacts, export_adapter
+from trainer.models.checks import launch_warnings
 from trainer.run.events import ControlPoller, EventWriter, nothing_to_resume
 from trainer.run.folder import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_STOPPED, RunFolder
 from trainer.run.faults import crash_point
@@ -132,6 +133,8 @@ class Trainer:
         self.device = self.procs.start(setup.pick_device(cfg))
         self.dtype = setup.weight_dtype(cfg, self.device)
         torch.manual_seed(cfg.schedule.seed + self.procs.rank)
+        for message in launch_warnings(cfg):  # settings that do not fit the base (read from its header)
+            self._warn(message)
         # data first: a bad dataset should fail in seconds, not after loading a 7 GB model
         self.dataset = setup.load_data(cfg, root)
         for p in self.dataset.problems:

@@ -25,11 +25,19 @@ def prediction_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, tim
     return scheduler.get_velocity(latents, noise, timesteps) if v_prediction else noise
 
 
-def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float, v_prediction: bool) -> torch.Tensor:
-    """Min-SNR-γ (Hang et al. 2023): min(SNR, γ)/SNR for ε-prediction, min(SNR, γ)/(SNR+1) for v."""
+def snr(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio α̅/(1-α̅) per timestep; 0 at the last step of a zero-terminal-SNR schedule."""
     ac = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
-    snr = ac / (1 - ac)
-    return torch.clamp(snr, max=gamma) / (snr + 1 if v_prediction else snr)
+    return ac / (1 - ac)
+
+
+def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float, v_prediction: bool) -> torch.Tensor:
+    """Min-SNR-γ (Hang et al. 2023): min(SNR, γ)/SNR for ε-prediction, min(SNR, γ)/(SNR+1) for v.
+    At SNR 0 (zero terminal SNR) the ε weight is its limit, 1, not 0/0."""
+    s = snr(scheduler, timesteps)
+    if v_prediction:
+        return torch.clamp(s, max=gamma) / (s + 1)
+    return torch.where(s > 0, torch.clamp(s, max=gamma) / s, torch.ones_like(s))
 
 
 def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, scheduler,
@@ -38,4 +46,7 @@ def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Te
     loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     if cfg.min_snr_gamma > 0:
         loss = loss * min_snr_weights(scheduler, timesteps, cfg.min_snr_gamma, v_prediction)
+    if cfg.v_loss_like_noise and v_prediction:  # sd-scripts' scale_v_prediction_loss_like_noise_prediction
+        s = snr(scheduler, timesteps)
+        loss = loss * s / (s + 1)
     return (loss * sample_weights.to(loss.device)).mean()

@@ -15,6 +15,7 @@ from PIL import Image
 
 from trainer.config import TrainConfig
 from trainer.run.faults import crash_point
+from trainer.train.preview_styles import preview_plan
 from trainer.train.sampling import SampleSpec, a1111_parameters, generate_batch, save_png
 from trainer.train.setup import autocast_for
 
@@ -24,15 +25,16 @@ class Previews:
                  warn: Callable[..., None], enabled: bool = True):
         self.cfg, self.base, self.dir, self.events = cfg, base, Path(samples_dir), events
         self.device, self.dtype, self.warn = device, dtype, warn
-        self.enabled = enabled and bool(cfg.sampling.prompts)  # rank 0 alone draws
+        self.plan = preview_plan(cfg)  # the config's prompts, or its family style's
+        self.enabled = enabled and bool(self.plan.prompts)  # rank 0 alone draws
         self.seconds = 0.0
 
     def specs(self) -> list[SampleSpec]:
-        s = self.cfg.sampling
-        size = s.size or self.cfg.dataset.resolution
-        return [SampleSpec(prompt=p, seed=s.seed + j, negative=s.negative_prompt, steps=s.steps,
-                           guidance_scale=s.guidance_scale, sampler=s.sampler, width=size, height=size)
-                for j, p in enumerate(s.prompts)]
+        s, plan = self.cfg.sampling, self.plan
+        return [SampleSpec(prompt=p, seed=s.seed + j, negative=plan.negative, steps=s.steps,
+                           guidance_scale=s.guidance_scale, sampler=s.sampler, width=plan.size, height=plan.size,
+                           guidance_rescale=s.guidance_rescale)
+                for j, p in enumerate(plan.prompts)]
 
     def round(self, step: int, with_base: bool = False, adapter_is_base: bool = False) -> None:
         """Draw the adapter's previews at `step`, and the base's if asked. While the adapter equals the

@@ -29,9 +29,12 @@ class SampleSpec:
     sampler: str = "dpmpp_2m"
     width: int = 512
     height: int = 512
+    guidance_rescale: float = 0.0  # 0.7 against over-exposure on zero-terminal-SNR models (Lin et al. 2023)
 
 
 def make_scheduler(name: str, train_scheduler):
+    """The preview sampler over the training schedule: its prediction type, and for a zero-terminal-SNR
+    schedule its rescaled betas and trailing timestep spacing (so sampling starts from pure noise)."""
     import diffusers
 
     cls_name, extra = SAMPLERS[name]
@@ -45,7 +48,7 @@ def generate_batch(base, specs: list[SampleSpec]) -> list[Image.Image]:
     specs share steps, guidance, sampler and size; each keeps its own prompt, negative and seed (one
     generator per image), so an image does not depend on its neighbours. Training RNG untouched."""
     first = specs[0]
-    shared = {(s.steps, s.guidance_scale, s.sampler, s.width, s.height) for s in specs}
+    shared = {(s.steps, s.guidance_scale, s.sampler, s.width, s.height, s.guidance_rescale) for s in specs}
     if len(shared) != 1:
         raise ValueError("a preview batch must share steps, guidance scale, sampler and size")
     pipe = base.pipeline(scheduler=make_scheduler(first.sampler, base.scheduler))
@@ -58,7 +61,8 @@ def generate_batch(base, specs: list[SampleSpec]) -> list[Image.Image]:
     try:
         out = pipe(prompt=[s.prompt for s in specs], negative_prompt=negatives if any(negatives) else None,
                    num_inference_steps=first.steps, guidance_scale=first.guidance_scale, width=first.width,
-                   height=first.height, generator=gens, output_type="pil")
+                   height=first.height, generator=gens, output_type="pil",
+                   **({"guidance_rescale": first.guidance_rescale} if first.guidance_rescale else {}))
     finally:
         for m, was in zip(modules, modes):
             m.train(was)

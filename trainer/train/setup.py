@@ -76,7 +76,7 @@ def load_model(cfg: TrainConfig):
     from trainer.models.resolve import load_any
 
     return load_any(cfg.model.base, family=cfg.model.family, prediction_type=cfg.model.prediction_type,
-                    vae=cfg.model.vae)
+                    vae=cfg.model.vae, zero_terminal_snr=cfg.model.zero_terminal_snr)
 
 
 def place_model(base, device: str, dtype: torch.dtype) -> None:
