@@ -97,7 +97,7 @@ def test_client_rules_on_a_known_matrix():
     ({"algo": "lokr", "quantize_base": "nf4"}, "no 4-bit"),
     ({"algo": "adalora", "quantize_base": "nf4"}, "AdaLoRA on a 4-bit base"),
     ({"algo": "loha", "quantize_base": "nf4", "loftq": True}, "LoftQ initialises LoRA"),
-    ({"algo": "adalora", "rank": 4, "adalora_target_rank": 8}, "must not exceed network.rank"),
+    ({"algo": "adalora", "rank": 4, "adalora_target_rank": 8}, "must be below Rank"),
     ({"loftq": True}, "needs network.quantize_base"),
 ])
 def test_refused_combinations_name_the_reason(net, reason):

@@ -5,7 +5,7 @@ UNet's transformer blocks, and the text encoders' attention and MLP; LoCon adds 
 embeddings, shortcuts and down/upsamplers (own rank and alpha). The regexes match diffusers/transformers
 module paths.
 
-Methods: LoRA (optionally DoRA, per output row as peft has it or per input column via trainer.adapter.dora),
+Methods: LoRA (optionally DoRA, per input column or per output row, both via trainer.adapter.dora),
 LoHa and LoKr (peft's LyCORIS ports), AdaLoRA (peft's SVD-form LoRA whose rank budget is pruned during
 training, through `Network.after_step`). QLoRA holds the frozen base's Linear layers in 4-bit NF4
 (trainer.adapter.quantize) before injection; LoftQ then starts A and B from the quantisation error.
@@ -80,7 +80,7 @@ def peft_config(cfg: NetworkSection, patterns: list[str], conv: bool, total_step
     alpha_pattern = {UNET_CONV[2:]: cfg.conv_alpha} if conv else {}
     if cfg.algo == "lora":
         return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                          use_dora=cfg.use_dora and cfg.dora_axis == "out",
+                          use_dora=False,  # DoRA is attached by trainer.adapter.dora on either axis
                           init_lora_weights=True, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
                           **common)
     if cfg.algo == "loha":
@@ -127,10 +127,10 @@ def _inject(model: torch.nn.Module, config, net: Network) -> list[torch.nn.Param
         net.adalora_tuners.append(AdaLoraModel(model, config, ADAPTER))
     else:
         inject_adapter_in_model(config, model, adapter_name=ADAPTER)
-    if net.dora_axis == "in":
-        from trainer.adapter.dora import attach_column_dora
+    if net.dora_axis is not None:
+        from trainer.adapter.dora import attach_dora
 
-        attach_column_dora(model, ADAPTER)
+        attach_dora(model, ADAPTER, net.dora_axis)
     params = trainable_parameters(model)
     if not params:
         raise NetworkError(f"no target modules matched in {type(model).__name__}")
@@ -212,8 +212,9 @@ def effective_weight(layer, adapter: str = ADAPTER) -> torch.Tensor:
     w = base_weight(layer)
     with torch.no_grad():
         axis = dora_axis(layer, adapter)
-        if axis == "in":
-            return ColumnDora.merged(layer, adapter, w)
+        variant = getattr(layer, "lora_variant", {}).get(adapter)
+        if isinstance(variant, ColumnDora):  # either axis of trainer.adapter.dora
+            return type(variant).merged(layer, adapter, w)
         if hasattr(layer, "lora_A") and adapter in getattr(layer, "lora_A", {}) and not hasattr(layer, "lora_E"):
             from trainer.adapter.dora import lora_delta
 

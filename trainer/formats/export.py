@@ -46,8 +46,11 @@ def run_facts(trainer) -> dict:
     if not hasattr(trainer, "session_id"):
         trainer.session_id = str(uuid.uuid4().int % 2**31)
     sched = trainer.cfg.schedule
+    from trainer.formats.expected import custom_base_label
+
     return {
         "family": trainer.base.family,
+        "custom_base": custom_base_label(trainer.base, trainer.cfg.model.base),
         "prediction_type": trainer.base.prediction_type,
         "base_name": trainer.base.name,
         "base_hash": trainer.base.model_hash,
