@@ -216,7 +216,8 @@ class Trainer:
         base.vae.to(self.device)
         for m in [base.unet, *base.text_encoders]:
             m.to(self.device) if self.dtype == torch.float32 else m.to(self.device, self.dtype)
-        self.network = build_network(base, cfg.network, total_steps=cfg.schedule.max_train_steps)
+        self.network = build_network(base, cfg.network, total_steps=cfg.schedule.max_train_steps,
+                                     clip_skip=cfg.model.clip_skip)
         for p in self.network.all_params():  # trainable weights in fp32 even under mixed precision
             p.data = p.data.float()
         if cfg.network.init_weights:
