@@ -128,7 +128,7 @@ def test_lycoris_export_import_round_trip(algo, tmp_path):
 
 
 def test_dora_export_has_per_row_scale_and_round_trips(tmp_path):
-    base, _ = adapted("sd1", use_dora=True, conv=False)
+    base, _ = adapted("sd1", use_dora=True, dora_axis="out", conv=False)
     sd = kohya_tensors(base)
     q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
     out_dim = sd[f"{q}.lora_up.weight"].shape[0]

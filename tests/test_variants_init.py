@@ -11,7 +11,7 @@ from trainer.adapter.network import adapted_modules, build_network, disable_adap
 from trainer.adapter.quantize import quantize_nf4
 
 EXACT = {
-    "lora": {}, "locon": {"conv": True}, "dora-out": {"use_dora": True, "conv": True},
+    "lora": {}, "locon": {"conv": True}, "dora-out": {"use_dora": True, "dora_axis": "out", "conv": True},
     "dora-in": {"use_dora": True, "dora_axis": "in", "conv": True}, "loha": {"algo": "loha", "conv": True},
     "lokr": {"algo": "lokr", "conv": True}, "adalora": {"algo": "adalora", "rank": 4, "adalora_target_rank": 2},
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from trainer.formats.names import all_sites
@@ -77,6 +78,7 @@ def table_for(family: str, base=None) -> tuple[dict[str, Expected], str]:
     return read_table(ref), f"lora_keys/{ref}.tsv"
 
 
+@lru_cache(maxsize=None)
 def _reference(family: str) -> dict[str, Expected]:
     """The module table of the real architecture of a family (shipped for SD1.5/SDXL, built for SD2)."""
     ref = {"sd1": "sd15", "sdxl": "sdxl"}.get(family)
