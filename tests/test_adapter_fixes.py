@@ -248,3 +248,23 @@ def test_bundle_card_does_not_promise_clients_for_a_demo_adapter(demo_adapter):
     card = model_card(TrainConfig(), "zkq-stripes", 4, 100, fits=fits)
     assert "Use in A1111" not in card and "builtin:shapes" in card and "cannot" in card
     assert "Use in A1111/Forge" in model_card(TrainConfig(), "x", 4, 100, fits=None)
+
+
+# ---------------------------------------------------------------- point 6: SDXL DoRA / LoCon memory
+
+def test_estimate_predicts_the_measured_sdxl_variant_memory_and_it_fits_16_gb():
+    """bench/results/sdxl_variants_memory.json: peak RSS of 2 SDXL steps at 64 px per network type, measured
+    by bench/variants_memory.py through the real trainer."""
+    from bench.variants_memory import RESOLUTION, VARIANTS, config
+    from trainer.estimate import estimate
+
+    rows = json.loads((REPO / "bench" / "results" / "sdxl_variants_memory.json").read_text())
+    measured = {r["variant"]: r for r in rows}
+    assert {"dora-in", "locon"} <= set(measured)
+    for variant, row in measured.items():
+        assert variant in VARIANTS
+        assert row["steps"] == 2 and row["peak_rss_bytes"] <= 16e9, row
+        cfg = from_dict(config(variant, REPO / "datasets"))
+        assert cfg.dataset.resolution == RESOLUTION
+        est = estimate(cfg, num_images=2, device="cpu")["peak_memory_bytes"]
+        assert abs(est / row["peak_rss_bytes"] - 1) <= 0.25, (variant, est, row["peak_rss_bytes"])
