@@ -92,8 +92,8 @@ NOTE = """
 Before the fix (issue 18, same set-up): DoRA (peft's use_dora, per output row) reached 23.4 GB in step 1,
 LoCon 18.2 GB, plain LoRA 15.5 GB. peft's DoRA builds W + ΔW (and B·A through an identity matrix) for every
 layer in every forward to take its norm; trainer/adapter/dora.py now gets the same norm from [out, r] and
-[r, in] products (‖W‖² cached once), so DoRA costs what LoRA costs. The same probe on the SD1.5 UNet alone
-(bench-style, 64 px, 2 steps): LoRA 4.04 GB, peft DoRA 5.29 GB, DoRA now 4.08 GB (out) / 4.07 GB (in),
+[r, in] products (‖W‖² cached once), so DoRA costs what LoRA costs. bench/unet_memory_probe.py on the SD1.5 UNet
+alone (64 px, 2 steps): LoRA 4.04 GB, peft DoRA 5.29 GB, DoRA now 4.08 GB (out) / 4.07 GB (in),
 LoCon 4.11 GB.
 """
 
