@@ -37,7 +37,7 @@ def world(tmp_path_factory):
                                            "dataset.batch_size": 4, "optimizer.lr": 4e-3, "schedule.warmup_steps": 0,
                                            "schedule.max_train_steps": 30, "saving.every_n_steps": 15,
                                            "sampling.every_n_steps": 0, "sampling.at_start": False,
-                                           "sampling.with_base": False, "sampling.steps": 8, "sampling.cfg": 5.5,
+                                           "sampling.with_base": False, "sampling.steps": 8, "sampling.guidance_scale": 5.5,
                                            "sampling.sampler": "euler", "sampling.prompts": PROMPTS,
                                            "saving.precision": "fp32"})
     r = run_trainer("train", str(cfg), "--quiet")

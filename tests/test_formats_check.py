@@ -95,7 +95,8 @@ def test_classic_mistakes_are_flagged(sd1_real, tmp_path, how, code):
 
 def test_tiny_export_passes_with_base_and_dora_clients_reported(tmp_path):
     base = build_tiny("sdxl")
-    build_network(base, NetworkSection(rank=2, alpha=1, use_dora=True, conv=True, train_text_encoder=True))
+    build_network(base, NetworkSection(rank=2, alpha=1, use_dora=True, dora_axis="out", conv=True,
+                                       train_text_encoder=True))
     path = tmp_path / "tiny.safetensors"
     save_tensors(path, kohya_tensors(base), meta_for("sdxl", 2, 1), "fp32")
     rep = check_file(path, base=build_tiny("sdxl"))
@@ -106,6 +107,8 @@ def test_tiny_export_passes_with_base_and_dora_clients_reported(tmp_path):
     assert rep.dora_clients == {**{c: ok for c, (ok, _) in compatibility("out").items()}, "LoRA Atelier": True}
     assert rep.dora_clients["a1111"] is False and rep.dora_clients["diffusers"] is False
     assert rep.verdict == "warn" and codes(rep) == {"dora"}
+    verdicts = {c["client"]: c["ok"] for c in rep.clients}
+    assert verdicts == {"ComfyUI": False, "A1111/Forge": False, "sd-scripts": False, "diffusers": False}
 
 
 def test_cli_json_and_exit_codes(sd1_real, tmp_path):

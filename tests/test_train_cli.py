@@ -46,7 +46,8 @@ def test_cli_trains_tiny_sd1_and_writes_kohya_adapter(tmp_path):
     # the tiny names follow the real SD1.5 rows once block/layer indices are abstracted
     real = {re.sub(r"\d+", "N", n) for n in expected_rows("sd15.tsv")}
     assert {re.sub(r"\d+", "N", m) for m in modules} <= real
-    assert meta["ss_base_model_version"] == "sd_v1"
+    # a tiny base is SD1-shaped, not SD1.5: the file names the base it fits instead of claiming sd_v1
+    assert meta["ss_base_model_version"] == "custom" and meta["ss_atelier_base"] == "tiny:sd1"
     ev = events(run)
     # the first event comes before the heavy imports (trainer/cli.py), then the model loads
     assert ev[0]["type"] == "phase" and ev[0]["phase"] == "loading model"

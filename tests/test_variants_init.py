@@ -11,7 +11,7 @@ from trainer.adapter.network import adapted_modules, build_network, disable_adap
 from trainer.adapter.quantize import quantize_nf4
 
 EXACT = {
-    "lora": {}, "locon": {"conv": True}, "dora-out": {"use_dora": True, "conv": True},
+    "lora": {}, "locon": {"conv": True}, "dora-out": {"use_dora": True, "dora_axis": "out", "conv": True},
     "dora-in": {"use_dora": True, "dora_axis": "in", "conv": True}, "loha": {"algo": "loha", "conv": True},
     "lokr": {"algo": "lokr", "conv": True}, "adalora": {"algo": "adalora", "rank": 4, "adalora_target_rank": 2},
 }
@@ -101,7 +101,7 @@ def test_client_rules_on_a_known_matrix():
     ({"algo": "lokr", "quantize_base": "nf4"}, "no 4-bit"),
     ({"algo": "adalora", "quantize_base": "nf4"}, "AdaLoRA on a 4-bit base"),
     ({"algo": "loha", "quantize_base": "nf4", "loftq": True}, "LoftQ initialises LoRA"),
-    ({"algo": "adalora", "rank": 4, "adalora_target_rank": 8}, "must not exceed network.rank"),
+    ({"algo": "adalora", "rank": 4, "adalora_target_rank": 8}, "must be below Rank"),
     ({"loftq": True}, "needs network.quantize_base"),
 ])
 def test_refused_combinations_name_the_reason(net, reason):

@@ -104,9 +104,13 @@ class NetworkSection(Section):
     alpha: float = opt(8.0, "Alpha", "Scale is alpha / rank; alpha = rank means scale 1.", ge=0.0, le=4096.0)
     dropout: float = opt(0.0, "Dropout", "Dropout on the adapter's input.", ge=0.0, le=0.9, advanced=True)
     use_dora: bool = opt(False, "DoRA", "Weight-decomposed LoRA: learns magnitude and direction separately.")
-    dora_axis: Literal["out", "in"] = opt(
-        "out", "DoRA norm axis",
-        "out: per output row (peft, LyCORIS, ComfyUI). in: per input column (what A1111/Forge apply).",
+    dora_axis: Literal["in", "out"] = opt(
+        "in", "DoRA norm axis",
+        "in (default): one magnitude per input column, the form ComfyUI and A1111/Forge apply exactly. "
+        "out: one per output row (peft, LyCORIS wd_on_out). Warning: A1111/Forge mis-apply an 'out' file "
+        "(some layers many times too strong) and ComfyUI only approximates it (it divides by the base "
+        "weight's norm); pick 'out' only for LyCORIS or peft users. diffusers and sd-scripts ignore DoRA's "
+        "magnitudes either way.",
         advanced=True)
     conv: bool = opt(False, "LoCon (train convs)", "Also train ResNet convs, time embeddings and down/upsamplers.")
     conv_rank: int = opt(8, "Conv rank", "Rank of the conv adapters.", ge=1, le=512, advanced=True)
@@ -117,8 +121,9 @@ class NetworkSection(Section):
         "none", "Quantise base (QLoRA)", "Hold the frozen base in 4-bit NF4 to save memory.", advanced=True)
     loftq: bool = opt(False, "LoftQ init", "Initialise A and B from the 4-bit quantisation error (QLoRA only).",
                       advanced=True)
-    adalora_target_rank: int = opt(4, "AdaLoRA average rank", "Average rank AdaLoRA prunes down to.", ge=1, le=512,
-                                   advanced=True)
+    adalora_target_rank: int = opt(4, "AdaLoRA average rank",
+                                   "Average rank AdaLoRA prunes down to; must be below Rank (dim), its starting rank.",
+                                   ge=1, le=512, advanced=True)
     init_weights: str = opt("", "Start from adapter", "A kohya LoRA file to continue training from (optional).",
                             advanced=True)
 
@@ -409,3 +414,9 @@ def to_toml(cfg: TrainConfig) -> str:
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     atomic_write_bytes(Path(path), to_toml(cfg).encode("utf-8"))
+
+
+def adapter_starts_at_base(cfg: TrainConfig) -> bool:
+    """Whether the adapted model equals the base at step 0 (B = 0): not when LoftQ starts from the
+    quantisation error, nor when the weights start from a file."""
+    return not cfg.network.loftq and not cfg.network.init_weights

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 
+from trainer.config import adapter_starts_at_base
+
 # parameter counts of the bundled configs (trainer/assets/configs, counted from the built modules) and the
 # sum of (in + out) features over sd-scripts' default LoRA targets, so LoRA params = rank × that sum
 FAMILY_PARAMS: dict[str, dict] = {
@@ -26,6 +28,19 @@ FAMILY_PARAMS: dict[str, dict] = {
     "tiny": {"unet": 792_964, "vae": 658_375, "text": [1_626_304],
              "unet_lora_io": 5_376, "conv_lora_io": 12_832, "te_lora_io": [2_240]},
 }
+# weights in nn.Linear layers (what QLoRA quantises and LoftQ decomposes): bench/results/qlora.md, meta models
+LINEAR_PARAMS: dict[str, dict] = {
+    "sd1": {"unet": 270_049_280, "text": [84_934_656]},
+    "sd2": {"unet": 301_219_840, "text": [289_406_976]},
+    "sdxl": {"unet": 2_232_647_680, "text": [84_934_656, 630_784_000]},
+    "tiny": {"unet": 212_992, "text": [40_960]},
+}
+# LoftQ's set-up: a randomised SVD of each adapted Linear's quantisation error for its top rank+8 directions
+# (trainer.adapter.quantize.top_singular), ~1.9e-8 s per weight and direction on this project's loaded 2-core
+# machine (1280×5120 at rank 16: 2.9 s; the full SVD it replaced: 79 s), plus dequantising and comparing
+LOFTQ_S_PER_WEIGHT_DIRECTION = 1.9e-8
+LOFTQ_S_PER_WEIGHT = 2.0e-8
+LOFTQ_OVERSAMPLE = 8
 # `random:sdxl` (benchmarks) keeps 2 of text_encoder_2's 32 layers (trainer/models/random_arch.py)
 SPEC_TEXT_PARAMS = {"random:sdxl": [123_060_480, 104_540_160]}
 
@@ -136,15 +151,26 @@ def trainable_params(cfg, family: str) -> int:
 
 
 def preview_count(cfg) -> int:
-    """How many preview images a run draws: at the start (twice with the base comparison), every
-    every_n_steps before the end, and at the end; each is one image per prompt."""
+    """How many preview images a run draws: at the start (twice with the base comparison, unless the
+    adapter still equals the base), every every_n_steps before the end, and at the end; each is one image
+    per prompt."""
     sm, steps = cfg.sampling, cfg.schedule.max_train_steps
     if not sm.prompts:
         return 0
-    rounds = (2 if sm.with_base else 1) * bool(sm.at_start) + 1
+    rounds = (2 if sm.with_base and not adapter_starts_at_base(cfg) else 1) * bool(sm.at_start) + 1
     if sm.every_n_steps:
         rounds += (steps - 1) // sm.every_n_steps
     return rounds * len(sm.prompts)
+
+
+def loftq_setup_seconds(cfg, family: str) -> float:
+    """Seconds LoftQ spends before step 1 (0 without it): every adapted 4-bit Linear's randomised SVD."""
+    net = cfg.network
+    if not (net.loftq and net.quantize_base == "nf4"):
+        return 0.0
+    lp = LINEAR_PARAMS[family]
+    weights = (lp["unet"] if net.train_unet else 0) + (sum(lp["text"]) if net.train_text_encoder else 0)
+    return weights * ((net.rank + LOFTQ_OVERSAMPLE) * LOFTQ_S_PER_WEIGHT_DIRECTION + LOFTQ_S_PER_WEIGHT)
 
 
 def estimate(cfg, num_images: int | None = None, family: str | None = None, device: str | None = None,
@@ -209,6 +235,7 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
     unet_s = (s / sch.grad_accum) / batch / 3 * ((cfg.sampling.size or ds.resolution) / ds.resolution) ** 2
     n_previews = preview_count(cfg)
     preview_s = n_previews * cfg.sampling.steps * (2 if cfg.sampling.guidance_scale > 1 else 1) * unet_s
+    loftq_s = loftq_setup_seconds(cfg, fam)
     return {
         "family": fam, "device": dev, "dtype": ("bf16/fp16" if half else "fp32"),
         "steps": steps, "epochs": epochs, "batches_per_epoch": batches_per_epoch,
@@ -216,7 +243,7 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
         "peak_memory_bytes": int(peak), "memory_kind": "vram" if dev == "cuda" else "rss",
         "memory_breakdown": {k: int(v) for k, v in breakdown.items()},
         "seconds_per_step": s, "train_seconds": s * steps, "previews": n_previews, "preview_seconds": preview_s,
-        "total_seconds": s * steps + preview_s,
+        "loftq_setup_seconds": loftq_s, "total_seconds": s * steps + preview_s + loftq_s,
         "measured": measured, "calibration": CPU_CALIBRATION if measured else CUDA_CALIBRATION,
     }
 

@@ -95,7 +95,27 @@ def a1111_parameters(cfg: TrainConfig, sample: dict, lora_name: str, width: int,
                                      lora=(lora_name, 1.0))
 
 
-def model_card(cfg: TrainConfig, lora_name: str, n_images: int, steps: int) -> str:
+def where_it_loads(lora_name: str, fits: str | None) -> str:
+    """The card's line on where the adapter can be used: only clients that can load it."""
+    if fits:
+        return (f"This adapter fits only `{fits}`, the base it was trained on (its layers differ from "
+                "SD1.5/SDXL): use it in LoRA Atelier's Generate tab with that base. A1111/Forge, ComfyUI and "
+                "diffusers cannot apply it to their models.")
+    return f"Use in A1111/Forge: `<lora:{lora_name}:1>` with the trigger words in the prompt."
+
+
+def adapter_fits(adapter: Path) -> str | None:
+    """The custom base an adapter file says it alone fits (None: a standard SD1.5/SD2/SDXL file)."""
+    from trainer.formats.metadata import custom_base
+    from trainer.formats.safetensors_io import SafetensorsError, read_header
+
+    try:
+        return custom_base(read_header(adapter).metadata)
+    except (SafetensorsError, OSError):
+        return None
+
+
+def model_card(cfg: TrainConfig, lora_name: str, n_images: int, steps: int, fits: str | None = None) -> str:
     s = cfg.saving
     rows = [("Base model", cfg.model.base), ("Adapter", f"{cfg.network.algo} rank {cfg.network.rank}, alpha "
             f"{cfg.network.alpha}" + (" (DoRA)" if cfg.network.use_dora else "")),
@@ -105,7 +125,7 @@ def model_card(cfg: TrainConfig, lora_name: str, n_images: int, steps: int) -> s
             ("Training images", n_images), ("Seed", cfg.schedule.seed)]
     lines = [f"# {s.title or lora_name}", "", s.description or "A LoRA trained with LoRA Atelier.", "",
              f"**Trigger words:** {s.trigger_phrase or '(none)'}", "",
-             f"Use in A1111/Forge: `<lora:{lora_name}:1>` with the trigger words in the prompt.", "",
+             where_it_loads(lora_name, fits), "",
              "## Training settings", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in rows]
     return "\n".join(lines) + "\n"
@@ -138,6 +158,6 @@ def build_bundle(run_dir: Path, max_previews: int = 8) -> Path:
             im.save(buf, "PNG", pnginfo=info)
             z.writestr(f"previews/{name}-{i:02d}-step{ev.get('step', 0)}.png", buf.getvalue())
         n_images = sum(1 for p in (run_dir / "dataset").rglob("*") if p.suffix.lower() in (".png", ".jpg", ".webp", ".bmp"))
-        z.writestr("README.md", model_card(cfg, name, n_images, steps))
+        z.writestr("README.md", model_card(cfg, name, n_images, steps, fits=adapter_fits(adapter)))
     tmp.replace(out)
     return out

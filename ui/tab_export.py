@@ -2,12 +2,13 @@
 build the Civitai bundle."""
 from __future__ import annotations
 
+import html
 import json
 
 import gradio as gr
 
 from trainer.formats.safetensors_io import SafetensorsError, read_header
-from trainer.models.spec import parse_base
+from trainer.formats.verdicts import verdict_html
 from trainer.run.events import run_view
 
 from ui.workspace import Studio
@@ -52,13 +53,22 @@ def select_run(studio: Studio, run_id: str | None) -> list:
     return [gr.update(choices=studio.run_choices(), value=run_id)]
 
 
-def check_markdown(res_code: int, stdout: str, message: str) -> str:
-    head = "**Compatibility: PASS**" if res_code == 0 else "**Compatibility: FAIL**"
+def check_report_html(res_code: int, stdout: str, message: str) -> str:
+    """The check's per-client verdicts as a table (trainer.formats.verdicts renders the same report the
+    CLI prints), the findings folded; the CLI's own message when it gave no report."""
     try:
         data = json.loads(stdout)
     except json.JSONDecodeError:
-        return f"{head}\n\n```\n{(stdout or message).strip()[:4000]}\n```"
-    return f"{head}\n\n```json\n{json.dumps(data, indent=2)[:6000]}\n```"
+        text = html.escape((stdout or message).strip()[:4000])
+        return f"<p><b>Compatibility: FAIL</b> (the check gave no report)</p><pre>{text}</pre>"
+    return verdict_html(data)
+
+
+def run_check(adapter, python: str) -> str:
+    """`python -m trainer check FILE --json`, exactly as a user would run it: no extra flags (a file for a
+    custom base names that base itself)."""
+    res = run_trainer(["check", str(adapter), "--json"], timeout=300, python=python)  # absolute path: never an option
+    return check_report_html(res.code, res.stdout, res.message)
 
 
 def build(studio: Studio) -> dict:
@@ -72,7 +82,7 @@ def build(studio: Studio) -> dict:
         bundle_btn = gr.Button("Build Civitai bundle", elem_id="exp-bundle")
         check_btn = gr.Button("Compatibility check", elem_id="exp-check")
     files = gr.File(label="Files", file_count="multiple", interactive=False, elem_id="exp-files")
-    report = gr.Markdown(elem_id="exp-report")
+    report = gr.HTML(elem_id="exp-report")
     with gr.Accordion("Metadata", open=False):
         title = gr.Textbox(label="Title", elem_id="exp-title")
         trigger = gr.Textbox(label="Trigger words", elem_id="exp-trigger")
@@ -105,12 +115,7 @@ def build(studio: Studio) -> dict:
     bundle_btn.click(on_bundle, run, files)
 
     def on_check(run_id):
-        args = ["check", str(_adapter(studio, run_id)), "--json"]  # the adapter path is absolute: never an option
-        base = run_config(studio.run_dir(run_id)).model.base
-        if parse_base(base).bundled:  # non-standard UNets: check against the run's own base
-            args.append(f"--base={base}")
-        res = run_trainer(args, timeout=300, python=studio.python)
-        return check_markdown(res.code, res.stdout, res.message)
+        return run_check(_adapter(studio, run_id), studio.python)
 
     check_btn.click(on_check, run, report)
 

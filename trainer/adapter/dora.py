@@ -1,14 +1,16 @@
 """DoRA's two norm axes, and how each client applies a `dora_scale` (docs/adapter-format.md, "DoRA").
 
-peft's DoRA (use_dora) keeps one magnitude per output row: W' = m_row · (W+ΔW) / ||W+ΔW||_row, saved as
-dora_scale [out, 1]. A1111/Forge assume one magnitude per input column, [1, in]:
-W' = (W+ΔW) · m_col / ||W+ΔW||_col. `ColumnDora` trains that second form as a peft LoRA variant, so that
-a file made for A1111 applies there exactly as it was trained.
+Per input column (the default, axis "in"): W' = (W+ΔW) · m_col / ||W+ΔW||_col, saved as dora_scale
+[1, in]. A1111/Forge always apply this form and ComfyUI detects it from the shape: both apply it exactly.
+Per output row (axis "out", peft's use_dora, LyCORIS wd_on_out): W' = m_row · (W+ΔW) / ||W+ΔW||_row,
+saved as [out, 1]; A1111 mis-applies it and ComfyUI divides by the norm of W instead of W+ΔW.
 
-Column-wise DoRA is a per-input-channel rescaling of the layer's input: (W+ΔW)·diag(d)·x = (W+ΔW)·(d⊙x)
-with d = m / ||W+ΔW||_col, so the variant scales x and runs base + LoRA on it (for a conv, d scales the
-input channels: zero padding commutes with that). As in the DoRA paper (§4.3), the norm is treated as a
-constant in the backward pass.
+Both are trained here as peft LoRA variants (`ColumnDora`, `RowDora`). Column-wise DoRA is a
+per-input-channel rescaling of the layer's input: (W+ΔW)·diag(d)·x = (W+ΔW)·(d⊙x) with
+d = m / ||W+ΔW||_col, so the variant scales x and runs base + LoRA on it (for a conv, d scales the input
+channels: zero padding commutes with that); row-wise DoRA scales the output channels. As in the DoRA
+paper (§4.3), the norm is a constant in the backward pass, and it is computed from small products
+(`dora_norm`), never by building W + ΔW.
 
 The client rules below are transcribed from their sources (LyCORIS `apply_weight_decompose` with
 wd_on_out, A1111 `NetworkModule.apply_weight_decompose`, ComfyUI `weight_adapter.base.weight_decompose`);
@@ -65,77 +67,155 @@ def lora_delta(layer, adapter: str) -> torch.Tensor:
     return (b.reshape(b.shape[0], r) @ a.reshape(r, -1)).reshape(shape) * layer.scaling[adapter]
 
 
-class ColumnDora(LoraVariant):
-    """DoRA with one magnitude per input column (the layout A1111 applies)."""
+def _factors(layer, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A as [r, K], B as [out, r]) with K = in·kh·kw, fp32, detached."""
+    a, b = layer.lora_A[adapter].weight.detach(), layer.lora_B[adapter].weight.detach()
+    r = a.shape[0]
+    return a.reshape(r, -1).float(), b.reshape(b.shape[0], r).float()
 
-    @staticmethod
-    def init(module, adapter_name: str, **kwargs) -> None:
+
+def _weight_2d(layer) -> torch.Tensor:
+    """The frozen weight as [out, K], a view of it where possible (a 4-bit one is dequantised)."""
+    base = layer.get_base_layer()
+    if type(base.weight).__name__ == "Params4bit":
+        return base_weight(layer)
+    w = base.weight.detach()
+    return w.reshape(w.shape[0], -1)
+
+
+def _in_features(layer) -> int:
+    base = layer.get_base_layer()
+    return base.in_features if type(base.weight).__name__ == "Params4bit" else base.weight.shape[1]
+
+
+@torch.no_grad()
+def dora_norm(layer, adapter: str, axis: str) -> torch.Tensor:
+    """||W + s·B·A|| per output row ("out", [out]) or per input column ("in", [in]), fp32, without
+    building W + ΔW: ||W||² (cached, W is frozen) + 2s⟨W, B·A⟩ + s²||B·A||², where every product is
+    [out, r] or [r, K]. Materialising W + ΔW in each forward (peft's use_dora) took SDXL DoRA from LoRA's
+    15.5 GB to 23.4 GB (docs/adapter-format.md, "DoRA")."""
+    w2 = _weight_2d(layer)
+    a2, b2 = _factors(layer, adapter)
+    s = float(layer.scaling[adapter])
+    cache = layer.__dict__.setdefault("_atelier_wsq", {})
+    if axis == "out":
+        if axis not in cache:
+            cache[axis] = torch.linalg.vector_norm(w2, dim=1, dtype=torch.float32).pow(2)
+        cross = ((w2 @ a2.t().to(w2.dtype)).float() * b2).sum(1)
+        lora_sq = ((b2 @ (a2 @ a2.t())) * b2).sum(1)
+    else:
+        n_in = _in_features(layer)
+        r = a2.shape[0]
+        if axis not in cache:
+            cache[axis] = torch.linalg.vector_norm(w2.reshape(w2.shape[0], n_in, -1), dim=(0, 2),
+                                                   dtype=torch.float32).pow(2)
+        cross = ((b2.t().to(w2.dtype) @ w2).float() * a2).reshape(r, n_in, -1).sum((0, 2))
+        lora_sq = (((b2.t() @ b2) @ a2) * a2).reshape(r, n_in, -1).sum((0, 2))
+    wsq = cache[axis].to(cross.device)
+    return (wsq + 2 * s * cross + s * s * lora_sq).clamp_min(0).sqrt()
+
+
+class ColumnDora(LoraVariant):
+    """DoRA with one magnitude per input column (the layout A1111 applies and ComfyUI detects).
+    RowDora below is the per-output-row form (peft's, LyCORIS wd_on_out) on the same machinery."""
+    AXIS = "in"
+
+    @classmethod
+    def init(cls, module, adapter_name: str, **kwargs) -> None:
         if "lora_magnitude_vector" not in module.adapter_layer_names:
             module.adapter_layer_names = module.adapter_layer_names[:] + ("lora_magnitude_vector",)
-        with torch.no_grad():
-            w = base_weight(module) + lora_delta(module, adapter_name).float()
-            m = col_norm(w).reshape(-1)
+        m = dora_norm(module, adapter_name, cls.AXIS)
         dev = module.lora_A[adapter_name].weight.device
         module.lora_magnitude_vector[adapter_name] = _Magnitude(m.to(dev))
 
-    @staticmethod
-    def factor(module, adapter: str) -> torch.Tensor:
-        """d = m / ||W+ΔW||_col as a flat [in] vector, the norm detached."""
-        with torch.no_grad():
-            norm = col_norm(base_weight(module) + lora_delta(module, adapter).float()).reshape(-1)
+    @classmethod
+    def factor(cls, module, adapter: str) -> torch.Tensor:
+        """d = m / ||W+ΔW|| on the axis as a flat vector, the norm detached (DoRA paper §4.3)."""
         m = module.lora_magnitude_vector[adapter].weight
-        return m / norm.to(m.device)
+        return m / dora_norm(module, adapter, cls.AXIS).to(m.device)
 
-    @staticmethod
-    def forward(module, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs) -> torch.Tensor:
-        d = ColumnDora.factor(module, active_adapter).to(x.dtype)
+    @classmethod
+    def forward(cls, module, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs) -> torch.Tensor:
+        d = cls.factor(module, active_adapter).to(x.dtype)
         xs = x * (d.view(1, -1, *[1] * (x.dim() - 2)) if x.dim() == 4 else d)
         out = module.get_base_layer()(xs)
         lora_A, lora_B = module.lora_A[active_adapter], module.lora_B[active_adapter]
         dropout = module.lora_dropout[active_adapter]
         return out + lora_B(lora_A(dropout(xs))) * module.scaling[active_adapter]
 
-    @staticmethod
-    def merged(module, adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def merged(cls, module, adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
         w = orig_weight.float() + lora_delta(module, adapter).detach().float()
+        norm = col_norm(w) if cls.AXIS == "in" else row_norm(w)
         m = module.lora_magnitude_vector[adapter].weight.detach().float()
-        return (w * (m.reshape(col_norm(w).shape) / col_norm(w))).to(orig_weight.dtype)
+        return (w * (m.reshape(norm.shape) / norm)).to(orig_weight.dtype)
 
-    @staticmethod
-    def merge_safe(module, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
-        return ColumnDora.merged(module, active_adapter, orig_weight)
+    @classmethod
+    def merge_safe(cls, module, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
+        return cls.merged(module, active_adapter, orig_weight)
 
-    @staticmethod
-    def merge_unsafe(module, active_adapter: str, orig_weight: torch.Tensor) -> None:
-        orig_weight.data = ColumnDora.merged(module, active_adapter, orig_weight.data)
+    @classmethod
+    def merge_unsafe(cls, module, active_adapter: str, orig_weight: torch.Tensor) -> None:
+        orig_weight.data = cls.merged(module, active_adapter, orig_weight.data)
 
     @staticmethod
     def unmerge(module, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("column-wise DoRA cannot be unmerged (the pre-merge norms are not kept)")
+        raise NotImplementedError("DoRA cannot be unmerged here (the pre-merge norms are not kept)")
 
     def supports_lora_conversion(self) -> bool:
         return False
 
 
-def attach_column_dora(model: torch.nn.Module, adapter: str) -> int:
-    """Turn every plain LoRA layer of `model` (peft Linear / Conv2d, bnb Linear4bit) into column-wise DoRA."""
+class RowDora(ColumnDora):
+    """DoRA with one magnitude per output row: W' = m·(W+ΔW)/||W+ΔW||_row, i.e. the layer's output scaled
+    per channel, d ⊙ (W x + s·B A x) + bias. Same maths as peft's use_dora, without its per-forward copy
+    of W + ΔW."""
+    AXIS = "out"
+
+    @classmethod
+    def forward(cls, module, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs) -> torch.Tensor:
+        d = cls.factor(module, active_adapter).to(result.dtype)
+        d = d.view(1, -1, *[1] * (result.dim() - 2)) if result.dim() == 4 else d
+        bias = module.get_base_layer().bias
+        if bias is not None:
+            bias = bias.to(result.dtype)
+            bias = bias.view(1, -1, *[1] * (result.dim() - 2)) if result.dim() == 4 else bias
+            result = result - bias
+        lora_A, lora_B = module.lora_A[active_adapter], module.lora_B[active_adapter]
+        dropout = module.lora_dropout[active_adapter]
+        out = d * (result + lora_B(lora_A(dropout(x))) * module.scaling[active_adapter])
+        return out + bias if bias is not None else out
+
+
+VARIANTS = {"in": ColumnDora, "out": RowDora}
+
+
+def attach_dora(model: torch.nn.Module, adapter: str, axis: str) -> int:
+    """Turn every plain LoRA layer of `model` (peft Linear / Conv2d, bnb Linear4bit) into DoRA on `axis`."""
     from peft.tuners.lora.layer import LoraLayer
 
+    if axis not in VARIANTS:
+        raise ValueError(f"dora axis {axis!r}: expected one of {AXES}")
     n = 0
     for module in model.modules():
         if isinstance(module, LoraLayer) and adapter in module.lora_A:
             if adapter in module.lora_variant:
-                raise ValueError(f"{type(module).__name__} already has a LoRA variant; column DoRA replaces none")
-            module.lora_variant[adapter] = ColumnDora()
-            ColumnDora.init(module, adapter)
+                raise ValueError(f"{type(module).__name__} already has a LoRA variant; DoRA replaces none")
+            module.lora_variant[adapter] = VARIANTS[axis]()
+            VARIANTS[axis].init(module, adapter)
             n += 1
     return n
 
 
+def attach_column_dora(model: torch.nn.Module, adapter: str) -> int:
+    return attach_dora(model, adapter, "in")
+
+
 def dora_axis(layer, adapter: str) -> str | None:
-    """'out' (peft DoRA), 'in' (ColumnDora) or None (no DoRA on this layer)."""
-    if isinstance(getattr(layer, "lora_variant", {}).get(adapter), ColumnDora):
-        return "in"
+    """'out' (RowDora, or peft's own use_dora), 'in' (ColumnDora) or None (no DoRA on this layer)."""
+    variant = getattr(layer, "lora_variant", {}).get(adapter)
+    if isinstance(variant, ColumnDora):
+        return variant.AXIS
     if getattr(layer, "use_dora", {}).get(adapter):
         return "out"
     return None

@@ -5,7 +5,7 @@ UNet's transformer blocks, and the text encoders' attention and MLP; LoCon adds 
 embeddings, shortcuts and down/upsamplers (own rank and alpha). The regexes match diffusers/transformers
 module paths.
 
-Methods: LoRA (optionally DoRA, per output row as peft has it or per input column via trainer.adapter.dora),
+Methods: LoRA (optionally DoRA, per input column or per output row, both via trainer.adapter.dora),
 LoHa and LoKr (peft's LyCORIS ports), AdaLoRA (peft's SVD-form LoRA whose rank budget is pruned during
 training, through `Network.after_step`). QLoRA holds the frozen base's Linear layers in 4-bit NF4
 (trainer.adapter.quantize) before injection; LoftQ then starts A and B from the quantisation error.
@@ -31,6 +31,21 @@ UNET_CONV = (r".*(?:resnets\.\d+\.(?:conv1|conv2|time_emb_proj|conv_shortcut)"
 TEXT_ENCODER = r".*encoder\.layers\.\d+\.(?:self_attn\.(?:q_proj|k_proj|v_proj|out_proj)|mlp\.(?:fc1|fc2))"
 
 
+def text_encoder_layers_used(family: str, index: int, n_layers: int, clip_skip: int) -> int:
+    """How many of a text encoder's first layers feed the UNet (trainer.train.conditioning): SD1/SD2 take
+    layer L − clip_skip's output; SDXL takes text encoder 1's layer L − clip_skip − 1 and text encoder 2's
+    pooled last layer. Later layers never get a gradient, so they get no adapter (an all-zero module in
+    the file, and a None gradient that AdaLoRA's allocator cannot take)."""
+    if family == "sdxl":
+        return n_layers if index == 1 else max(1, n_layers - clip_skip)
+    return max(1, n_layers - clip_skip + 1)
+
+
+def text_encoder_pattern(layers: int) -> str:
+    """TEXT_ENCODER limited to layers 0 … layers-1."""
+    return TEXT_ENCODER.replace(r"layers\.\d+\.", r"layers\.(?:" + "|".join(str(i) for i in range(layers)) + r")\.")
+
+
 class NetworkError(ValueError):
     pass
 
@@ -53,8 +68,13 @@ class Network:
 
     def after_step(self, step: int) -> None:
         """Called after each optimizer step, before gradients are cleared: AdaLoRA scores each singular
-        triplet from its gradient and masks the least important ones down to the budget."""
+        triplet from its gradient and masks the least important ones down to the budget. A weight that got
+        no gradient this step (peft's allocator multiplies by p.grad) counts as a zero gradient: it did
+        not matter to the loss."""
         for tuner in self.adalora_tuners:
+            for p in tuner.parameters():
+                if p.requires_grad and p.grad is None:
+                    p.grad = torch.zeros_like(p)
             tuner.update_and_allocate(step)
 
 
@@ -80,7 +100,7 @@ def peft_config(cfg: NetworkSection, patterns: list[str], conv: bool, total_step
     alpha_pattern = {UNET_CONV[2:]: cfg.conv_alpha} if conv else {}
     if cfg.algo == "lora":
         return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                          use_dora=cfg.use_dora and cfg.dora_axis == "out",
+                          use_dora=False,  # DoRA is attached by trainer.adapter.dora on either axis
                           init_lora_weights=True, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
                           **common)
     if cfg.algo == "loha":
@@ -127,10 +147,10 @@ def _inject(model: torch.nn.Module, config, net: Network) -> list[torch.nn.Param
         net.adalora_tuners.append(AdaLoraModel(model, config, ADAPTER))
     else:
         inject_adapter_in_model(config, model, adapter_name=ADAPTER)
-    if net.dora_axis == "in":
-        from trainer.adapter.dora import attach_column_dora
+    if net.dora_axis is not None:
+        from trainer.adapter.dora import attach_dora
 
-        attach_column_dora(model, ADAPTER)
+        attach_dora(model, ADAPTER, net.dora_axis)
     params = trainable_parameters(model)
     if not params:
         raise NetworkError(f"no target modules matched in {type(model).__name__}")
@@ -152,11 +172,12 @@ def _quantize(base, cfg: NetworkSection, keep_originals: bool):
     return total
 
 
-def build_network(base, cfg: NetworkSection, total_steps: int | None = None) -> Network:
+def build_network(base, cfg: NetworkSection, total_steps: int | None = None, clip_skip: int = 1) -> Network:
     """Inject adapters into base.unet (and the text encoders if asked). B (or its LoHa/LoKr/AdaLoRA
     analogue) starts at zero, so the adapted model equals the base at step 0 — except under LoftQ, whose
     start is the 4-bit base plus its low-rank correction (closer to the full-precision base).
-    total_steps: the run's optimizer steps (AdaLoRA's budget schedule needs it)."""
+    total_steps: the run's optimizer steps (AdaLoRA's budget schedule needs it); clip_skip: which text-encoder
+    layer conditions the UNet (the layers after it get no adapter)."""
     problems = network_problems(cfg)
     if problems:
         raise NetworkError("; ".join(problems))
@@ -169,7 +190,9 @@ def build_network(base, cfg: NetworkSection, total_steps: int | None = None) -> 
         net.params_unet = _inject(base.unet, peft_config(cfg, patterns, cfg.conv, total_steps), net)
     if cfg.train_text_encoder:
         for i, te in enumerate(base.text_encoders):
-            net.params_te += _inject(te, peft_config(cfg, [TEXT_ENCODER], False, total_steps), net)
+            used = text_encoder_layers_used(base.family, i, te.config.num_hidden_layers, clip_skip)
+            pattern = text_encoder_pattern(used)
+            net.params_te += _inject(te, peft_config(cfg, [pattern], False, total_steps), net)
             net.text_encoders.append(i)
     if cfg.loftq:
         from trainer.adapter.quantize import loftq_initialise
@@ -212,8 +235,9 @@ def effective_weight(layer, adapter: str = ADAPTER) -> torch.Tensor:
     w = base_weight(layer)
     with torch.no_grad():
         axis = dora_axis(layer, adapter)
-        if axis == "in":
-            return ColumnDora.merged(layer, adapter, w)
+        variant = getattr(layer, "lora_variant", {}).get(adapter)
+        if isinstance(variant, ColumnDora):  # either axis of trainer.adapter.dora
+            return type(variant).merged(layer, adapter, w)
         if hasattr(layer, "lora_A") and adapter in getattr(layer, "lora_A", {}) and not hasattr(layer, "lora_E"):
             from trainer.adapter.dora import lora_delta
 

@@ -116,12 +116,31 @@ def _lora_layers_on_4bit(model: torch.nn.Module, adapter: str):
             yield name, layer
 
 
+LOFTQ_OVERSAMPLE = 8  # extra random directions of the randomised SVD (Halko et al.: 5-10 suffice)
+LOFTQ_POWER_ITERATIONS = 4
+
+
+@torch.no_grad()
+def top_singular(m: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(U [out, r], S [r], Vh [r, in]) of the r largest singular values of m. A randomised SVD with
+    power iterations costs O(out·in·(r+8)) instead of a full SVD's O(out·in·min(out, in)); it falls back
+    to the full one where r is not small against the matrix."""
+    q = r + LOFTQ_OVERSAMPLE
+    if q >= min(m.shape) // 2:
+        u, s, vh = torch.linalg.svd(m, full_matrices=False)
+        return u[:, :r], s[:r], vh[:r]
+    u, s, v = torch.svd_lowrank(m, q=q, niter=LOFTQ_POWER_ITERATIONS)
+    return u[:, :r], s[:r], v[:, :r].t()
+
+
 @torch.no_grad()
 def loftq_initialise(models: list[torch.nn.Module], originals: dict[str, torch.Tensor], adapter: str) -> dict:
     """LoftQ (Li et al. 2023) for a base already in NF4: A and B become the best rank-r approximation
     of the quantisation error W − deq(Q(W)), so that deq(Q(W)) + scaling·B·A starts close to W.
     peft's own LoftQ paths (LoftQConfig, replace_lora_weights_loftq) run their SVD on CUDA only; this is
-    the same one-shot form as replace_lora_weights_loftq, on the device the base is on.
+    the same one-shot form as replace_lora_weights_loftq, on the device the base is on. Only the top r
+    singular triplets are needed, so a randomised SVD (`top_singular`) finds them: a full SVD of every
+    Linear took 23.6 of a 26-minute SD1.5 run on 2 CPU cores.
     The starting factors are kept on the layer (`_atelier_loftq0`): an export must subtract them, since
     clients add the file to the full-precision W, not to the 4-bit one.
     Returns the relative Frobenius error of the quantised weights before and after."""
@@ -140,10 +159,10 @@ def loftq_initialise(models: list[torch.nn.Module], originals: dict[str, torch.T
             w = w.to(dev)
             residual = w - wq
             r = layer.r[adapter]
-            u, s, vh = torch.linalg.svd(residual, full_matrices=False)
-            root = s[:r].sqrt()
-            a = root[:, None] * vh[:r]
-            b = u[:, :r] * root[None, :] / layer.scaling[adapter]
+            u, s, vh = top_singular(residual, r)
+            root = s.sqrt()
+            a = root[:, None] * vh
+            b = u * root[None, :] / layer.scaling[adapter]
             a_mod.weight.data = a.to(a_mod.weight.dtype).contiguous()
             b_mod.weight.data = b.to(b_mod.weight.dtype).contiguous()
             layer._atelier_loftq0 = (a_mod.weight.detach().clone(), b_mod.weight.detach().clone())

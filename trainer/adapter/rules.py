@@ -16,9 +16,11 @@ def network_problems(net) -> list[str]:
     if net.quantize_base == "nf4" and net.algo == "adalora":
         out.append("network.quantize_base = 'nf4': AdaLoRA on a 4-bit base is not supported by this build "
                    "(use algo 'lora' for QLoRA)")
-    if net.algo == "adalora" and net.adalora_target_rank > net.rank:
-        out.append(f"network.adalora_target_rank ({net.adalora_target_rank}) must not exceed network.rank "
-                   f"({net.rank}), AdaLoRA's starting rank")
+    if net.algo == "adalora" and net.adalora_target_rank >= net.rank:
+        # AdaLoRA prunes from Rank down to the target: with nothing to prune, peft's budget step fails
+        out.append(f"AdaLoRA average rank (network.adalora_target_rank = {net.adalora_target_rank}) must be below "
+                   f"Rank (dim) (network.rank = {net.rank}), the rank AdaLoRA starts from and prunes down: "
+                   f"lower the AdaLoRA average rank or raise the rank")
     return out
 
 

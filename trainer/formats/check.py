@@ -5,8 +5,10 @@ Checks: header (duplicate keys, offsets), architecture (from metadata and from k
 every module name and shape against the reference table (lora_keys/*.tsv for real SD1.5 / SDXL, a
 meta-built model for SD2, the given base for anything else), keys clients ignore (PEFT/diffusers
 style, lora_te1 on SD1, a missing text_model level, the bare lycoris_ prefix), 2-D tensors on 1×1
-convs, missing alpha, alpha/rank against ss_network_alpha, non-finite values, the sshs hash, and which
-clients apply a DoRA file correctly.
+convs, missing alpha, alpha/rank against ss_network_alpha, non-finite values, the sshs hash; then a
+verdict per client (ComfyUI, A1111/Forge, sd-scripts, diffusers: applies it as trained, or why not),
+from the clients' rules in docs/adapter-format.md. A file that names the custom base it fits
+(metadata CUSTOM_BASE_KEY, e.g. the demo base builtin:shapes) is checked against that base.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ import torch
 
 from trainer.formats import safetensors_io as sio
 from trainer.formats.kohya_import import KNOWN_SUFFIXES
-from trainer.formats.metadata import privacy_problems
+from trainer.formats.metadata import custom_base, privacy_problems
+from trainer.formats.verdicts import CLIENTS, verdict_text
 
 FAMILY_FROM_VERSION = {"sd_v1": "sd1", "sd_v2": "sd2", "sd_v2_v": "sd2-v", "sdxl_base_v1-0": "sdxl"}
 CROSS_DIM = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
@@ -44,7 +47,9 @@ class Report:
     algo: str = ""
     scales: list = field(default_factory=list)
     dora_clients: dict = field(default_factory=dict)
+    dora_axis: str = ""  # "out" / "in" for a DoRA file
     findings: list = field(default_factory=list)
+    clients: list = field(default_factory=list)  # [{"client", "ok", "reason"}] in verdicts.CLIENTS order
 
     def add(self, severity: str, code: str, message: str) -> None:
         self.findings.append(Finding(severity, code, message))
@@ -52,6 +57,8 @@ class Report:
     def finish(self) -> "Report":
         sev = {f.severity for f in self.findings}
         self.verdict = "fail" if "error" in sev else "warn" if "warning" in sev else "pass"
+        if self.verdict == "pass" and self.clients and not all(c["ok"] for c in self.clients):
+            self.verdict = "warn"  # valid, but some client will not apply it as trained
         return self
 
     def to_dict(self) -> dict:
@@ -64,9 +71,7 @@ class Report:
         if self.scales:
             lines.append("  scale alpha/dim: " + ", ".join(f"{s:g}" for s in self.scales[:8])
                          + (" …" if len(self.scales) > 8 else ""))
-        if self.dora_clients:
-            lines.append("  DoRA applied correctly by: " + ", ".join(
-                f"{c} {'yes' if ok else 'NO'}" for c, ok in self.dora_clients.items()))
+        lines += verdict_text(self.to_dict())
         for f in self.findings:
             lines.append(f"  [{f.severity}] {f.code}: {f.message}")
         return "\n".join(lines)
@@ -136,12 +141,14 @@ def _detect_family(rep: Report, meta: dict, mods: dict) -> None:
     rep.family_source = "metadata" + (" + keys" if fam_keys else "") if fam_meta else ("keys" if fam_keys else "none")
 
 
-def _expected(rep: Report, base):
+def _expected(rep: Report, base, custom: str | None = None):
     from trainer.formats.expected import read_table, table_for
 
     try:
         if base is not None:
             table, src = table_for(base.family, base)
+        elif custom:  # the file fits a base of its own shapes: the standard tables do not apply
+            return None
         elif rep.family in ("sd1", "sdxl"):
             table, src = read_table("sd15" if rep.family == "sd1" else "sdxl"), \
                 f"lora_keys/{'sd15' if rep.family == 'sd1' else 'sdxl'}.tsv"
@@ -275,6 +282,7 @@ def _dora(rep: Report, mods: dict) -> None:
                 "applies this file as trained")
         return
     axis = axes.pop()
+    rep.dora_axis = axis
     support = compatibility(axis)  # one table of client behaviour, shared with trainer.adapter.dora's tests
     rep.dora_clients = {client: ok for client, (ok, _) in support.items()}
     rep.dora_clients["LoRA Atelier"] = True
@@ -290,7 +298,11 @@ def _check_metadata(rep: Report, path: Path, meta: dict) -> None:
                 "hidden from SDXL models) and Civitai cannot link images by sshs_model_hash")
         return
     ver = meta.get("ss_base_model_version")
-    if not ver:
+    custom = custom_base(meta)
+    if custom:
+        rep.add("warning", "custom_base", f"trained on {custom}, a base whose layers differ from SD1.5/SD2/SDXL: "
+                "the file fits only that base; no client's SD1.5/SDXL model can take it")
+    elif not ver:
         rep.add("warning", "no_base_version", "no ss_base_model_version: A1111 may list it for the wrong models")
     elif rep.family == "sdxl" and not ver.startswith("sdxl_"):
         rep.add("warning", "sdxl_version", f"ss_base_model_version={ver!r}: A1111 hides SDXL LoRAs without the sdxl_ "
@@ -320,17 +332,95 @@ def check_file(path, base=None) -> Report:
     mods = _classify_keys(rep, hdr.tensors)
     rep.modules = len(mods)
     rep.algo = ", ".join(sorted({_algo(p) for p in mods.values()}))
+    custom = custom_base(hdr.metadata)
+    if base is None and custom and custom.startswith(("builtin:", "tiny:")):
+        base = _named_base(rep, custom)  # the bundled base the file names: check against it, no flag needed
+    table = None
     if mods:
         _detect_family(rep, hdr.metadata, mods)
+        if base is not None and rep.family == "unknown":
+            rep.family, rep.family_source = base.family, "the base it fits"
         if base is not None and rep.family not in ("unknown", base.family) and \
                 rep.family.replace("-v", "") != base.family.replace("-v", ""):
             rep.add("error", "wrong_base", f"adapter looks like {rep.family}, the base is {base.family}")
-        _check_names(rep, mods, _expected(rep, base))
+        table = _expected(rep, base, custom)
+        _check_names(rep, mods, table)
         _check_alpha_and_values(rep, path, mods, hdr.metadata)
     elif not rep.findings:
         rep.add("error", "no_adapter", "no adapter tensors")
     _check_metadata(rep, path, hdr.metadata)
+    rep.clients = _client_verdicts(rep, mods, table, custom)
     return rep.finish()
+
+
+def _named_base(rep: Report, spec: str):
+    from trainer.models.resolve import load_any
+
+    try:
+        return load_any(spec)
+    except Exception as e:  # the file stays checkable without it
+        rep.add("info", "no_reference", f"cannot build {spec}, the base the file names ({e})")
+        return None
+
+
+# error findings that stop only some clients (all others stop every client)
+FINDING_CLIENTS = {
+    "peft_keys": ("ComfyUI", "A1111/Forge", "sd-scripts"),
+    "te1_on_sd1": ("A1111/Forge", "sd-scripts"),
+    "diffusers_te_quirk": ("diffusers",),
+    "sdxl_version": ("A1111/Forge",),
+}
+WARNINGS_FOR_CLIENTS = {"diffusers_te_quirk", "sdxl_version", "custom_base"}
+DORA_CLIENT = {"comfyui": "ComfyUI", "a1111": "A1111/Forge", "sd-scripts": "sd-scripts", "diffusers": "diffusers"}
+LYCORIS_TYPES = {
+    "sd-scripts": "LyCORIS types (LoHa/LoKr) not supported: its networks.lora applies only lora_down/lora_up keys",
+    "diffusers": "its SD/SDXL LoRA loader refuses LoHa/LoKr keys (ValueError)",
+}
+LOCON_NAME = ("_resnets_", "_in_layers_", "_out_layers_", "_emb_layers_", "_skip_connection", "_downsamplers_",
+              "_upsamplers_", "_op", "time_emb_proj", "conv_shortcut")
+
+
+def _mixed_ranks(mods: dict, table: dict | None) -> bool:
+    """Do the default-target (attention/MLP) LoRA modules have more than one rank? diffusers then
+    maps per-module ranks and alphas through peft's rank/alpha patterns, which 0.42 mis-assigns for some
+    modules and 0.32 drops; one rank and alpha per group (LoCon convs being their own group) is safe."""
+    ranks = set()
+    for n, parts in mods.items():
+        if "lora_down.weight" not in parts:
+            continue
+        locon = table[n].target == "locon" if table and n in table else any(t in n for t in LOCON_NAME)
+        if not locon:
+            ranks.add(parts["lora_down.weight"]["shape"][0])
+    return len(ranks) > 1
+
+
+def _client_verdicts(rep: Report, mods: dict, table: dict | None, custom: str | None) -> list[dict]:
+    """Will each client apply the file as trained? The first reason that stops a client is kept."""
+    why: dict[str, list[str]] = {c: [] for c in CLIENTS}
+    ok_note: dict[str, str] = {c: "applies it as trained" for c in CLIENTS}
+    if custom:
+        for c in CLIENTS:
+            why[c].append(f"fits only {custom}, the base it was trained on (no SD1.5/SDXL model has its layers)")
+    for f in rep.findings:
+        if f.severity == "error" or (f.severity == "warning" and f.code in WARNINGS_FOR_CLIENTS - {"custom_base"}):
+            for c in FINDING_CLIENTS.get(f.code, CLIENTS):
+                why[c].append(f"{f.code}: {f.message}")
+    algos = {_algo(p) for p in mods.values()}
+    if algos & {"loha", "lokr"}:
+        for c, reason in LYCORIS_TYPES.items():
+            why[c].append(reason)
+    if rep.dora_axis:
+        from trainer.adapter.dora import compatibility
+
+        for key, (ok, reason) in compatibility(rep.dora_axis).items():
+            if key in DORA_CLIENT:
+                (ok_note.__setitem__(DORA_CLIENT[key], f"DoRA: {reason}") if ok
+                 else why[DORA_CLIENT[key]].append(f"DoRA: {reason}"))
+    if _mixed_ranks(mods, table):
+        why["diffusers"].append("per-module ranks: diffusers passes them through rank/alpha patterns that it "
+                                "can mis-assign (wrong strength on some modules)")
+    return [{"client": c, "ok": not why[c], "reason": "; ".join(why[c][:2]) if why[c] else ok_note[c]}
+            for c in CLIENTS]
 
 
 def main(argv: list[str] | None = None) -> int:

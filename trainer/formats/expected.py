@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from trainer.formats.names import all_sites
@@ -75,3 +76,47 @@ def table_for(family: str, base=None) -> tuple[dict[str, Expected], str]:
     if ref is None:
         raise ValueError(f"no reference table for family {family!r}; pass the base model")
     return read_table(ref), f"lora_keys/{ref}.tsv"
+
+
+@lru_cache(maxsize=None)
+def _reference(family: str) -> dict[str, Expected]:
+    """The module table of the real architecture of a family (shipped for SD1.5/SDXL, built for SD2)."""
+    ref = {"sd1": "sd15", "sdxl": "sdxl"}.get(family)
+    if ref:
+        return read_table(ref)
+    from trainer.models.base import Base
+    from trainer.models.random_arch import build_random
+
+    m = build_random(family, ("unet", "text_encoder"), device="meta")
+    return derive_from_model(Base(family=family, unet=m["unet"], vae=None, text_encoders=[m["text_encoder"]],
+                                  tokenizers=[], scheduler=None))
+
+
+def is_standard_architecture(base) -> bool:
+    """True when every module the trainer can adapt on `base` has the name and weight shape the real
+    SD1.5 / SD2 / SDXL has: only then does an adapter of it load in the clients' models."""
+    try:
+        ref = _reference(base.family)
+    except (ValueError, OSError):
+        return False
+    derived = derive_from_model(base)
+    unet_ref = {n: e for n, e in ref.items() if n.startswith("lora_unet_")}
+    unet_own = {n: e for n, e in derived.items() if n.startswith("lora_unet_")}
+    if unet_own.keys() != unet_ref.keys():
+        return False
+    # text encoders may be partial (the benchmark's SDXL keeps 2 of TE2's layers): what exists must match
+    return all(n in ref and ref[n].weight_shape == e.weight_shape for n, e in derived.items())
+
+
+def custom_base_label(base, spec: str) -> str | None:
+    """None for a standard-architecture base; else what the adapter fits, for its metadata: the spec of a
+    bundled/tiny base ("builtin:shapes"), or the base's own name (never a path)."""
+    if is_standard_architecture(base):
+        return None
+    from trainer.models.spec import parse_base
+
+    try:
+        bundled = parse_base(spec).bundled
+    except ValueError:
+        bundled = False
+    return spec if bundled else (base.name or "custom")

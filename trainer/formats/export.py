@@ -34,10 +34,13 @@ class RunFacts:
     steps: int = 0
     epochs: int = 0
     zero_terminal_snr: bool = False
+    custom_base: str | None = None  # the base spec when it is not a standard SD family (demo, tiny)
     session_id: str = field(default_factory=lambda: str(uuid.uuid4().int % 2**31))
 
     @classmethod
     def of_run(cls, cfg, base, dataset, world: int, started_at: float, samples_dir: Path) -> "RunFacts":
+        from trainer.formats.expected import custom_base_label  # loads the key tables: only when exporting
+
         batches_per_epoch = max(1, len(dataset.epoch_batches(0)) // world)
         sched = cfg.schedule
         return cls(family=base.family, prediction_type=base.prediction_type, base_name=base.name,
@@ -46,7 +49,8 @@ class RunFacts:
                    num_images=sum(f["img_count"] * f["n_repeats"] for f in dataset.folders.values()),
                    num_reg_images=dataset.num_reg_images, batches_per_epoch=batches_per_epoch,
                    num_epochs=-(-sched.max_train_steps * sched.grad_accum // batches_per_epoch),
-                   started_at=started_at, samples_dir=Path(samples_dir), zero_terminal_snr=base.zero_terminal_snr)
+                   started_at=started_at, samples_dir=Path(samples_dir), zero_terminal_snr=base.zero_terminal_snr,
+                   custom_base=custom_base_label(base, cfg.model.base))
 
     def for_metadata(self) -> dict:
         facts = {k: v for k, v in asdict(self).items() if k != "samples_dir"}

@@ -1,15 +1,20 @@
 """peft adapters on a Base → kohya / LyCORIS tensors (docs/adapter-format.md, "Tensors").
 
 Every client computes W + multiplier·(alpha/dim)·ΔW with dim read from the file's own tensors, so
-`alpha` is written per module as peft's training scale × that dim: rank_pattern / alpha_pattern,
-rsLoRA and AdaLoRA's pruned ranks all come out right. Works on meta tensors (names and shapes only).
+`alpha` is written per module as peft's training scale × that dim. diffusers, however, turns per-module
+ranks and alphas into peft rank/alpha patterns, which some versions mis-assign or drop; so within each
+group of modules (attention/MLP/text encoder; LoCon convs) the file has one rank and one alpha:
+AdaLoRA's pruned ranks and LoftQ's rank-2r correction are zero-padded to the group's largest rank and
+any other per-module scale is folded into lora_up (exact). Works on meta tensors (names and shapes only).
 """
 from __future__ import annotations
 
 import torch
 
+from collections import Counter
+
 from trainer.formats.names import Site, adapted_sites
-from trainer.adapter.network import ADAPTER
+from trainer.adapter.network import ADAPTER, UNET_CONV, matches
 
 
 class ExportError(ValueError):
@@ -128,7 +133,54 @@ def kohya_tensors(base, adapter: str = ADAPTER) -> dict[str, torch.Tensor]:
     if not sites:
         raise ExportError("the base has no adapter layers (was build_network called?)")
     out: dict[str, torch.Tensor] = {}
+    groups: dict[str, list[str]] = {}
     for site in sites.values():
         algo = algo_of(site.module)
         out.update({"lora": _lora, "loha": _loha, "lokr": _lokr}[algo](site, adapter))
+        if f"{site.kohya}.lora_down.weight" in out:
+            groups.setdefault(module_group(site), []).append(site.kohya)
+    for names in groups.values():
+        uniform_rank_and_alpha(out, names)
     return out
+
+
+def module_group(site: Site) -> str:
+    """"locon" for the UNet's ResNet convs / time embeddings / samplers (their own rank), else "default"."""
+    path = site.path.replace(".base_layer", "")
+    return "locon" if site.component == "unet" and matches(UNET_CONV, path) else "default"
+
+
+def uniform_rank_and_alpha(tensors: dict[str, torch.Tensor], names: list[str]) -> None:
+    """Give the LoRA modules `names` one rank and one alpha, in place, without changing any ΔW: pad
+    lora_down/lora_up with zero rows/columns to the largest rank, and fold each module's scale relative to
+    the most common one into lora_up."""
+    if not names:
+        return
+    ranks = {n: tensors[f"{n}.lora_down.weight"].shape[0] for n in names}
+    scales = {n: float(tensors[f"{n}.alpha"]) / ranks[n] for n in names}
+    if len(set(ranks.values())) == 1 and len({round(v, 9) for v in scales.values()}) == 1:
+        return
+    top = max(ranks.values())
+    common = Counter(round(v, 9) for v in scales.values()).most_common(1)[0][0]
+    for n in names:
+        down, up = tensors[f"{n}.lora_down.weight"], tensors[f"{n}.lora_up.weight"]
+        pad = top - ranks[n]
+        if pad:
+            down = torch.cat([down, down.new_zeros((pad, *down.shape[1:]))], dim=0)
+            up = torch.cat([up, up.new_zeros((up.shape[0], pad, *up.shape[2:]))], dim=1)
+        if round(scales[n], 9) != common:
+            up = up * (scales[n] / common) if not up.is_meta else up
+        tensors[f"{n}.lora_down.weight"], tensors[f"{n}.lora_up.weight"] = down, up
+        tensors[f"{n}.alpha"] = _alpha(common * top)
+
+
+def file_rank_and_alpha(tensors: dict[str, torch.Tensor]) -> tuple[int, float] | None:
+    """(rank, alpha) most modules of a kohya file have: what ss_network_dim / ss_network_alpha describe."""
+    pairs = Counter()
+    for key, t in tensors.items():
+        if key.endswith(".lora_down.weight"):
+            mod = key[: -len(".lora_down.weight")]
+            if f"{mod}.alpha" in tensors:
+                pairs[(t.shape[0], float(tensors[f"{mod}.alpha"]))] += 1
+    return pairs.most_common(1)[0][0] if pairs else None
+

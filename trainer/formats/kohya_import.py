@@ -295,13 +295,13 @@ def _inject_for(base, kf: KohyaFile) -> None:
         ranks = {p: (mw.dim or 1) for p, mw in items}
         r0 = max(ranks.values())
         common = dict(target_modules=paths, rank_pattern={p: r for p, r in ranks.items() if r != r0})
-        column_dora = False
+        column_dora, dora = False, None
         if algo == "lora":
             scales = [mw.tensors["dora_scale"] for _, mw in items if "dora_scale" in mw.tensors]
             # [1, in] is A1111's per-input-column layout (trainer.adapter.dora.ColumnDora); [out, 1] is peft's
             column_dora = any(t.shape[0] == 1 and t.numel() > 1 for t in scales)
-            config = LoraConfig(r=r0, lora_alpha=r0, use_dora=bool(scales) and not column_dora,
-                                init_lora_weights=True, **common)
+            dora = ("in" if column_dora else "out") if scales else None
+            config = LoraConfig(r=r0, lora_alpha=r0, use_dora=False, init_lora_weights=True, **common)
         elif algo == "loha":
             config = LoHaConfig(r=r0, alpha=r0, init_weights=True, **common)
         else:
@@ -309,10 +309,10 @@ def _inject_for(base, kf: KohyaFile) -> None:
         for p in models[comp].parameters():
             p.requires_grad_(False)
         inject_adapter_in_model(config, models[comp], adapter_name=ADAPTER)
-        if column_dora:
-            from trainer.adapter.dora import attach_column_dora
+        if dora:
+            from trainer.adapter.dora import attach_dora
 
-            attach_column_dora(models[comp], ADAPTER)
+            attach_dora(models[comp], ADAPTER, dora)
 
 
 def apply_kohya(base, path, strength: float = 1.0) -> ImportReport:

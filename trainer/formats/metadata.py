@@ -20,6 +20,9 @@ string→string header. Facts the training loop passes (all optional except fami
     session_id        any string (default: random)
     thumbnail_png     preview image bytes (PNG or JPEG) → modelspec.thumbnail data: URL
     resolution        (width, height) (default: cfg.dataset.resolution squared)
+    custom_base       None for a base of the standard architecture (real SD1.5/SD2/SDXL layer names and
+                      shapes); else the base the adapter fits, e.g. "builtin:shapes": the file then claims no
+                      sd_v1/SDXL version (no client model has its layers) and names that base in CUSTOM_BASE_KEY
 
 No value may hold an absolute path or the user's name: builders keep folder names only, and
 `privacy_problems` is checked again before anything is written.
@@ -38,7 +41,13 @@ from datetime import datetime, timezone
 from pathlib import PurePosixPath, PureWindowsPath
 
 MODELSPEC_VERSION = "1.0.1"
-IMPLEMENTATION = "https://github.com/Stability-AI/generative-models"
+# what sd-scripts writes for a LoRA: the SGM repository for SDXL, "diffusers" for SD1.x/SD2.x
+IMPLEMENTATION = {"sd1": "diffusers", "sd2": "diffusers", "sd2-v": "diffusers",
+                  "sdxl": "https://github.com/Stability-AI/generative-models"}
+# an adapter for a base of non-standard shape (the demo base, a tiny test model) says so instead of sd_v1
+CUSTOM_VERSION = "custom"
+CUSTOM_ARCHITECTURE = "custom/lora"
+CUSTOM_BASE_KEY = "ss_atelier_base"  # the base such a file fits: a builtin:/tiny: spec or a folder name
 ARCHITECTURE = {"sd1": "stable-diffusion-v1/lora", "sd2": "stable-diffusion-v2-512/lora",
                 "sd2-v": "stable-diffusion-v2-768-v/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}
 BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sd2-v": "sd_v2_v", "sdxl": "sdxl_base_v1-0"}
@@ -100,6 +109,13 @@ def thumbnail_data_url(image: bytes) -> str:
     return f"data:{mime};base64," + base64.b64encode(image).decode("ascii")
 
 
+def custom_base(metadata: dict[str, str]) -> str | None:
+    """The base a file says it alone fits (None: a standard SD1.5/SD2/SDXL architecture)."""
+    if metadata.get("ss_base_model_version") == CUSTOM_VERSION or CUSTOM_BASE_KEY in metadata:
+        return metadata.get(CUSTOM_BASE_KEY) or "an unnamed custom base"
+    return None
+
+
 def network_module_and_args(net) -> tuple[str, dict]:
     """(ss_network_module, ss_network_args) as sd-scripts / LyCORIS write them for this network."""
     args: dict[str, str] = {}
@@ -108,7 +124,9 @@ def network_module_and_args(net) -> tuple[str, dict]:
     if net.algo in ("loha", "lokr"):
         return "lycoris.kohya", {"algo": net.algo, **args}
     if net.use_dora:
-        return "lycoris.kohya", {"algo": "lora", "dora_wd": "True", "wd_on_output": "True", **args}
+        # LyCORIS' wd_on_output names the axis of dora_scale: True = per output row, False = per input column
+        return "lycoris.kohya", {"algo": "lora", "dora_wd": "True",
+                                 "wd_on_output": str(net.dora_axis == "out"), **args}
     if net.algo == "adalora":
         args.update(algo="adalora", target_rank=str(net.adalora_target_rank))
     return "networks.lora", args
@@ -116,8 +134,11 @@ def network_module_and_args(net) -> tuple[str, dict]:
 
 def _modelspec(cfg, facts: dict, family: str, pred: str, res: tuple[int, int]) -> dict[str, str]:
     s = cfg.saving
-    m = {"modelspec.sai_model_spec": MODELSPEC_VERSION, "modelspec.architecture": ARCHITECTURE[family],
-         "modelspec.implementation": IMPLEMENTATION, "modelspec.title": s.title or s.output_name,
+    custom = facts.get("custom_base")
+    m = {"modelspec.sai_model_spec": MODELSPEC_VERSION,
+         "modelspec.architecture": CUSTOM_ARCHITECTURE if custom else ARCHITECTURE[family],
+         "modelspec.implementation": "diffusers" if custom else IMPLEMENTATION[family],
+         "modelspec.title": s.title or s.output_name,
          "modelspec.resolution": f"{res[0]}x{res[1]}",
          "modelspec.date": _iso(facts.get("finished_at") or facts.get("started_at")),
          "modelspec.prediction_type": "v" if pred == "v_prediction" else "epsilon"}
@@ -140,8 +161,9 @@ def build_metadata(cfg, facts: dict, minimal: bool = False) -> dict[str, str]:
     res = tuple(facts.get("resolution") or (cfg.dataset.resolution, cfg.dataset.resolution))
     net = cfg.network
     module, args = network_module_and_args(net)
+    custom = facts.get("custom_base")
     md: dict[str, str] = {
-        "ss_base_model_version": BASE_MODEL_VERSION[family],
+        "ss_base_model_version": CUSTOM_VERSION if custom else BASE_MODEL_VERSION[family],
         "ss_v2": str(family.startswith("sd2")),
         "ss_v_parameterization": str(pred == "v_prediction"),
         "ss_zero_terminal_snr": str(bool(facts.get("zero_terminal_snr"))),
@@ -154,6 +176,8 @@ def build_metadata(cfg, facts: dict, minimal: bool = False) -> dict[str, str]:
         "ss_network_alpha": str(float(net.alpha)),
         "ss_network_args": _json(args),
     }
+    if custom:
+        md[CUSTOM_BASE_KEY] = custom if custom.startswith(("builtin:", "tiny:")) else leaf_name(custom)
     if not minimal:
         started = facts.get("started_at")
         o, sch, ds = cfg.optimizer, cfg.schedule, cfg.dataset

@@ -11,7 +11,7 @@ import torch
 
 from trainer.run.atomic import atomic_write_bytes, write_new_file
 from trainer.formats import safetensors_io as sio
-from trainer.formats.kohya_export import ExportError, kohya_tensors
+from trainer.formats.kohya_export import ExportError, file_rank_and_alpha, kohya_tensors
 from trainer.formats.metadata import HASH_KEYS, MetadataError, privacy_problems
 from trainer.formats.names import adapted_sites
 
@@ -114,4 +114,17 @@ def save_adapter(path, base, network_info, metadata: dict[str, str], dtype="fp16
         want = ({"unet"} if network_info.unet else set()) | {f"te{i}" for i in network_info.text_encoders}
         if comps != want:
             raise ExportError(f"adapters found on {sorted(comps)} but the network was built for {sorted(want)}")
-    return save_tensors(path, kohya_tensors(base), metadata, dtype, overwrite)
+    tensors = kohya_tensors(base)
+    return save_tensors(path, tensors, describe_ranks(metadata, tensors), dtype, overwrite)
+
+
+def describe_ranks(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """ss_network_dim / ss_network_alpha as the file has them (AdaLoRA prunes below the configured rank,
+    a LoftQ file is rank 2r), where the metadata has them at all."""
+    found = file_rank_and_alpha(tensors)
+    if found is None or "ss_network_dim" not in metadata:
+        return metadata
+    rank, alpha = found
+    if str(rank) == metadata["ss_network_dim"]:
+        return metadata  # as configured (the alpha there is the user's own spelling of it)
+    return {**metadata, "ss_network_dim": str(rank), "ss_network_alpha": str(round(float(alpha), 6))}

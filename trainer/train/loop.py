@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.config import TrainConfig, save_config
+from trainer.config import TrainConfig, adapter_starts_at_base, save_config
 from trainer.formats.export import RunFacts, export_adapter
 from trainer.models.checks import launch_warnings
 from trainer.run.events import ControlPoller, EventWriter, nothing_to_resume
@@ -106,7 +106,7 @@ class Trainer:
                                    terminal=sys.stderr.isatty() and not self.quiet and self.procs.is_main)
         if cfg.sampling.at_start and self.progress.step == 0:
             self.previews.round(0, with_base=cfg.sampling.with_base,
-                                adapter_is_base=setup.adapter_starts_at_base(cfg))
+                                adapter_is_base=adapter_starts_at_base(cfg))
 
         status = self._loop()
         self.display.close()

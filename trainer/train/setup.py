@@ -93,7 +93,8 @@ def build_adapter(base, cfg: TrainConfig, warn: Warn):
     """Inject the network; trainable weights stay fp32 even under mixed precision."""
     from trainer.adapter.network import build_network
 
-    network = build_network(base, cfg.network, total_steps=cfg.schedule.max_train_steps)
+    network = build_network(base, cfg.network, total_steps=cfg.schedule.max_train_steps,
+                            clip_skip=cfg.model.clip_skip)
     for p in network.all_params():
         p.data = p.data.float()
     kept = getattr(network.quant, "kept_linear", 0)
@@ -105,12 +106,6 @@ def build_adapter(base, cfg: TrainConfig, warn: Warn):
 
         load_kohya_into(base, Path(cfg.network.init_weights))
     return network
-
-
-def adapter_starts_at_base(cfg: TrainConfig) -> bool:
-    """Whether the adapted model equals the base at step 0 (B = 0): not when LoftQ starts from the
-    quantisation error, nor when the weights start from a file."""
-    return not cfg.network.loftq and not cfg.network.init_weights
 
 
 def apply_toggles(base, network, cfg: TrainConfig, warn: Warn) -> None:
