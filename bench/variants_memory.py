@@ -104,8 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=3600)
     a = ap.parse_args(argv)
-    rows = run(a.variants.split(","), a.threads, a.timeout)
     out = HERE / "results" / "sdxl_variants_memory"
+    # rows of variants not measured this time stay (each run is long): a re-measured variant replaces its row
+    kept = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else []
+    new = run(a.variants.split(","), a.threads, a.timeout)
+    fresh = {r["variant"] for r in new}
+    rows = [r for r in kept if r["variant"] not in fresh] + new
     from trainer.run.atomic import atomic_write_bytes
 
     atomic_write_bytes(out.with_suffix(".json"), json.dumps(rows, indent=2).encode())

@@ -105,6 +105,10 @@ def test_new_user_trains_stops_and_exports(world, tmp_path):
     assert progress(page)["state"] == "finished", page.locator("#train-problems").inner_text()
     assert progress(page)["step"] == 8 > p["step"] - 1
     assert page.locator("#train-previews img").count() >= 2  # base + adapter at one seed
+    # step 0 draws each prompt once, as the base images: no "adapter" copy of them (B = 0 there)
+    assert "step 0 · adapter" not in page.locator("#train-previews").inner_text()
+    samples = [p.name for p in (world["data"] / "runs").glob("*first*/samples/*.png")]
+    assert samples and not [n for n in samples if n.startswith("step000000")], samples
     shot("finished")
 
     # a second, long run: reload mid-run re-attaches, then Stop marks it stopped

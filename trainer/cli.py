@@ -1,4 +1,4 @@
-"""`python -m trainer <command>`: train, check, generate, meta, merge, resize, doctor, presets."""
+"""`python -m trainer <command>`: train, options, check, generate, meta, merge, resize, doctor."""
 from __future__ import annotations
 
 import argparse

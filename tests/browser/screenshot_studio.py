@@ -1,33 +1,27 @@
-"""Make docs/screenshot-studio.png: the Train tab mid-run on the demo (zkq stripes on builtin:shapes).
+"""Make docs/screenshot-studio.png and docs/screens/train-live.png: the Train tab mid-run on the demo (zkq
+stripes on builtin:shapes), started the way a newcomer would: "Try the demo", then Train.
 Run: .venv/bin/python -m tests.browser.screenshot_studio"""
 from __future__ import annotations
 
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from tests.browser.studio_server import CHROMIUM_ARGS, REPO, choose, set_number, studio_server, wait_progress
+from tests.browser.studio_server import CHROMIUM_ARGS, REPO, set_number, studio_server, wait_progress
 
 
 def main() -> int:
     from playwright.sync_api import sync_playwright
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        concept = sorted((REPO / "datasets" / "zkq-stripes").glob("zkq_*"))
-        # the demo preset's regularisation folder, where the studio looks for it (its datasets folder)
-        shutil.copytree(REPO / "datasets" / "shapes-reg", tmp / "data" / "datasets" / "shapes-reg")
         with studio_server(tmp / "data") as url, sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1440, "height": 1380})
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
             page.goto(url)
-            page.locator("#ds-upload input[type=file]").set_input_files([str(f) for f in concept])
-            page.locator("#ds-import-report").get_by_text("Added").wait_for(timeout=60_000)
             page.get_by_role("tab", name="Train").click()
-            choose(page, "train-preset", "demo")
+            page.locator("#train-demo").click()  # base, bundled dataset and preset in one click
             page.wait_for_function("document.querySelector('#train-base input').value.includes('shapes')")
             set_number(page, "cfg-sampling-every_n_steps", 60)
-            page.locator("#train-run-name textarea, #train-run-name input").first.fill("zkq-stripes")
             page.locator("#train-start").click()
             try:
                 if wait_progress(page, lambda p: p["step"] >= 190 or p["state"] == "failed", timeout=900,
@@ -38,8 +32,12 @@ def main() -> int:
                 raise
             page.wait_for_timeout(1500)
             page.evaluate("window.scrollTo(0, 0)")
+            screens = REPO / "docs" / "screens"
+            screens.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(screens / "train-live.png"))  # the 1440x900 viewport, as a user sees it
+            page.set_viewport_size({"width": 1440, "height": 1380})
+            page.wait_for_timeout(1000)
             out = REPO / "docs" / "screenshot-studio.png"
-            out.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(out))
             page.locator("#train-stop").click()
             wait_progress(page, lambda p: p["state"] in ("stopped", "failed", "finished"), timeout=120)
