@@ -8,7 +8,7 @@ import zipfile
 import pytest
 from PIL import Image
 
-from tests.browser.studio_server import CHROMIUM_ARGS, REPO, Shots, choose, studio_server
+from tests.browser.studio_server import CHROMIUM_ARGS, REPO, choose, open_page, open_tab, Shots, studio_server
 from tests.helpers import run_trainer, write_config
 
 pytestmark = pytest.mark.browser
@@ -64,16 +64,7 @@ def world(tmp_path_factory):
 
 
 def new_page(world):
-    ctx = world["browser"].new_context(viewport={"width": 1440, "height": 900}, accept_downloads=True)
-    page = ctx.new_page()
-    page.goto(world["url"])
-    page.wait_for_selector("#ds-upload")
-    return page
-
-
-def open_tab(page, name):
-    page.get_by_role("tab", name=name).click()
-    page.wait_for_timeout(300)
+    return open_page(world, downloads=True)
 
 
 def doc_screen(page, shot: Shots, label: str, name: str) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.browser.studio_server import (CHROMIUM_ARGS, REPO, Shots, choose, http_status, progress, set_number,
-                                         studio_server, wait_progress)
+from tests.browser.studio_server import (CHROMIUM_ARGS, REPO, choose, http_status, open_page, open_tab,
+                                         progress, set_number, Shots, studio_server, wait_progress)
 
 pytestmark = pytest.mark.browser
 playwright = pytest.importorskip("playwright.sync_api")
@@ -39,16 +39,7 @@ def world(tmp_path_factory):
 
 
 def new_page(world):
-    ctx = world["browser"].new_context(viewport={"width": 1500, "height": 1100}, accept_downloads=True)
-    page = ctx.new_page()
-    page.goto(world["url"])
-    page.wait_for_selector("#ds-upload")
-    return page
-
-
-def open_tab(page, name):
-    page.get_by_role("tab", name=name).click()
-    page.wait_for_timeout(300)
+    return open_page(world, 1500, 1100, downloads=True)
 
 
 def download_file(page, tmp: Path) -> Path:

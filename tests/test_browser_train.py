@@ -8,8 +8,8 @@ import time
 import pytest
 from PIL import Image
 
-from tests.browser.studio_server import (CHROMIUM_ARGS, Shots, choose, progress, set_number, studio_server,
-                                         wait_progress)
+from tests.browser.studio_server import (CHROMIUM_ARGS, choose, open_page, open_tab, progress, set_number,
+                                         Shots, studio_server, wait_progress)
 
 pytestmark = pytest.mark.browser
 playwright = pytest.importorskip("playwright.sync_api")
@@ -33,16 +33,7 @@ def world(tmp_path_factory):
 
 
 def new_page(world):
-    ctx = world["browser"].new_context(viewport={"width": 1440, "height": 900})
-    page = ctx.new_page()
-    page.goto(world["url"])
-    page.wait_for_selector("#ds-upload")
-    return page
-
-
-def open_tab(page, name):
-    page.get_by_role("tab", name=name).click()
-    page.wait_for_timeout(300)
+    return open_page(world)
 
 
 def text_of(page, elem_id: str) -> str:

@@ -101,3 +101,17 @@ def wait_progress(page, pred, timeout: float = 300, what: str = "") -> dict:
         page.wait_for_timeout(500)
     status = page.locator("#train-status").inner_text() if page.locator("#train-status").count() else ""
     raise AssertionError(f"progress never {what}: {progress(page)}; status: {status}")
+
+
+def open_page(world: dict, width: int = 1440, height: int = 900, downloads: bool = False):
+    """A fresh browser context on the studio of `world` (its "browser" and "url"), the page loaded."""
+    ctx = world["browser"].new_context(viewport={"width": width, "height": height}, accept_downloads=downloads)
+    page = ctx.new_page()
+    page.goto(world["url"])
+    page.wait_for_selector("#ds-upload")
+    return page
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+    page.wait_for_timeout(300)
