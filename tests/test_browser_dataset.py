@@ -173,10 +173,10 @@ def test_utf16_and_windows_1252_captions_are_converted_not_refused(world):
     images = dataset(world, "encodings") / "images"
     assert (images / "latte.txt").read_bytes().decode("utf-8").strip() == "café au lait, sks"
     assert (images / "creme.txt").read_bytes().decode("utf-8").strip() == "crème brûlée, sks"
+    doctor = wait_text(page, "ds-doctor", "2 image(s)")  # the upload's chain (gallery, picker, doctor) is done
+    assert "no caption" not in doctor, doctor
     choose(page, "ds-image", "latte.png")
     page.wait_for_function("document.querySelector('#ds-caption textarea').value == 'café au lait, sks'")
-    doctor = wait_text(page, "ds-doctor", "2 image(s)")
-    assert "no caption" not in doctor, doctor
     page.context.close()
 
 

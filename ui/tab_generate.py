@@ -221,7 +221,7 @@ def build(studio: Studio) -> dict:
         rel = lambda a: str(a.path.relative_to(run_dir))  # noqa: E731
         s = cfg.sampling
         return (gr.update(choices=[(a.label, rel(a)) for a in saved], value=[rel(a) for a in default_rows(saved)]),
-                "\n".join(s.prompts) or cfg.saving.trigger_phrase, s.negative_prompt, s.seed, s.steps, s.cfg,
+                "\n".join(s.prompts) or cfg.saving.trigger_phrase, s.negative_prompt, s.seed, s.steps, s.guidance_scale,
                 s.sampler)
 
     run.change(on_pick_run, run, [ckpts, prompt, negative, seed, steps, cfg_scale, sampler])
