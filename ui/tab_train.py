@@ -322,7 +322,10 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
     # ---- the live panel
     def render(run_id):
         """(progress, problems, loss, previews, label, saves, after-run buttons) of a run, or of none."""
-        empty = pd.DataFrame({"step": [], "loss": [], "curve": []})
+        # typed like a filled frame: the page fixes the plot's encoding at the first frame it gets, and an
+        # untyped empty "curve" column reads as a number (a colour gradient, no lines) for the whole run
+        empty = pd.DataFrame({"step": pd.Series(dtype="int64"), "loss": pd.Series(dtype="float64"),
+                              "curve": pd.Series(dtype="str")})
         if not run_id:
             return progress_html("idle", None), "", empty, [], "", "", gr.update(visible=False)
         run_dir = studio.run_dir(run_id)

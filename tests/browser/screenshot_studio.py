@@ -34,7 +34,10 @@ def main() -> int:
             page.evaluate("window.scrollTo(0, 0)")
             screens = REPO / "docs" / "screens"
             screens.mkdir(parents=True, exist_ok=True)
+            page.locator("#train-live").evaluate("e => e.scrollIntoView()")  # the live panel, as one scrolls to it
+            page.wait_for_timeout(500)
             page.screenshot(path=str(screens / "train-live.png"))  # the 1440x900 viewport, as a user sees it
+            page.evaluate("window.scrollTo(0, 0)")
             page.set_viewport_size({"width": 1440, "height": 1380})
             page.wait_for_timeout(1000)
             out = REPO / "docs" / "screenshot-studio.png"
