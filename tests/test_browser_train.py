@@ -72,15 +72,20 @@ def adapter_steps(page) -> list[int]:
     return sorted({int(m) for m in re.findall(r"step (\d+) · adapter", text_of(page, "train-previews"))})
 
 
-def test_sample_now_and_save_now_pressed_twice_give_two_each(world):
-    page = new_page(world)
-    shot = Shots(page, "train_steering")
+def start_quiet_run(page, world, name: str, steps: int) -> None:
+    """Upload the cats, then train `steps` steps with no scheduled previews (only those asked for)."""
     upload_cats(page, world)
-    name_run(page, "steered")
-    set_number(page, "cfg-schedule-max_train_steps", 100000)
+    name_run(page, name)
+    set_number(page, "cfg-schedule-max_train_steps", steps)
     set_number(page, "cfg-sampling-every_n_steps", 0)
     page.locator("#cfg-sampling-at_start input").uncheck()
     page.locator("#train-start").click()
+
+
+def test_sample_now_and_save_now_pressed_twice_give_two_each(world):
+    page = new_page(world)
+    shot = Shots(page, "train_steering")
+    start_quiet_run(page, world, "steered", 100000)
     # what the trainer is doing shows before step 1 (loading, encoding images), then steps move
     wait_text(page, "train-progress-box", lambda t: "loading the base model" in t or "encoding images" in t
               or progress(page)["step"] >= 1, what="said what the trainer does")
@@ -145,12 +150,7 @@ def test_sample_now_and_save_now_pressed_twice_give_two_each(world):
 def test_a_finished_run_resumes_only_to_train_more(world):
     page = new_page(world)
     shot = Shots(page, "train_resume_finished")
-    upload_cats(page, world)
-    name_run(page, "resumer")
-    set_number(page, "cfg-schedule-max_train_steps", 4)
-    set_number(page, "cfg-sampling-every_n_steps", 0)
-    page.locator("#cfg-sampling-at_start input").uncheck()
-    page.locator("#train-start").click()
+    start_quiet_run(page, world, "resumer", 4)
     wait_progress(page, lambda p: p["state"] in ("finished", "failed", "stopped") and p["step"] > 0, what="ended")
     assert progress(page)["state"] == "finished", text_of(page, "train-problems")
     run_dir = next((world["data"] / "runs").glob("*resumer*"))
