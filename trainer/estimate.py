@@ -24,7 +24,8 @@ FAMILY_PARAMS: dict[str, dict] = {
     "sd2": {"unet": 865_910_724, "vae": 83_653_863, "text": [340_387_840],
             "unet_lora_io": 432_128, "conv_lora_io": 626_880, "te_lora_io": [423_936]},
     "sdxl": {"unet": 2_567_463_684, "vae": 83_653_863, "text": [123_060_480, 694_659_840],
-             "unet_lora_io": 2_659_840, "conv_lora_io": 414_400, "te_lora_io": [165_888, 737_280]},
+             # TE1 without its last layer: it feeds nothing in SDXL, so it gets no adapter
+             "unet_lora_io": 2_659_840, "conv_lora_io": 414_400, "te_lora_io": [152_064, 737_280]},
     "tiny": {"unet": 792_964, "vae": 658_375, "text": [1_626_304],
              "unet_lora_io": 5_376, "conv_lora_io": 12_832, "te_lora_io": [2_240]},
 }
