@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from trainer.data.scan import file_sha256
 from trainer.formats.safetensors_io import SafetensorsError, read_header
 from trainer.run.atomic import write_new_file
 
@@ -42,14 +43,6 @@ def describe(path: Path, shown_name: str | None = None) -> str:
     return f"{len(modules)} modules ({', '.join(sorted(kinds))})"
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def import_upload(upload: Path, shown_name: str, dest: Path) -> tuple[Path, str]:
     """Check an uploaded file and copy it into `dest` under a safe name; never overwrites another file (an
     identical file already there is reused). Returns (path, description)."""
@@ -61,7 +54,7 @@ def import_upload(upload: Path, shown_name: str, dest: Path) -> tuple[Path, str]
     for i in range(1000):
         target = inside(dest, f"{stem}{f'-{i + 1}' if i else ''}.safetensors")
         if target.exists():
-            if _digest(target) == digest:
+            if file_sha256(target) == digest:
                 return target, info
             continue
         try:

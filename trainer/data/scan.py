@@ -121,7 +121,7 @@ def _nfc(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -277,7 +277,7 @@ class _Scanner:
                 loaded.image.close()
             elif self.open_images:
                 width, height = probe_size(path)
-                sha = _file_sha256(path)
+                sha = file_sha256(path)
         except ImageError as e:
             self.rejected += 1
             self.add(rel, e.reason, "error")
