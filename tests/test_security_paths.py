@@ -127,7 +127,8 @@ def _recorder(root: Path) -> Path:
 
 
 def _outside_snapshot(world) -> dict[str, tuple[int, int]]:
-    """Every file outside the data folder (in the test root and /tmp's top level) with its size and mtime."""
+    """Every file outside the data folder (in the test root and /tmp's top level) with its size and mtime; a file
+    missing from a later snapshot was deleted."""
     out = {}
     for base in (world["root"], Path("/tmp")):
         for dirpath, dirnames, files in os.walk(base):
@@ -149,7 +150,7 @@ def _outside_snapshot(world) -> dict[str, tuple[int, int]]:
 
 def _new_outside_files(world, before: dict) -> list[str]:
     after = _outside_snapshot(world)
-    changed = [p for p, v in after.items() if before.get(p) != v]
+    changed = [p for p, v in after.items() if before.get(p) != v] + [p for p in before if p not in after]
     # other programs write to /tmp too: count only what names our token or lies under our test root
     ours = [p for p in changed if p.startswith(str(world["root"]))
             and Path(p).name != "argv.jsonl" and not Path(p).name.startswith("app-")]  # recorder and server logs
@@ -175,21 +176,28 @@ def _data_files_with_token(data: Path) -> list[str]:
 def _handlers(studio):
     from ui.page import build_app
     demo = build_app(studio)
-    by_name = {}
-    for fn in demo.fns.values():
-        by_name.setdefault(fn.name, _Handler(fn.fn, fn.outputs))
-    lambdas = {fn.api_name: _Handler(fn.fn, fn.outputs) for fn in demo.fns.values() if fn.name == "<lambda>"}
-    form_inputs = next(fn for fn in demo.fns.values() if fn.name == "on_start").inputs[4:]
-    keys = [b.elem_id.removeprefix("cfg-").replace("-", ".", 1) for b in form_inputs]
-    return by_name, lambdas, keys, [b.value for b in form_inputs]
+    return {fn.api_name: _Handler(fn.fn, fn.inputs, fn.outputs) for fn in demo.fns.values()}
 
 
 class _Handler:
     """A tab handler and its output components; records which outputs hand files to Gradio to serve."""
     served: list[str] = []
 
-    def __init__(self, fn, outputs):
-        self.fn, self.outputs = fn, outputs
+    def __init__(self, fn, inputs, outputs):
+        self.fn, self.inputs, self.outputs = fn, inputs, outputs
+
+    def call(self, values: dict):
+        """Call with some inputs set (by elem_id, or by position for those without one); the rest at default."""
+        args = [getattr(b, "value", None) for b in self.inputs]
+        ids = [getattr(b, "elem_id", None) for b in self.inputs]
+        for key, v in values.items():
+            if isinstance(key, int):
+                args[key] = v
+            elif key in ids:
+                args[ids.index(key)] = v
+            else:  # a LookupError, never a ValueError: the test counts it as a crash, not as a refusal
+                raise LookupError(f"{self.fn.__name__} has no input {key!r} (it has {ids})")
+        return self(*args)
 
     def __call__(self, *args):
         import gradio as gr
@@ -200,66 +208,88 @@ class _Handler:
         return out
 
 
-def _calls(world, p: str, keys: list[str], values: list, upload_file: str):
-    """(field, thunk) for every handler field that takes a name or a path, with payload p in it."""
-    h, lam, rid = world["h"], world["lam"], world["run_id"]
+def _calls(world, p: str, upload_file: str):
+    """(field, thunk) for every handler field that takes a name or a path, with payload p in it.
 
-    def form(**over):
-        v = list(values)
-        for k, x in over.items():
-            v[keys.index(k.replace("__", "."))] = x
-        return v
-
-    ok_form = form(schedule__max_train_steps=1)
+    Handlers are found by their api_name and fed by their inputs' elem_ids, every other input at its default:
+    a handler that gains an input keeps working here, and an elem_id that no longer exists fails loudly."""
+    h, rid = world["h"], world["run_id"]
+    form = {"cfg-schedule-max_train_steps": 1}
+    start = {"train-dataset": "set", "train-run-name": "r", "train-base": "tiny:sd1", **form}
+    ed = {"ds": "set", "rel": p}  # the editor's image, as if the page had it open
+    grid = {"gen-source": "A run", "gen-run": p, "gen-prompt": "x"}
     return [
-        ("dataset name (upload)", lambda: h["on_upload"]([upload_file], p, "images")),
-        ("upload folder", lambda: h["on_upload"]([upload_file], "set", p)),
-        ("dataset name (refresh)", lambda: lam["lambda"](p)),
-        ("image pick (caption)", lambda: h["on_pick"]("set", p)),
-        ("dataset name (caption)", lambda: h["on_pick"](p, "images/0.png")),
-        ("image pick (save caption)", lambda: h["on_save"]("set", p, "a caption")),
-        ("dataset name (save caption)", lambda: h["on_save"](p, "images/0.png", "a caption")),
-        ("dataset name (bulk tools)", lambda: h["on_bulk"](p, "trigger", "sks", "", None)),
+        ("dataset name (upload)", lambda: h["on_upload"].call({"ds-upload": [upload_file], "ds-name": p,
+                                                               "ds-folder": "images"})),
+        ("upload folder", lambda: h["on_upload"].call({"ds-upload": [upload_file], "ds-name": "set", "ds-folder": p})),
+        ("dataset name (refresh)", lambda: h["on_datasets_refresh"].call({"ds-name": p, "train-dataset": p})),
+        ("dataset name (switch)", lambda: h["on_switch"].call({"ds-name": p})),
+        ("image pick (caption)", lambda: h["on_pick"].call({"ds-name": "set", "ds-image": p})),
+        ("dataset name (caption)", lambda: h["on_pick"].call({"ds-name": p, "ds-image": "images/0.png"})),
+        ("image pick (save caption)", lambda: h["on_save"].call({"ds-name": "set", "ds-image": p,
+                                                                 "ds-caption": "a caption"})),
+        ("dataset name (save caption)", lambda: h["on_save"].call({"ds-name": p, "ds-image": "images/0.png",
+                                                                   "ds-caption": "a caption"})),
+        ("editor image (exclude)", lambda: h["on_exclude"].call({"ds-name": "set", 1: ed})),
+        ("editor image (delete)", lambda: h["on_delete"].call({"ds-name": "set", 1: ed})),
+        ("excluded image (restore)", lambda: h["on_restore"].call({"ds-name": "set", "ds-excluded-pick": p})),
+        ("dataset name (bulk preview)", lambda: h["on_bulk_preview"].call({"ds-name": p, "ds-bulk-op": "trigger",
+                                                                           "ds-bulk-a": "sks"})),
+        ("dataset name (bulk tools)", lambda: h["on_bulk"].call({"ds-name": p, "ds-bulk-op": "trigger",
+                                                                 "ds-bulk-a": "sks"})),
         ("repeats folder", lambda: h["on_repeats"]("set", p, 3)),
         ("dataset name (repeats)", lambda: h["on_repeats"](p, "images", 3)),
-        ("preset", lambda: h["on_preset"](p)),
-        ("user preset", lambda: h["on_preset"]("user/" + p)),
-        ("preset save name", lambda: h["on_save_preset"](p, "tiny:sd1", *ok_form)),
-        ("base model (estimate)", lambda: h["on_estimate"]("set", p, *ok_form)),
-        ("dataset (estimate)", lambda: h["on_estimate"](p, "tiny:sd1", *ok_form)),
-        ("base model (train)", lambda: h["on_start"]("set", "r", None, p, *ok_form)),
-        ("dataset (train)", lambda: h["on_start"](p, "r", None, "tiny:sd1", *ok_form)),
-        ("run name (train)", lambda: h["on_start"]("set", p, None, "tiny:sd1", *ok_form)),
-        ("preset name (train)", lambda: h["on_start"]("set", "r", p, "tiny:sd1", *ok_form)),
-        ("separate VAE", lambda: h["on_start"]("set", "r", None, "tiny:sd1", *form(model__vae=p, schedule__max_train_steps=1))),
-        ("start-from adapter", lambda: h["on_start"]("set", "r", None, "tiny:sd1", *form(network__init_weights=p, schedule__max_train_steps=1))),
-        ("regularisation folder", lambda: h["on_start"]("set", "r", None, "tiny:sd1", *form(dataset__reg_path=p, schedule__max_train_steps=1))),
-        ("caption extension", lambda: h["on_start"]("set", "r", None, "tiny:sd1", *form(dataset__caption_extension=p, schedule__max_train_steps=1))),
-        ("output name", lambda: h["on_start"]("set", "r", None, "tiny:sd1", *form(saving__output_name=p, schedule__max_train_steps=1))),
+        ("dataset name (doctor)", lambda: h["on_doctor"].call({"ds-name": p})),
+        ("preset", lambda: h["on_preset"].call({"train-preset": p})),
+        ("user preset", lambda: h["on_preset"].call({"train-preset": "user/" + p})),
+        ("preset save name", lambda: h["on_save_preset"].call({0: p, "train-base": "tiny:sd1", **form})),
+        ("base model (estimate)", lambda: h["on_estimate"].call({"train-dataset": "set", "train-base": p, **form})),
+        ("dataset (estimate)", lambda: h["on_estimate"].call({"train-dataset": p, "train-base": "tiny:sd1", **form})),
+        ("base model (train)", lambda: h["on_start"].call({**start, "train-base": p})),
+        ("dataset (train)", lambda: h["on_start"].call({**start, "train-dataset": p})),
+        ("run name (train)", lambda: h["on_start"].call({**start, "train-run-name": p})),
+        ("preset name (train)", lambda: h["on_start"].call({**start, "train-preset": p})),
+        ("separate VAE", lambda: h["on_start"].call({**start, "cfg-model-vae": p})),
+        ("start-from adapter", lambda: h["on_start"].call({**start, "cfg-network-init_weights": p})),
+        ("regularisation folder", lambda: h["on_start"].call({**start, "cfg-dataset-reg_path": p})),
+        ("caption extension", lambda: h["on_start"].call({**start, "cfg-dataset-caption_extension": p})),
         ("run id (stop)", lambda: h["on_stop"](p)),
-        ("run id (resume)", lambda: h["on_resume"](p)),
+        ("run id (sample now)", lambda: h["on_sample_now"](p)),
+        ("run id (save now)", lambda: h["on_save_now"](p)),
+        ("run id (resume)", lambda: h["on_resume"].call({0: p})),
         ("run id (progress)", lambda: h["on_tick"](p, None)),
         ("run id (re-open)", lambda: h["on_run_change"](p)),
-        ("run id (runs: open)", lambda: h["on_open"](p)),
-        ("run id (runs: delete)", lambda: h["on_delete"](p)),
-        ("run id (generate grid)", lambda: h["on_grid"](p, "x", "", 1, 1, 7.0, "1")),
-        ("run id (compare checkpoints)", lambda: h["on_ckpts"](p, "x", "", 1, 1, 7.0)),
-        ("run id (export info)", lambda: h["on_run"](p)),
-        ("run id (download)", lambda: lam["lambda_4"](p)),
-        ("run id (bundle)", lambda: h["on_bundle"](p)),
-        ("run id (check)", lambda: h["on_check"](p)),
+        ("run id (runs: open)", lambda: h["on_open"].call({"runs-pick": p})),
+        ("run id (runs: delete)", lambda: h["on_delete_1"].call({"runs-pick": p})),
+        ("run id (generate pick)", lambda: h["on_pick_run"].call({"gen-run": p})),
+        ("run id (generate grid)", lambda: h["on_grid"].call(grid)),
+        ("checkpoint pick (generate grid)", lambda: h["on_grid"].call({**grid, "gen-run": rid, "gen-ckpt-pick": [p]})),
+        ("adapter file (generate grid)", lambda: h["on_grid"].call({**grid, "gen-source": "Adapter files",
+                                                                    "gen-adapter": [p], "gen-base": "tiny:sd1"})),
+        ("base model (generate grid)", lambda: h["on_grid"].call({**grid, "gen-source": "Adapter files",
+                                                                  "gen-adapter": [], "gen-base": p})),
+        ("uploaded adapter (generate)", lambda: h["on_adapter_upload"].call({"gen-upload": p})),
+        ("run id (compare checkpoints)", lambda: h["on_ckpts"].call({"gen-run": p, "gen-prompt": "x"})),
+        ("run id (export info)", lambda: h["on_run"].call({"exp-run": p})),
+        ("run id (download)", lambda: h["lambda_4"].call({"exp-run": p})),
+        ("run id (adapter info)", lambda: h["lambda_5"].call({"exp-run": p})),
+        ("run id (bundle)", lambda: h["on_bundle"].call({"exp-run": p})),
+        ("run id (check)", lambda: h["on_check"].call({"exp-run": p})),
         ("run id (metadata)", lambda: h["on_meta"](p, "t", "w", "d", None)),
         ("thumbnail (metadata)", lambda: h["on_meta"](rid, "t", "w", "d", p)),
-        ("dataset name (page load)", lambda: h["on_load"](p)),
+        ("dataset name (page load)", lambda: h["on_load"].call({"ds-name": p})),
+        ("run (open in generate)", lambda: h["on_open_in_generate"](p)),
+        ("run (open in export)", lambda: h["on_open_in_export"](p)),
     ]
 
 
 @pytest.mark.slow
-def test_handler_fields_never_leave_the_data_folder(world):
+def test_handler_fields_never_leave_the_data_folder(world, monkeypatch):
     import gradio as gr
+    monkeypatch.chdir(world["outside"])  # a relative payload that escapes resolves next to the canaries
     studio = world["studio"]
-    h, lam, keys, values = _handlers(studio)
-    world.update(h=h, lam=lam)
+    h = _handlers(studio)
+    world.update(h=h)
     upload = world["root"] / "upload"
     upload.mkdir()
     up = upload / "cat.png"
@@ -270,7 +300,7 @@ def test_handler_fields_never_leave_the_data_folder(world):
     fields = set()
     leaks, crashes = [], []
     for p in world["payloads"]:
-        for field, call in _calls(world, p, keys, values, str(up)):
+        for field, call in _calls(world, p, str(up)):
             tried += 1
             fields.add(field)
             _Handler.served = []

@@ -17,6 +17,7 @@ from PIL import Image
 from trainer.config import ConfigError, SamplingSection
 from trainer.tools.grid import strength_label
 
+from ui.dataset_files import discard_uploads
 from ui.adapter_files import AdapterFileError, adapter_choices, adapters_dir, import_upload, resolve_choice
 from ui.workspace import Studio
 from ui.export_bundle import SavedAdapter, checkpoint_adapters, run_config
@@ -229,14 +230,19 @@ def build(studio: Studio) -> dict:
     def on_adapter_upload(path):
         if not path:
             return gr.skip(), gr.skip(), gr.skip()
-        up = Path(path)
-        shown = up.name
+        shown = Path(str(path)).name
+        try:
+            up = inside(studio.dirs.gradio_tmp, path)  # Gradio's upload cache, never a file of the user's
+            if not up.is_file():
+                raise UnsafePath(f"{shown}: not a file uploaded through this page")
+        except UnsafePath as e:
+            return gr.skip(), f"**Refused:** {e}", None
         try:
             target, info = import_upload(up, shown, adapters_dir(studio.dirs.root))
         except (AdapterFileError, UnsafePath, OSError) as e:
             return gr.skip(), f"**Refused:** {e}", None
         finally:
-            up.unlink(missing_ok=True)  # the upload cache keeps nothing: accepted files live in adapters/
+            discard_uploads([up], studio.dirs.gradio_tmp)  # accepted files live in adapters/, the cache keeps none
         choices = adapter_choices(_adapter_roots(studio))
         return (gr.update(choices=choices, value=[str(target)]),
                 f"Added `{target.name}`: {info}. Pick the base it was trained for, then draw the grid.", None)
