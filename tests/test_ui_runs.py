@@ -101,7 +101,8 @@ def test_estimate_says_epochs_once_counts_previews_and_warns_on_no_images():
     assert text.count("epoch") == 2  # "image views per epoch" and the one "(N epochs)"
     # 10 images + as many regularisation images per epoch, batch 8: 3 batches, 300 steps → 100 epochs
     assert "(100 epochs)" in text
-    assert "previews ≈" in text and "20 previews" in text  # 4 prompts × (start twice, steps 100, 200, end)
+    # 4 prompts × (start, steps 100, 200, end): a fresh adapter equals the base, so the start is drawn once
+    assert "previews ≈" in text and "16 previews" in text
     empty = estimate_text(cfg, 0, 0, "nothing")
     assert "No images" in empty and "epoch" not in empty and "nothing" in empty
 

@@ -23,7 +23,10 @@ def test_step0_equals_base(variant):
     before = unet_output(base)
     build_network(base, NetworkSection(**{"rank": 4, "alpha": 2, "train_text_encoder": True, **EXACT[variant]}),
                   total_steps=10)
-    assert (unet_output(base) - before).abs().max() < 1e-6
+    # exact in maths; in fp32 DoRA's m·V/‖V‖ with m = ‖W‖ rounds by an ulp per layer (1.1e-6 on one CPU), so
+    # the bound is float noise relative to the output, far below what any non-zero B at step 0 would move it
+    tol = 1e-5 * before.abs().max().item()
+    assert (unet_output(base) - before).abs().max().item() < tol
 
 
 def test_qlora_step0_equals_quantized_base_and_memory_is_measured():
