@@ -8,8 +8,8 @@ import time
 import pytest
 from PIL import Image
 
-from tests.browser.studio_server import (CHROMIUM_ARGS, choose, open_page, open_tab, progress, set_number,
-                                         Shots, studio_server, wait_progress)
+from tests.browser.studio_server import (CHROMIUM_ARGS, choose, loss_curves, open_page, open_tab, progress,
+                                         set_number, Shots, studio_server, wait_progress)
 
 pytestmark = pytest.mark.browser
 playwright = pytest.importorskip("playwright.sync_api")
@@ -108,6 +108,12 @@ def test_sample_now_and_save_now_pressed_twice_give_two_each(world):
     assert len(saved) == 2 and saved[0] < saved[1]
     run_dir = next((world["data"] / "runs").glob("*steered*"))
     assert sorted(int(p.stem[-6:]) for p in (run_dir / "output").glob("steered-step*.safetensors")) == saved
+    # the loss plot, first drawn before any step, draws both curves in their colours as steps arrive
+    page.locator("#train-loss").scroll_into_view_if_needed()
+    deadline = time.monotonic() + 60
+    while not all(loss_curves(page).get(c, 0) >= 2 for c in ("#4f46e5", "#c7d2fe")):
+        assert time.monotonic() < deadline, f"loss lines drawn: {loss_curves(page)}"
+        page.wait_for_timeout(500)
     shot("two-previews-two-saves")
 
     # a reload mid-run opens on the running run, in the Train tab, without a click

@@ -322,10 +322,10 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
     # ---- the live panel
     def render(run_id):
         """(progress, problems, loss, previews, label, saves, after-run buttons) of a run, or of none."""
-        # typed like a filled frame: the page fixes the plot's encoding at the first frame it gets, and an
-        # untyped empty "curve" column reads as a number (a colour gradient, no lines) for the whole run
-        empty = pd.DataFrame({"step": pd.Series(dtype="int64"), "loss": pd.Series(dtype="float64"),
-                              "curve": pd.Series(dtype="str")})
+        # the page fixes the plot's colour domain from the first frame it draws and later only swaps the data:
+        # a frame without the two curves' names would leave every later line uncoloured, so "no steps yet"
+        # is one point per curve with no loss (not drawn)
+        empty = pd.DataFrame({"step": [0, 0], "loss": [float("nan")] * 2, "curve": ["raw", "smoothed"]})
         if not run_id:
             return progress_html("idle", None), "", empty, [], "", "", gr.update(visible=False)
         run_dir = studio.run_dir(run_id)

@@ -115,3 +115,15 @@ def open_page(world: dict, width: int = 1440, height: int = 900, downloads: bool
 def open_tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
     page.wait_for_timeout(300)
+
+
+def loss_curves(page) -> dict[str, int]:
+    """Stroke colour → number of drawn points of each line in the Train tab's loss plot (Vega's SVG)."""
+    return page.evaluate("""() => {
+        const out = {};
+        for (const p of document.querySelectorAll('#train-loss path[aria-roledescription="line mark"]')) {
+            const d = p.getAttribute('d') || '', stroke = p.getAttribute('stroke');
+            if (stroke && stroke !== 'none' && stroke !== 'transparent')
+                out[stroke.toLowerCase()] = (out[stroke.toLowerCase()] || 0) + (d.match(/[ML]/g) || []).length;
+        }
+        return out; }""")
