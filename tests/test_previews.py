@@ -74,3 +74,26 @@ def test_a_failing_final_preview_is_a_warning_and_the_adapter_is_saved(tmp_path,
     # the state was written before the preview failed, and the earlier rounds were drawn
     assert any(e["type"] == "checkpoint" and e["step"] == 2 for e in ev)
     assert {e["step"] for e in ev if e["type"] == "sample"} == {0, 1}
+
+
+def test_a_round_reports_its_denoising_steps_and_the_page_says_so(tmp_path):
+    from trainer.models.tiny import build_tiny
+    from trainer.run.events import run_view
+    from trainer.train.sampling import SampleSpec, generate_batch
+    from ui.live import phase_text
+
+    seen: list[int] = []
+    specs = [SampleSpec(prompt=p, seed=i, steps=3, width=32, height=32) for i, p in enumerate(PROMPTS)]
+    images = generate_batch(build_tiny("sd1"), specs, seen.append)
+    assert seen == [1, 2, 3] and len(images) == len(PROMPTS)  # one call, told after each step
+
+    t, code = _run(tmp_path, **{"sampling.with_base": "true"})
+    assert code == EXIT_OK
+    phases = [e for e in events(tmp_path / "run") if e["type"] == "phase" and e["phase"] == "preview"]
+    # every round starts at 0 of (kinds × sampling steps) and says how many images it draws
+    starts = [e for e in phases if e["done"] == 0]
+    assert [e["total"] for e in starts] == [2, 2, 2] and all(e["images"] == len(PROMPTS) for e in phases)
+    assert all(0 <= e["done"] < e["total"] for e in phases)
+    view = run_view(tmp_path / "run")
+    view.phase, view.state = phases[0], "running"
+    assert phase_text(view, "running") == "drawing 2 preview(s) · denoising step 0/2"

@@ -23,7 +23,8 @@ def fmt_eta(seconds: float | None) -> str:
 
 
 def phase_text(view: RunView, state: str) -> str:
-    """'starting the trainer…', 'loading the base model…', 'encoding images 12/34', 'drawing previews 2/4';
+    """'starting the trainer…', 'loading the base model…', 'encoding images 12/34', 'drawing 4 preview(s) ·
+    denoising step 12/40';
     '' while stepping."""
     if state not in ("running", "stopping"):
         return ""
@@ -34,6 +35,8 @@ def phase_text(view: RunView, state: str) -> str:
         return ""
     label = PHASE_TEXT.get(ph.get("phase"), str(ph.get("phase")))
     total = ph.get("total") or 0
+    if ph.get("phase") == "preview" and ph.get("images") and total:
+        return f"drawing {ph['images']} preview(s) · denoising step {ph.get('done', 0)}/{total}"
     return f"{label} {ph.get('done', 0)}/{total}" if total else f"{label}…"
 
 

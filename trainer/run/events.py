@@ -38,8 +38,9 @@ class EventType:
 
 EVENTS: dict[str, EventType] = {
     "phase": EventType("what the trainer is doing before/between steps, with its progress: "
-                       "phase = 'loading model' | 'caching' | 'preview'; done of total units (images, "
-                       "previews; total 0 = no count)", ("phase", "done", "total")),
+                       "phase = 'loading model' | 'caching' | 'preview'; done of total units (images "
+                       "encoded; a preview round's denoising steps, over all its images); total 0 = no count; "
+                       "images: how many previews the round draws", ("phase", "done", "total"), ("images",)),
     "started": EventType("the model and data are ready; training steps follow",
                          ("max_steps", "family", "device", "dtype", "images", "resumed_from",
                           "trainable_params", "startup_s")),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from PIL import Image, PngImagePlugin
@@ -43,10 +44,12 @@ def make_scheduler(name: str, train_scheduler):
 
 
 @torch.no_grad()
-def generate_batch(base, specs: list[SampleSpec]) -> list[Image.Image]:
+def generate_batch(base, specs: list[SampleSpec],
+                   on_step: Callable[[int], None] | None = None) -> list[Image.Image]:
     """One image per spec from the base as it is now (adapters included), in ONE pipeline call: the
     specs share steps, guidance, sampler and size; each keeps its own prompt, negative and seed (one
-    generator per image), so an image does not depend on its neighbours. Training RNG untouched."""
+    generator per image), so an image does not depend on its neighbours. Training RNG untouched.
+    on_step(n) is told after each of the call's denoising steps (n from 1 to the spec's steps)."""
     first = specs[0]
     shared = {(s.steps, s.guidance_scale, s.sampler, s.width, s.height, s.guidance_rescale) for s in specs}
     if len(shared) != 1:
@@ -62,11 +65,19 @@ def generate_batch(base, specs: list[SampleSpec]) -> list[Image.Image]:
         out = pipe(prompt=[s.prompt for s in specs], negative_prompt=negatives if any(negatives) else None,
                    num_inference_steps=first.steps, guidance_scale=first.guidance_scale, width=first.width,
                    height=first.height, generator=gens, output_type="pil",
-                   **({"guidance_rescale": first.guidance_rescale} if first.guidance_rescale else {}))
+                   **({"guidance_rescale": first.guidance_rescale} if first.guidance_rescale else {}),
+                   **({"callback_on_step_end": _step_callback(on_step)} if on_step else {}))
     finally:
         for m, was in zip(modules, modes):
             m.train(was)
     return out.images
+
+
+def _step_callback(on_step: Callable[[int], None]):
+    def callback(pipe, i, t, kwargs):  # diffusers' callback_on_step_end: i counts from 0
+        on_step(i + 1)
+        return kwargs
+    return callback
 
 
 def generate(base, spec: SampleSpec) -> Image.Image:
