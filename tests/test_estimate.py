@@ -123,3 +123,39 @@ def test_family_read_from_a_local_checkpoint_header(tmp_path):
                    torch.zeros(640, width)}, str(p))
         cfg.model.base = str(p)
         assert family_of(cfg) == family
+
+
+def test_a_measured_speed_scales_the_compute_and_the_run_counts_caching_and_saves():
+    from trainer.estimate import NOMINAL_CPU_GFLOPS, save_count
+
+    sd = {"model.base": "random:sd1", "dataset.resolution": 512, "schedule.max_train_steps": 1000}
+    nominal = estimate(cfg(**sd), num_images=40, device="cpu")
+    fast = estimate(cfg(**sd), num_images=40, device="cpu", speed={"gflops": 2 * NOMINAL_CPU_GFLOPS})
+    assert not nominal["calibrated"] and fast["calibrated"] and "measured now" in fast["calibration"]
+    # twice the measured speed: half the compute (steps, previews, caching); saving is disk-bound
+    for part in ("train_seconds", "preview_seconds", "cache_seconds"):
+        assert fast[part] == pytest.approx(nominal[part] / 2, rel=0.02), part
+    assert fast["save_seconds"] == nominal["save_seconds"] > 0
+    parts = ("train_seconds", "preview_seconds", "cache_seconds", "save_seconds", "loftq_setup_seconds")
+    assert nominal["total_seconds"] == pytest.approx(sum(nominal[p] for p in parts))
+    # caching grows with the images, and is skipped when latents are not cached
+    assert estimate(cfg(**sd), num_images=80, device="cpu")["cache_seconds"] == pytest.approx(2 * nominal["cache_seconds"])
+    assert estimate(cfg(**{**sd, "dataset.cache_latents": "false"}), num_images=40, device="cpu")["cache_seconds"] == 0
+    # saves: every N steps before the end, and the end
+    assert save_count(cfg(**sd)) == 1 and nominal["saves"] == 1
+    assert save_count(cfg(**{**sd, "saving.every_n_steps": 250})) == 4  # 250, 500, 750, end
+    assert save_count(cfg(**{**sd, "saving.every_n_steps": 300})) == 4  # 300, 600, 900, end
+    assert "in all with encoding and saving" in format_estimate(nominal)
+
+
+def test_the_time_left_counts_the_previews_and_saves_still_due():
+    from trainer.train.timing import Progress, due_after
+
+    assert due_after(0, 10, 3) == 4  # steps 3, 6, 9 and the end
+    assert due_after(9, 10, 3) == 1  # the end only
+    assert due_after(10, 10, 3) == 0
+    assert due_after(4, 10, 0) == 1  # no schedule: the end
+    assert due_after(0, 9, 3) == 3  # 3, 6, and the end (step 9 is the end: drawn once)
+    p = Progress(step=4, step_times=[1.0, 3.0])
+    assert p.eta(10) == pytest.approx(12.0)  # 6 steps at 2 s
+    assert p.eta(10, extra_s=5.0) == pytest.approx(17.0)

@@ -97,3 +97,15 @@ def test_a_round_reports_its_denoising_steps_and_the_page_says_so(tmp_path):
     view = run_view(tmp_path / "run")
     view.phase, view.state = phases[0], "running"
     assert phase_text(view, "running") == "drawing 2 preview(s) · denoising step 0/2"
+
+
+def test_the_previews_still_due_are_timed_at_the_pace_of_those_drawn(tmp_path):
+    from trainer.train.previews import Previews
+
+    cfg = load_config(write_config(tmp_path / "run", **{"sampling.prompts": PROMPTS, "sampling.every_n_steps": 4,
+                                                         "schedule.max_train_steps": 10}))
+    pv = Previews(cfg, None, tmp_path / "samples", None, "cpu", None, warn=print)
+    assert pv.seconds_left(3, 10) == 0  # nothing drawn yet: no pace to go by
+    pv.draw_seconds += [1.5, 2.5]
+    assert pv.seconds_left(3, 10) == 6.0  # steps 4, 8 and the end, 2 s each
+    assert pv.seconds_left(10, 10) == 0

@@ -1,4 +1,4 @@
-"""`python -m trainer <command>`: train, options, check, generate, meta, merge, resize, doctor."""
+"""`python -m trainer <command>`: train, options, check, generate, meta, merge, resize, doctor, calibrate."""
 from __future__ import annotations
 
 import argparse
@@ -89,6 +89,7 @@ COMMANDS = {
     "resize": _lazy("trainer.tools.resize"),
     "generate": _lazy("trainer.tools.generate"),
     "doctor": _lazy("trainer.data.doctor_cli"),
+    "calibrate": _lazy("trainer.calibrate"),
 }
 
 

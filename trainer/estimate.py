@@ -54,19 +54,29 @@ FP32 = 4
 CPU_PROCESS_BYTES = 0.56e9         # python + torch + diffusers + transformers + peft, imported and running
 # activation bytes held for backward, per latent pixel of one sample, fp32, gradient checkpointing off
 CPU_ACT_BYTES_PER_LATENT_PX = {"sd1": 1.02e6, "sd2": 1.02e6, "sdxl": 2.03e6, "tiny": 2.0e4}
-# speed is not: the bench ran 1 thread on a 2-core machine shared by several jobs (3-10x slower than idle).
-# The figures below are for an idle 2-core machine: SD1.5 3.6-4.1 s/step at 256 px (measured in an earlier session, bench/results/cpu.md),
-# SDXL from the SD1.5:SDXL ratio of the bench's floors (1.27), tiny 50 ms/step at batch 2 (measured likewise).
-CPU_S_PER_LATENT_PX = {"sd1": 3.8e-3, "sd2": 3.9e-3, "sdxl": 4.8e-3, "tiny": 2.5e-5}
+# speed is not: it is the work of a step over the speed this machine has now. `python -m trainer calibrate`
+# measures that speed in a few seconds (GFLOP/s achieved on a UNet-like mix of 3×3 convolutions and matmuls,
+# trainer/calibrate.py); the work per latent pixel of one sample, forward + backward + AdamW, in those same
+# units, was fitted on measured runs (bench/estimate_accuracy.py: tiny and SD1.5 rows; SDXL from the
+# SD1.5:SDXL ratio of bench/results/cpu.md's floors, 1.27; SD2 as SD1 with its wider text encoder unused).
+CPU_GFLOP_PER_LATENT_PX = {"sd1": 3.8e-2, "sd2": 3.9e-2, "sdxl": 4.8e-2, "tiny": 2.5e-4}
+# the image cache: VAE encoder (and text encoders) once per image, per image pixel, same units
+CPU_CACHE_GFLOP_PER_IMAGE_PX = {"sd1": 2.0e-4, "sd2": 2.0e-4, "sdxl": 2.5e-4, "tiny": 2.0e-6}
+# without a calibration: an idle 2-core machine of this project's kind (SD1.5 256 px 3.6-4.1 s/step)
+NOMINAL_CPU_GFLOPS = 10.0
 CPU_STEP_OVERHEAD_S = 0.01
-CPU_CALIBRATION = ("memory measured on this project's 2-core machines; speed for an idle machine "
-                   "(a busy one is several times slower)")
+# a save: the resumable state (adapter + optimizer moments) and the adapter file, written and fsynced
+SAVE_FIXED_S = 0.2
+SAVE_BYTES_PER_S = 200e6
+CPU_CALIBRATION = ("memory measured on this project's 2-core machines; speed for an idle machine of that kind "
+                   "(not measured on this one: a busy machine is several times slower)")
 
 # ---- CUDA figures (public, unmeasured here)
 CUDA_CONTEXT_BYTES = 0.6e9
 CUDA_ACT_BYTES_PER_LATENT_PX = {"sd1": 0.6e6, "sd2": 0.6e6, "sdxl": 0.9e6, "tiny": 1.0e4}  # fp16/bf16
 CUDA_S_PER_LATENT_PX = {"sd1": 3.2e-5, "sd2": 3.2e-5, "sdxl": 3.7e-5, "tiny": 1.0e-7}      # fp16/bf16
 CUDA_STEP_OVERHEAD_S = 0.02
+CUDA_CACHE_S_PER_IMAGE_PX = 8e-8  # a VAE encode of a 512² image ≈ 20 ms
 CUDA_FP32_SLOWDOWN = 2.5
 CUDA_CALIBRATION = "unmeasured: public figures for a 24 GB consumer GPU (RTX 4090 class)"
 
@@ -164,6 +174,12 @@ def preview_count(cfg) -> int:
     return rounds * len(sm.prompts)
 
 
+def save_count(cfg) -> int:
+    """How many times a run saves (state + adapter): every saving.every_n_steps before the end, and at the end."""
+    every, steps = cfg.saving.every_n_steps, cfg.schedule.max_train_steps
+    return (steps - 1) // every + 1 if every else 1
+
+
 def loftq_setup_seconds(cfg, family: str) -> float:
     """Seconds LoftQ spends before step 1 (0 without it): every adapted 4-bit Linear's randomised SVD."""
     net = cfg.network
@@ -175,14 +191,16 @@ def loftq_setup_seconds(cfg, family: str) -> float:
 
 
 def estimate(cfg, num_images: int | None = None, family: str | None = None, device: str | None = None,
-             num_views: int | None = None) -> dict:
+             num_views: int | None = None, speed: dict | None = None) -> dict:
     """Predicted steps, epochs, peak memory, seconds per step and preview seconds of training `cfg`.
 
     num_images: training images in the dataset; num_views: image views per epoch (each image counted by
     its folder's repeats), by default num_images × dataset.repeats. Epochs = steps × grad_accum over the
     batches per epoch.
     family: sd1 / sd2 / sdxl / tiny (default: from the config). device: cpu / cuda (default: the config's,
-    auto = cuda when an NVIDIA device is present). Memory is peak RSS on CPU, peak VRAM on CUDA."""
+    auto = cuda when an NVIDIA device is present). Memory is peak RSS on CPU, peak VRAM on CUDA.
+    speed: this machine's measured speed (trainer.calibrate: {"gflops": …}); without it a CPU is taken
+    to be an idle one of this project's kind."""
     fam = family_of(cfg, family)
     if fam not in FAMILY_PARAMS:
         raise ValueError(f"unknown family {fam!r}; expected one of {sorted(FAMILY_PARAMS)}")
@@ -208,6 +226,7 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
     n_train = trainable_params(cfg, fam)
     opt_bytes = OPTIMIZER_STATE_BYTES.get(cfg.optimizer.name, 8)
 
+    cpu_gflops = float(speed["gflops"]) if dev == "cpu" and speed and speed.get("gflops") else NOMINAL_CPU_GFLOPS
     act_table = CUDA_ACT_BYTES_PER_LATENT_PX if dev == "cuda" else CPU_ACT_BYTES_PER_LATENT_PX
     gc_factor = GC_MEMORY_FACTOR_CUDA if dev == "cuda" else GC_MEMORY_FACTOR
     act = batch * latent_px * act_table[fam] * (gc_factor if gc else 1.0)
@@ -224,19 +243,32 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
     if dev == "cuda":
         s = CUDA_STEP_OVERHEAD_S + batch * latent_px * CUDA_S_PER_LATENT_PX[fam] * (1 if half else CUDA_FP32_SLOWDOWN)
     else:
-        s = CPU_STEP_OVERHEAD_S + batch * latent_px * CPU_S_PER_LATENT_PX[fam]
+        s = CPU_STEP_OVERHEAD_S + batch * latent_px * CPU_GFLOP_PER_LATENT_PX[fam] / cpu_gflops
     if gc:
         s = CUDA_STEP_OVERHEAD_S + (s - CUDA_STEP_OVERHEAD_S) * GC_TIME_FACTOR if dev == "cuda" else s * GC_TIME_FACTOR
     s *= sch.grad_accum
     if not ds.cache_latents:  # the VAE encoder runs each step: roughly a third of a UNet step
         s *= 1.35
     measured = dev == "cpu"
+    calibrated = measured and cpu_gflops != NOMINAL_CPU_GFLOPS
     # a preview is sampling.steps UNet forwards of one image (two under classifier-free guidance); a
     # forward is about a third of a training step's forward + backward, per image of the batch
     unet_s = (s / sch.grad_accum) / batch / 3 * ((cfg.sampling.size or ds.resolution) / ds.resolution) ** 2
     n_previews = preview_count(cfg)
     preview_s = n_previews * cfg.sampling.steps * (2 if cfg.sampling.guidance_scale > 1 else 1) * unet_s
     loftq_s = loftq_setup_seconds(cfg, fam)
+    cache_s = 0.0
+    if num_images and ds.cache_latents:  # each image (and regularisation image) encoded once
+        image_px = (num_images * (2 if ds.reg_path else 1)) * ds.resolution ** 2
+        cache_s = image_px * (CUDA_CACHE_S_PER_IMAGE_PX if dev == "cuda"
+                              else CPU_CACHE_GFLOP_PER_IMAGE_PX[fam] / cpu_gflops)
+    saves = save_count(cfg)
+    save_s = saves * (SAVE_FIXED_S + n_train * (FP32 + opt_bytes + 2) / SAVE_BYTES_PER_S)
+    if calibrated:
+        calibration = (f"memory measured on this project's machines; speed from this machine's "
+                       f"{cpu_gflops:.1f} GFLOP/s, measured now")
+    else:
+        calibration = CPU_CALIBRATION if measured else CUDA_CALIBRATION
     return {
         "family": fam, "device": dev, "dtype": ("bf16/fp16" if half else "fp32"),
         "steps": steps, "epochs": epochs, "batches_per_epoch": batches_per_epoch,
@@ -244,8 +276,9 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
         "peak_memory_bytes": int(peak), "memory_kind": "vram" if dev == "cuda" else "rss",
         "memory_breakdown": {k: int(v) for k, v in breakdown.items()},
         "seconds_per_step": s, "train_seconds": s * steps, "previews": n_previews, "preview_seconds": preview_s,
-        "loftq_setup_seconds": loftq_s, "total_seconds": s * steps + preview_s + loftq_s,
-        "measured": measured, "calibration": CPU_CALIBRATION if measured else CUDA_CALIBRATION,
+        "loftq_setup_seconds": loftq_s, "cache_seconds": cache_s, "saves": saves, "save_seconds": save_s,
+        "total_seconds": s * steps + preview_s + loftq_s + cache_s + save_s,
+        "measured": measured, "calibrated": calibrated, "calibration": calibration,
     }
 
 
@@ -261,5 +294,7 @@ def format_estimate(e: dict) -> str:
     flag = "" if e["measured"] else " (GPU figures unmeasured)"
     kind = "VRAM" if e["memory_kind"] == "vram" else "RAM"
     previews = f" + {e['previews']} previews ≈ {_span(e['preview_seconds'])}" if e.get("previews") else ""
+    extra = e.get("cache_seconds", 0) + e.get("save_seconds", 0) + e.get("loftq_setup_seconds", 0)
+    total = f"; ≈ {_span(e['total_seconds'])} in all with encoding and saving" if extra >= 1 else ""
     return (f"≈ {e['peak_memory_bytes'] / 1e9:.1f} GB {kind}, {e['seconds_per_step']:.2f} s/step, "
-            f"{e['steps']} steps ≈ {_span(e['train_seconds'])}{previews}{epochs}{flag}")
+            f"{e['steps']} steps ≈ {_span(e['train_seconds'])}{previews}{total}{epochs}{flag}")

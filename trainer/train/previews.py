@@ -18,6 +18,7 @@ from trainer.run.faults import crash_point
 from trainer.train.preview_styles import preview_plan
 from trainer.train.sampling import SampleSpec, a1111_parameters, generate_batch, save_png
 from trainer.train.setup import autocast_for
+from trainer.train.timing import due_after
 
 
 class Previews:
@@ -28,6 +29,7 @@ class Previews:
         self.plan = preview_plan(cfg)  # the config's prompts, or its family style's
         self.enabled = enabled and bool(self.plan.prompts)  # rank 0 alone draws
         self.seconds = 0.0
+        self.draw_seconds: list[float] = []  # each drawing of a round's images (base images reused: none)
 
     def specs(self) -> list[SampleSpec]:
         s, plan = self.cfg.sampling, self.plan
@@ -57,6 +59,14 @@ class Previews:
         finally:
             self.seconds += time.time() - t0
 
+    def seconds_left(self, step: int, max_steps: int) -> float:
+        """The previews still due after `step` (each later round draws the adapter only), at the pace of
+        the drawings so far; 0 before the first."""
+        if not self.enabled or not self.draw_seconds:
+            return 0.0
+        every = self.cfg.sampling.every_n_steps
+        return due_after(step, max_steps, every) * sum(self.draw_seconds) / len(self.draw_seconds)
+
     def _progress(self, before: int, total: int, images: int) -> Callable[[int], None]:
         """Tells the page the round's denoising steps, at most twice a second (a GPU takes ~20 a second)."""
         last = [time.monotonic()]
@@ -78,12 +88,14 @@ class Previews:
             return  # drawn earlier in this run (or before a resume) with the same settings
         self.dir.mkdir(parents=True, exist_ok=True)
         self._set_adapters(not base)
+        t0 = time.time()
         try:
             crash_point("preview-error", step)
             with autocast_for(self.device, self.dtype):  # fp16 UNet, fp32 VAE
                 images = generate_batch(self.base, specs, on_step)
         finally:
             self._set_adapters(True)
+        self.draw_seconds.append(time.time() - t0)
         crash_point("sample", step)
         for j, (spec, name, text, img) in enumerate(zip(specs, names, params, images)):
             save_png(img, self.dir / name, text)

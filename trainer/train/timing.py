@@ -16,11 +16,21 @@ class Progress:
     started_at: float = field(default_factory=time.time)
     step_times: list = field(default_factory=list)
 
-    def eta(self, max_steps: int) -> float | None:
+    def eta(self, max_steps: int, extra_s: float = 0.0) -> float | None:
+        """Seconds left: the remaining steps at the recent steps' pace, plus `extra_s` (the previews and
+        saves still due, from their measured times)."""
         if not self.step_times:
             return None
         recent = self.step_times[-20:]
-        return (max_steps - self.step) * sum(recent) / len(recent)
+        return (max_steps - self.step) * sum(recent) / len(recent) + extra_s
+
+
+def due_after(step: int, max_steps: int, every: int) -> int:
+    """How many times a schedule "every N steps, and once at the end" still fires after `step` (the loop
+    skips the schedule at the last step: the end's round serves)."""
+    if step >= max_steps:
+        return 0
+    return ((max_steps - 1) // every - step // every if every else 0) + 1
 
 
 class Timing:
@@ -28,6 +38,7 @@ class Timing:
 
     def __init__(self):
         self.seconds = dict.fromkeys(ACTIVITIES, 0.0)
+        self.counts = dict.fromkeys(ACTIVITIES, 0)
 
     @contextmanager
     def measure(self, activity: str):
@@ -36,6 +47,11 @@ class Timing:
             yield
         finally:
             self.seconds[activity] += time.time() - t0
+            self.counts[activity] += 1
+
+    def mean(self, activity: str) -> float:
+        """Mean seconds of one `activity` so far (0 before the first)."""
+        return self.seconds[activity] / self.counts[activity] if self.counts[activity] else 0.0
 
     def report(self, progress: Progress) -> dict:
         return {k: round(v, 3) for k, v in {**self.seconds, "steps": sum(progress.step_times)}.items()}
