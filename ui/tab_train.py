@@ -15,6 +15,7 @@ from trainer.run.events import run_view
 from ui import runs
 from ui.workspace import Studio
 from ui.form import build_form, config_to_values, values_to_config
+from ui.calibration import describe as describe_speed
 from ui.live import loss_rows, preview_pairs, progress_html
 from ui.paths import UnsafePath, inside, safe_name
 from ui.runner import resolve_state
@@ -106,8 +107,10 @@ def preset_path_or_name(studio: Studio, name: str) -> str:
     return name
 
 
-def estimate_text(cfg, n_images: int, views: int, dataset: str = "") -> str:
-    """The estimate box: steps, images and epochs said once, then time (training + previews) and memory."""
+def estimate_text(cfg, n_images: int, views: int, dataset: str = "", speed: dict | None = None,
+                  speed_note: str = "") -> str:
+    """The estimate box: steps, images and epochs said once, then time (training + previews) and memory;
+    the time at this machine's measured `speed` when there is one (speed_note says where it comes from)."""
     from trainer.estimate import estimate, format_estimate
 
     steps = cfg.schedule.max_train_steps
@@ -117,8 +120,9 @@ def estimate_text(cfg, n_images: int, views: int, dataset: str = "") -> str:
     lines = [f"**{steps} steps** · {n_images} image(s), {views} image view(s) per epoch at batch "
              f"{cfg.dataset.batch_size}" + (" (plus as many regularisation images)" if cfg.dataset.reg_path else "")]
     try:
-        est = estimate(cfg, num_images=n_images, num_views=views)
-        lines.append(f"{format_estimate(est)} — estimated for {est['family']} on {est['device']}.")
+        est = estimate(cfg, num_images=n_images, num_views=views, speed=speed)
+        lines.append(f"{format_estimate(est)} — estimated for {est['family']} on {est['device']}."
+                     + (f" {speed_note}" if speed_note and est["device"] == "cpu" else ""))
     except Exception as e:  # an estimate must never block a launch
         lines.append(f"Time/memory estimate unavailable ({e}).")
     from trainer.models.checks import launch_warnings
@@ -269,7 +273,12 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
         except runs.RunRefused as e:
             return str(e)
         n, views = runs.count_images(studio, ds, cfg.dataset.repeats)
-        return estimate_text(cfg, n, views, ds)
+        cal = studio.calibration
+        if cal is None:
+            return estimate_text(cfg, n, views, ds)
+        cal.refresh(busy=studio.runner.active() is not None)
+        speed = cal.current()
+        return estimate_text(cfg, n, views, ds, speed, describe_speed(speed, cal.measuring()))
 
     estimate_btn.click(on_estimate, [dataset, base, *comps], estimate_md)
 

@@ -5,6 +5,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ui.calibration import Calibration
 from ui.dataset_files import Limits
 from ui.paths import DataDirs, UnsafePath, inside
 from ui.runner import Runner
@@ -19,6 +20,7 @@ class Studio:
     limits: Limits = field(default_factory=Limits)
     model_roots: list[Path] = field(default_factory=list)  # folders the base picker may read models from
     python: str = sys.executable
+    calibration: Calibration | None = None  # this machine's measured speed, for the estimate
 
     @classmethod
     def create(cls, data_dir: str | Path, models_dirs: list[str] | None = None, limits: Limits | None = None,
@@ -26,7 +28,8 @@ class Studio:
         dirs = DataDirs.at(data_dir)
         store = RunStore(dirs.db)
         roots = [dirs.models] + [Path(m).expanduser().resolve() for m in models_dirs or []]
-        return cls(dirs, store, Runner(dirs, store, python=python), limits or Limits(), roots, python)
+        return cls(dirs, store, Runner(dirs, store, python=python), limits or Limits(), roots, python,
+                   Calibration(dirs.root, python))
 
     def run_dir(self, run_id: str) -> Path:
         return self.dirs.run_dir(run_id)
