@@ -1,0 +1,188 @@
+"""How close the studio's pre-launch estimate comes to the real run, on this machine, now.
+
+    .venv/bin/python bench/estimate_accuracy.py                 # measure every row, then fit and report
+    .venv/bin/python bench/estimate_accuracy.py --rows tiny-64  # some rows only (kept rows are not lost)
+    .venv/bin/python bench/estimate_accuracy.py --report        # report again from the saved measurements
+
+Each row: `python -m trainer calibrate` (the few seconds of measurement the studio makes), then the real
+trainer in a child process (bench/harness.py), whose finished event reports the seconds spent stepping,
+drawing previews, encoding the cache and saving. The estimate is computed from the config, the image
+count and that calibration, as the studio does. Rows marked "fit" set trainer/estimate.py's work
+constants (`--fit` prints them); "held-out" rows never do, so their errors are the estimate's real error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+
+from harness import child_env, make_dataset, measure_ours  # noqa: E402
+
+PARTS = [("train_seconds", "steps"), ("preview_seconds", "sample"), ("cache_seconds", "cache"),
+         ("save_seconds", "save")]
+
+
+def _sampling(prompts: int, every: int, steps: int, at_start: bool = True) -> dict:
+    return {"prompts": [f"a sks shape, view {i}" for i in range(prompts)], "every_n_steps": every,
+            "at_start": at_start, "with_base": True, "steps": steps}
+
+
+# name: (role, images, config overrides)
+ROWS: dict[str, tuple[str, int, dict]] = {
+    "tiny-64": ("fit", 8, {"model": {"base": "tiny:sd1"}, "dataset": {"resolution": 64, "batch_size": 1},
+                           "schedule": {"max_train_steps": 40}, "sampling": _sampling(2, 20, 10)}),
+    "sd15-256": ("fit", 4, {"model": {"base": "random:sd1"}, "dataset": {"resolution": 256, "batch_size": 1},
+                            "schedule": {"max_train_steps": 5}, "sampling": _sampling(1, 0, 3)}),
+    "tiny-128-b2": ("held-out", 12, {"model": {"base": "tiny:sd1"},
+                                     "dataset": {"resolution": 128, "batch_size": 2},
+                                     "schedule": {"max_train_steps": 30}, "sampling": _sampling(3, 10, 8),
+                                     "saving": {"every_n_steps": 10}}),
+    "sd15-320": ("held-out", 4, {"model": {"base": "random:sd1"}, "dataset": {"resolution": 320, "batch_size": 1},
+                                 "schedule": {"max_train_steps": 4}, "sampling": _sampling(1, 0, 2, at_start=False)}),
+    "demo": ("held-out", 0, {"preset": "demo", "schedule": {"max_train_steps": 60},
+                             "sampling": {"every_n_steps": 30, "steps": 10}}),
+}
+
+
+def row_config(name: str, work: Path):
+    """(TrainConfig, number of training images) of a row, its dataset generated in `work`."""
+    from trainer.config import TrainConfig, deep_merge, from_dict, load_preset
+
+    role, images, over = ROWS[name]
+    over = json.loads(json.dumps(over))
+    preset = over.pop("preset", None)
+    base = load_preset(preset).model_dump(mode="json") if preset else TrainConfig().model_dump(mode="json")
+    if not preset:
+        data = make_dataset(work / name / "data", images, over["dataset"]["resolution"])
+        over["dataset"].update(path=str(data), enable_buckets=False)
+        over.setdefault("precision", {})["device"] = "cpu"
+    over.setdefault("saving", {})["output_name"] = f"bench-{name}"
+    cfg = from_dict(deep_merge(base, over))
+    if preset:
+        from trainer.data.scan import list_dataset
+
+        images = len(list_dataset(Path(cfg.dataset.path)).items)
+    return cfg, images
+
+
+def calibrate(threads: int | None) -> dict:
+    out = subprocess.run([sys.executable, "-m", "trainer", "calibrate"], cwd=REPO, env=child_env(threads),
+                         capture_output=True, text=True, timeout=600, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure_row(name: str, work: Path, threads: int | None) -> dict:
+    from trainer.config import save_config
+
+    cfg, images = row_config(name, work)
+    run = work / name / "run"
+    shutil.rmtree(run, ignore_errors=True)  # a fresh run each time: a finished one would not train again
+    run.mkdir(parents=True)
+    save_config(cfg, run / "config.toml")
+    speed = calibrate(threads)
+    load_before = os.getloadavg()[0]
+    ours = measure_ours(run / "config.toml", run, warmup=1, threads=threads, timeout=3600)
+    return {"name": name, "role": ROWS[name][0], "images": images, "config": cfg.model_dump(mode="json"),
+            "speed": speed, "speed_after": calibrate(threads), "threads": threads, "timing": ours["timing"], "steps": ours["steps"],
+            "s_per_step": ours["s_per_step"], "wall_s": ours["wall_s"], "load_before": round(load_before, 2),
+            "load_after": round(os.getloadavg()[0], 2), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def estimate_of(row: dict) -> dict:
+    from trainer.config import from_dict
+    from trainer.estimate import estimate
+
+    return estimate(from_dict(row["config"]), num_images=row["images"], device="cpu", speed=row["speed"])
+
+
+def fit(rows: list[dict]) -> dict:
+    """Work constants from the fit rows: measured seconds × measured GFLOP/s ÷ the work's size."""
+    from trainer.config import from_dict
+    from trainer.estimate import VAE_DOWNSCALE, family_of
+
+    out: dict = {}
+    for r in rows:
+        if r["role"] != "fit":
+            continue
+        cfg = from_dict(r["config"])
+        fam, ds = family_of(cfg), cfg.dataset
+        g = r["speed"]["gflops"]
+        latent_px = (ds.resolution // VAE_DOWNSCALE.get(fam, 8)) ** 2 * ds.batch_size
+        out.setdefault("CPU_GFLOP_PER_LATENT_PX", {})[fam] = r["s_per_step"] * g / latent_px
+        if r["timing"].get("cache"):
+            image_px = r["images"] * ds.resolution ** 2
+            out.setdefault("CPU_CACHE_GFLOP_PER_IMAGE_PX", {})[fam] = r["timing"]["cache"] * g / image_px
+    return out
+
+
+def _err(est: float, actual: float) -> str:
+    if actual < 0.05 and est < 0.05:
+        return "–"
+    return f"{(est - actual) / actual:+.0%}" if actual else "∞"
+
+
+def report(rows: list[dict]) -> str:
+    lines = ["# Pre-launch estimate vs the real run", "",
+             "`python bench/estimate_accuracy.py`: for each row, `python -m trainer calibrate` (what the studio "
+             "measures), then the real trainer in a child process; the estimate is trainer/estimate.py's, from "
+             "the config, the image count and that calibration. \"fit\" rows set the work constants; "
+             "\"held-out\" rows did not, so their errors are the estimate's real errors. Seconds: stepping / "
+             "previews / encoding the cache / saving, as the trainer's finished event reports them.", "",
+             "| row | role | GFLOP/s (before→after) | load | steps est / real | previews est / real | cache est / real "
+             "| saves est / real | total est / real | error |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        e = estimate_of(r)
+        t = r["timing"]
+        cells = [f"{e[k]:.1f} / {t.get(a, 0):.1f}" for k, a in PARTS]
+        est_total = sum(e[k] for k, _ in PARTS)
+        real_total = sum(t.get(a, 0) for _, a in PARTS)
+        lines.append(f"| {r['name']} | {r['role']} | {r['speed']['gflops']:.1f}→{r['speed_after']['gflops']:.1f} | "
+                     f"{r['load_before']}→{r['load_after']} | " + " | ".join(cells) +
+                     f" | {est_total:.1f} / {real_total:.1f} | {_err(est_total, real_total)} |")
+    lines += ["", f"Measured {rows[0]['when'] if rows else '–'} onwards on this project's 2-core machine, shared "
+              "with other jobs (the load column); the calibration before and after each run shows how much the "
+              "machine's speed moved meanwhile, which no pre-launch estimate can know."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated: " + ", ".join(ROWS))
+    ap.add_argument("--out", default=str(HERE / "results"), help="folder for estimate_accuracy.json / .md")
+    ap.add_argument("--work", default="/tmp/atelier-estimate-bench")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="OpenMP threads of the calibration and the run alike (0 = torch's default); on a shared "
+                         "machine 1 keeps a busy neighbour from stalling every step")
+    ap.add_argument("--report", action="store_true", help="no measuring: report the saved rows")
+    ap.add_argument("--fit", action="store_true", help="print the work constants the fit rows give")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "estimate_accuracy.json"
+    rows = {r["name"]: r for r in (json.loads(saved.read_text()) if saved.exists() else [])}
+    if not a.report and not a.fit:
+        for name in a.rows.split(","):
+            print(f"[bench] {name} …", flush=True)
+            rows[name] = measure_row(name, Path(a.work), a.threads or None)
+            saved.write_text(json.dumps([rows[n] for n in ROWS if n in rows], indent=1))
+    ordered = [rows[n] for n in ROWS if n in rows]
+    if a.fit:
+        print(json.dumps(fit(ordered), indent=1))
+        return 0
+    (out / "estimate_accuracy.md").write_text(report(ordered))
+    print(report(ordered))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
