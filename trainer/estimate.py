@@ -56,14 +56,17 @@ CPU_PROCESS_BYTES = 0.56e9         # python + torch + diffusers + transformers +
 CPU_ACT_BYTES_PER_LATENT_PX = {"sd1": 1.02e6, "sd2": 1.02e6, "sdxl": 2.03e6, "tiny": 2.0e4}
 # speed is not: it is the work of a step over the speed this machine has now. `python -m trainer calibrate`
 # measures that speed in a few seconds (GFLOP/s achieved on a UNet-like mix of 3×3 convolutions and matmuls,
-# trainer/calibrate.py); the work per latent pixel of one sample, forward + backward + AdamW, in those same
-# units, was fitted on measured runs (bench/estimate_accuracy.py: tiny and SD1.5 rows; SDXL from the
-# SD1.5:SDXL ratio of bench/results/cpu.md's floors, 1.27; SD2 as SD1 with its wider text encoder unused).
-CPU_GFLOP_PER_LATENT_PX = {"sd1": 3.8e-2, "sd2": 3.9e-2, "sdxl": 4.8e-2, "tiny": 2.5e-4}
-# the image cache: VAE encoder (and text encoders) once per image, per image pixel, same units
-CPU_CACHE_GFLOP_PER_IMAGE_PX = {"sd1": 2.0e-4, "sd2": 2.0e-4, "sdxl": 2.5e-4, "tiny": 2.0e-6}
-# without a calibration: an idle 2-core machine of this project's kind (SD1.5 256 px 3.6-4.1 s/step)
-NOMINAL_CPU_GFLOPS = 10.0
+# trainer/calibrate.py); the work per latent pixel of one sample (forward + backward + AdamW) is in those
+# same units: a step's measured seconds × the GFLOP/s calibrate measured at that moment ÷ its latent pixels.
+# tiny: bench/estimate_accuracy.py's fit row (1 thread, load 5, calibration 14.6→17.9). SD1.5 and SDXL:
+# bench/results/cpu.md's steps at 256 px (1 thread, load 2.3–3.8) over 18 GFLOP/s, what calibrate measured
+# at 1 thread and load 4–5 on the same machine: a pairing across moments, to be replaced by fit rows measured
+# with their own calibration (bench/estimate_accuracy.py sd15-256). SD2 as SD1 (its text encoder is cached).
+CPU_GFLOP_PER_LATENT_PX = {"sd1": 0.137, "sd2": 0.14, "sdxl": 0.41, "tiny": 0.0117}
+# the image cache: VAE encoder (and text encoders) once per image, per image pixel, same units and sources
+CPU_CACHE_GFLOP_PER_IMAGE_PX = {"sd1": 1.3e-3, "sd2": 1.3e-3, "sdxl": 2.4e-3, "tiny": 7.7e-4}
+# without a calibration: the idle 2-core machine of this project's kind whose SD1.5 step at 256 px took 3.6–4.1 s
+NOMINAL_CPU_GFLOPS = 36.0
 CPU_STEP_OVERHEAD_S = 0.01
 # a save: the resumable state (adapter + optimizer moments) and the adapter file, written and fsynced
 SAVE_FIXED_S = 0.2
