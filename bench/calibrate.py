@@ -1,4 +1,4 @@
-"""Suggest trainer/estimate.py's CPU constants from a measured bench/results/cpu.json (prints them; edit
+"""Suggest trainer/estimate.py's CPU memory constants from a measured bench/results/cpu.json (prints them; edit
 estimate.py by hand, then `bench_cpu.py --recheck`). Activation bytes per latent pixel are what remains of
 the measured peak RSS after the process baseline (from the tiny row), the weights and the adapter state."""
 from __future__ import annotations
@@ -31,8 +31,8 @@ def main(path: str = str(HERE / "results" / "cpu.json")) -> int:
     print(f"CPU_PROCESS_BYTES ≈ {process:.3e} (tiny: RSS less weights and adapter; its activations are noise)")
     for name, f in fits.items():
         act = (f["rss"] - (process or 0) - f["weights+adapter"]) / f["latent_px"]
-        print(f"{name} ({f['family']}): CPU_ACT_BYTES_PER_LATENT_PX ≈ {act:.3e}, "
-              f"CPU_S_PER_LATENT_PX ≈ {f['s_per_latent_px']:.3e}")
+        print(f"{name} ({f['family']}): CPU_ACT_BYTES_PER_LATENT_PX ≈ {act:.3e} "
+              f"(speed constants: bench/estimate_accuracy.py --fit)")
     return 0
 
 

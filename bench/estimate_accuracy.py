@@ -118,7 +118,9 @@ def fit(rows: list[dict]) -> dict:
         fam, ds = family_of(cfg), cfg.dataset
         g = r["speed"]["gflops"]
         latent_px = (ds.resolution // VAE_DOWNSCALE.get(fam, 8)) ** 2 * ds.batch_size
-        out.setdefault("CPU_GFLOP_PER_LATENT_PX", {})[fam] = r["s_per_step"] * g / latent_px
+        from trainer.estimate import CPU_STEP_FIXED_GFLOP
+
+        out.setdefault("CPU_GFLOP_PER_LATENT_PX", {})[fam] = (r["s_per_step"] * g - CPU_STEP_FIXED_GFLOP) / latent_px
         if r["timing"].get("cache"):
             image_px = r["images"] * ds.resolution ** 2
             out.setdefault("CPU_CACHE_GFLOP_PER_IMAGE_PX", {})[fam] = r["timing"]["cache"] * g / image_px

@@ -62,12 +62,16 @@ CPU_ACT_BYTES_PER_LATENT_PX = {"sd1": 1.02e6, "sd2": 1.02e6, "sdxl": 2.03e6, "ti
 # bench/results/cpu.md's steps at 256 px (1 thread, load 2.3–3.8) over 18 GFLOP/s, what calibrate measured
 # at 1 thread and load 4–5 on the same machine: a pairing across moments, to be replaced by fit rows measured
 # with their own calibration (bench/estimate_accuracy.py sd15-256). SD2 as SD1 (its text encoder is cached).
-CPU_GFLOP_PER_LATENT_PX = {"sd1": 0.137, "sd2": 0.14, "sdxl": 0.41, "tiny": 0.0117}
+CPU_GFLOP_PER_LATENT_PX = {"sd1": 0.137, "sd2": 0.14, "sdxl": 0.41, "tiny": 0.003}
+# a step's fixed work, whatever its size (hundreds of small kernels, the optimizer over every adapter
+# tensor, bookkeeping): it decides small models' steps. From two tiny-family steps measured today,
+# batch 1 (tiny:sd1, 0.9 s at ~16 GFLOP/s) and batch 8 (the demo, 2.0 s at ~18 GFLOP/s), the demo's base
+# being the larger of the two: another provisional pairing, for the same fit rows to replace.
+CPU_STEP_FIXED_GFLOP = 11.0
 # the image cache: VAE encoder (and text encoders) once per image, per image pixel, same units and sources
 CPU_CACHE_GFLOP_PER_IMAGE_PX = {"sd1": 1.3e-3, "sd2": 1.3e-3, "sdxl": 2.4e-3, "tiny": 7.7e-4}
 # without a calibration: the idle 2-core machine of this project's kind whose SD1.5 step at 256 px took 3.6–4.1 s
 NOMINAL_CPU_GFLOPS = 36.0
-CPU_STEP_OVERHEAD_S = 0.01
 # a save: the resumable state (adapter + optimizer moments) and the adapter file, written and fsynced
 SAVE_FIXED_S = 0.2
 SAVE_BYTES_PER_S = 200e6
@@ -246,7 +250,7 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
     if dev == "cuda":
         s = CUDA_STEP_OVERHEAD_S + batch * latent_px * CUDA_S_PER_LATENT_PX[fam] * (1 if half else CUDA_FP32_SLOWDOWN)
     else:
-        s = CPU_STEP_OVERHEAD_S + batch * latent_px * CPU_GFLOP_PER_LATENT_PX[fam] / cpu_gflops
+        s = (CPU_STEP_FIXED_GFLOP + batch * latent_px * CPU_GFLOP_PER_LATENT_PX[fam]) / cpu_gflops
     if gc:
         s = CUDA_STEP_OVERHEAD_S + (s - CUDA_STEP_OVERHEAD_S) * GC_TIME_FACTOR if dev == "cuda" else s * GC_TIME_FACTOR
     s *= sch.grad_accum
