@@ -2,14 +2,11 @@
 on a cache miss or all at once up front (precompute), in batches of one bucket."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 
 from trainer.data.cache import LatentCache, TextCache, text_key
-
-if TYPE_CHECKING:
-    from trainer.data.dataset import TrainDataset
 
 ProgressFn = Callable[[int, int], None]
 LatentEncodeFn = Callable[[torch.Tensor], torch.Tensor]
@@ -17,7 +14,8 @@ TextEncodeFn = Callable[[list[str]], dict[str, torch.Tensor]]
 
 
 class DatasetEncodings:
-    def __init__(self, dataset: TrainDataset, batch_size: int):
+    def __init__(self, dataset, batch_size: int):
+        # dataset: the TrainDataset (not imported: it imports this module) whose pixels and keys are encoded
         self.dataset = dataset
         self.latent_cache: LatentCache | None = None
         self.latent_encode: LatentEncodeFn | None = None
