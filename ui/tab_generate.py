@@ -9,6 +9,7 @@ import time
 import typing
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import quote
 
 import gradio as gr
@@ -162,51 +163,66 @@ def select_run(studio: Studio, run_id: str | None) -> list:
     return [gr.update(value=SOURCES[0]), gr.update(choices=studio.run_choices(), value=run_id)]
 
 
-def build(studio: Studio) -> dict:
-    source = gr.Radio(SOURCES, value=SOURCES[0], label="Compare", elem_id="gen-source",
-                      info="A run's checkpoints, or any kohya-format adapter file (ours or a Civitai LoRA).")
-    with gr.Group(visible=True) as run_box:
+def _layout(studio: Studio) -> SimpleNamespace:
+    """The tab's widgets: what to compare (a run's checkpoints or adapter files), prompts and settings, results."""
+    w = SimpleNamespace()
+    w.source = gr.Radio(SOURCES, value=SOURCES[0], label="Compare", elem_id="gen-source",
+                        info="A run's checkpoints, or any kohya-format adapter file (ours or a Civitai LoRA).")
+    with gr.Group(visible=True) as w.run_box:
         with gr.Row():
             # value=None: a preselected first choice would show a run whose details were never filled in
-            run = gr.Dropdown(choices=studio.run_choices(), value=None, label="Run", elem_id="gen-run", scale=3)
-            refresh = gr.Button("Refresh runs", scale=1)
-        ckpts = gr.CheckboxGroup(label="Checkpoints (grid rows)", choices=[], elem_id="gen-ckpt-pick")
-    with gr.Group(visible=False) as file_box:
+            w.run = gr.Dropdown(choices=studio.run_choices(), value=None, label="Run", elem_id="gen-run", scale=3)
+            w.refresh = gr.Button("Refresh runs", scale=1)
+        w.ckpts = gr.CheckboxGroup(label="Checkpoints (grid rows)", choices=[], elem_id="gen-ckpt-pick")
+    with gr.Group(visible=False) as w.file_box:
         with gr.Row():
-            files = gr.Dropdown(choices=adapter_choices(_adapter_roots(studio)), multiselect=True, scale=3,
-                                label="Adapter files (grid rows)", elem_id="gen-adapter")
-            base = gr.Dropdown(choices=base_choices(studio), value="builtin:shapes", allow_custom_value=True,
-                               label="Base model", elem_id="gen-base", scale=2,
-                               info="The base the adapter was trained for.")
-        upload = gr.File(label="Upload an adapter (.safetensors, kohya format)", height=110, elem_id="gen-upload")
-        upload_msg = gr.Markdown(elem_id="gen-upload-msg")
+            w.files = gr.Dropdown(choices=adapter_choices(_adapter_roots(studio)), multiselect=True, scale=3,
+                                  label="Adapter files (grid rows)", elem_id="gen-adapter")
+            w.base = gr.Dropdown(choices=base_choices(studio), value="builtin:shapes", allow_custom_value=True,
+                                 label="Base model", elem_id="gen-base", scale=2,
+                                 info="The base the adapter was trained for.")
+        w.upload = gr.File(label="Upload an adapter (.safetensors, kohya format)", height=110, elem_id="gen-upload")
+        w.upload_msg = gr.Markdown(elem_id="gen-upload-msg")
     with gr.Row():
-        prompt = gr.Textbox(label="Prompts (one per line; each adds a block of rows)", lines=2, scale=3,
-                            elem_id="gen-prompt")
-        negative = gr.Textbox(label="Negative prompt", lines=2, scale=2, elem_id="gen-negative")
+        w.prompt = gr.Textbox(label="Prompts (one per line; each adds a block of rows)", lines=2, scale=3,
+                              elem_id="gen-prompt")
+        w.negative = gr.Textbox(label="Negative prompt", lines=2, scale=2, elem_id="gen-negative")
     with gr.Row():
-        seed = gr.Number(value=1234, precision=0, minimum=0, label="Seed (prompt i: seed + i)", elem_id="gen-seed")
-        steps = gr.Number(value=20, precision=0, minimum=1, maximum=150, label="Steps", elem_id="gen-steps")
-        cfg_scale = gr.Number(value=7.0, minimum=1.0, maximum=30.0, label="CFG scale", elem_id="gen-cfg")
-        sampler = gr.Dropdown(SAMPLERS, value="dpmpp_2m", label="Sampler", elem_id="gen-sampler")
-        strengths = gr.Textbox(value="0,0.5,1", label="Strengths (grid columns, comma-separated)",
-                               elem_id="gen-strengths")
+        w.seed = gr.Number(value=1234, precision=0, minimum=0, label="Seed (prompt i: seed + i)", elem_id="gen-seed")
+        w.steps = gr.Number(value=20, precision=0, minimum=1, maximum=150, label="Steps", elem_id="gen-steps")
+        w.cfg_scale = gr.Number(value=7.0, minimum=1.0, maximum=30.0, label="CFG scale", elem_id="gen-cfg")
+        w.sampler = gr.Dropdown(SAMPLERS, value="dpmpp_2m", label="Sampler", elem_id="gen-sampler")
+        w.strengths = gr.Textbox(value="0,0.5,1", label="Strengths (grid columns, comma-separated)",
+                                 elem_id="gen-strengths")
     with gr.Row():
-        grid_btn = gr.Button("Draw grid: rows × strengths", variant="primary", elem_id="gen-grid")
-        ckpt_btn = gr.Button("Compare all checkpoints (strength 1)", elem_id="gen-ckpts")
-    msg = gr.Markdown(elem_id="gen-msg")
-    table = gr.HTML(elem_id="gen-table")
-    grid_file = gr.File(label="Grid image (labelled PNG)", interactive=False, elem_id="gen-grid-file")
-    gallery = gr.Gallery(label="Single images", columns=4, height=420, elem_id="gen-gallery")
+        w.grid_btn = gr.Button("Draw grid: rows × strengths", variant="primary", elem_id="gen-grid")
+        w.ckpt_btn = gr.Button("Compare all checkpoints (strength 1)", elem_id="gen-ckpts")
+    w.msg = gr.Markdown(elem_id="gen-msg")
+    w.table = gr.HTML(elem_id="gen-table")
+    w.grid_file = gr.File(label="Grid image (labelled PNG)", interactive=False, elem_id="gen-grid-file")
+    w.gallery = gr.Gallery(label="Single images", columns=4, height=420, elem_id="gen-gallery")
+    return w
 
-    refresh.click(lambda: gr.update(choices=studio.run_choices()), None, run)
+
+def build(studio: Studio) -> dict:
+    w = _layout(studio)
+    # the order of these calls is the order the events are registered in (their api names count up in it)
+    _wire_sources(studio, w)
+    _wire_grids(studio, w)
+    return {"run": w.run, "select_outputs": [w.source, w.run]}
+
+
+def _wire_sources(studio: Studio, w: SimpleNamespace) -> None:
+    """Runs or adapter files: the run picker pre-fills from the run, an uploaded adapter joins the files."""
+    w.refresh.click(lambda: gr.update(choices=studio.run_choices()), None, w.run)
+
     def on_source(src):
         runs = src == SOURCES[0]
         # files dropped into the models folder since the page was built show up when the file picker opens
         files_update = gr.skip() if runs else gr.update(choices=adapter_choices(_adapter_roots(studio)))
         return gr.update(visible=runs), gr.update(visible=not runs), files_update
 
-    source.change(on_source, source, [run_box, file_box, files])
+    w.source.change(on_source, w.source, [w.run_box, w.file_box, w.files])
 
     def on_pick_run(run_id):
         """Pre-fill from the run: its checkpoints, preview prompts, negative prompt, seed, steps, CFG, sampler."""
@@ -225,7 +241,7 @@ def build(studio: Studio) -> dict:
                 "\n".join(s.prompts) or cfg.saving.trigger_phrase, s.negative_prompt, s.seed, s.steps, s.guidance_scale,
                 s.sampler)
 
-    run.change(on_pick_run, run, [ckpts, prompt, negative, seed, steps, cfg_scale, sampler])
+    w.run.change(on_pick_run, w.run, [w.ckpts, w.prompt, w.negative, w.seed, w.steps, w.cfg_scale, w.sampler])
 
     def on_adapter_upload(path):
         if not path:
@@ -247,8 +263,11 @@ def build(studio: Studio) -> dict:
         return (gr.update(choices=choices, value=[str(target)]),
                 f"Added `{target.name}`: {info}. Pick the base it was trained for, then draw the grid.", None)
 
-    upload.upload(on_adapter_upload, upload, [files, upload_msg, upload])
+    w.upload.upload(on_adapter_upload, w.upload, [w.files, w.upload_msg, w.upload])
 
+
+def _wire_grids(studio: Studio, w: SimpleNamespace) -> None:
+    """The two grid buttons: picked rows × strengths, or every checkpoint of the run at strength 1."""
     def run_rows(run_id, picked):
         if not run_id or not studio.store.get(run_id):
             raise gr.Error("Pick a run.")
@@ -279,8 +298,9 @@ def build(studio: Studio) -> dict:
                        smp, 0, st)
         return _outputs(comp, f"On `{base_model}`")
 
-    grid_btn.click(on_grid, [source, run, ckpts, files, base, prompt, negative, seed, steps, cfg_scale, sampler,
-                             strengths], [msg, table, grid_file, gallery])
+    results = [w.msg, w.table, w.grid_file, w.gallery]
+    w.grid_btn.click(on_grid, [w.source, w.run, w.ckpts, w.files, w.base, w.prompt, w.negative, w.seed, w.steps,
+                               w.cfg_scale, w.sampler, w.strengths], results)
 
     def on_ckpts(run_id, p, n, s, k, c, smp):
         if not run_id or not studio.store.get(run_id):
@@ -294,6 +314,4 @@ def build(studio: Studio) -> dict:
                        prompt_lines(p), n, s, k, c, smp, cfg.sampling.size or cfg.dataset.resolution, "1")
         return _outputs(comp, f"Run `{run_id}`, every checkpoint")
 
-    ckpt_btn.click(on_ckpts, [run, prompt, negative, seed, steps, cfg_scale, sampler],
-                   [msg, table, grid_file, gallery])
-    return {"run": run, "select_outputs": [source, run]}
+    w.ckpt_btn.click(on_ckpts, [w.run, w.prompt, w.negative, w.seed, w.steps, w.cfg_scale, w.sampler], results)

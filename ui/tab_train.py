@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import pandas as pd
@@ -131,72 +132,98 @@ def estimate_text(cfg, n_images: int, views: int, dataset: str = "", speed: dict
     return "\n\n".join(lines)
 
 
+def config_from_form(studio: Studio, keys: list[str], base_value, values):
+    """The form's values as a TrainConfig, the base model and other paths checked (ConfigError names the field)."""
+    cfg = values_to_config(keys, list(values), {"model.base": check_base(studio, base_value)})
+    check_extra_paths(studio, cfg)
+    return cfg
+
+
 def form_problem(studio: Studio, keys: list[str], base_value, values) -> str:
     """'' when the form is valid, else the problem naming each field by its label (shown until fixed)."""
     try:
-        cfg = values_to_config(keys, list(values), {"model.base": check_base(studio, base_value)})
-        check_extra_paths(studio, cfg)
+        config_from_form(studio, keys, base_value, values)
     except ConfigError as e:
         return f"**Fix before training:** {e}"
     return ""
 
 
-def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
+def _layout(studio: Studio) -> SimpleNamespace:
+    """The tab's widgets: pickers and names on top, the settings form left, the buttons and live panel right."""
+    w = SimpleNamespace()
     with gr.Row():
-        demo_btn = gr.Button("Try the demo", elem_id="train-demo", scale=1,
-                             variant="secondary")
-        dataset = gr.Dropdown(choices=runs.dataset_choices(studio), value=None, label="Dataset",
-                              elem_id="train-dataset", scale=2, info="The images this run trains on.")
-        base = gr.Dropdown(choices=base_choices(studio), value="builtin:shapes", allow_custom_value=True,
-                           label="Base model", elem_id="train-base", scale=3,
-                           info="Bundled demo base, a model in your models folder, a path there, or a hub id.")
-        rescan = gr.Button("Rescan models folder", scale=1)
-        preset = gr.Dropdown(choices=preset_names() + user_presets(studio), value=None, label="Preset",
-                             elem_id="train-preset", scale=2)
+        w.demo_btn = gr.Button("Try the demo", elem_id="train-demo", scale=1,
+                               variant="secondary")
+        w.dataset = gr.Dropdown(choices=runs.dataset_choices(studio), value=None, label="Dataset",
+                                elem_id="train-dataset", scale=2, info="The images this run trains on.")
+        w.base = gr.Dropdown(choices=base_choices(studio), value="builtin:shapes", allow_custom_value=True,
+                             label="Base model", elem_id="train-base", scale=3,
+                             info="Bundled demo base, a model in your models folder, a path there, or a hub id.")
+        w.rescan = gr.Button("Rescan models folder", scale=1)
+        w.preset = gr.Dropdown(choices=preset_names() + user_presets(studio), value=None, label="Preset",
+                               elem_id="train-preset", scale=2)
     with gr.Row():
-        run_name = gr.Textbox(value="my-lora", label="Run name", elem_id="train-run-name", scale=2,
-                              info="Also the adapter's file name.")
-        preset_save_name = gr.Textbox(label="Save settings as preset", placeholder="name", scale=2)
-        save_preset = gr.Button("Save preset", scale=1)
+        w.run_name = gr.Textbox(value="my-lora", label="Run name", elem_id="train-run-name", scale=2,
+                                info="Also the adapter's file name.")
+        w.preset_save_name = gr.Textbox(label="Save settings as preset", placeholder="name", scale=2)
+        w.save_preset = gr.Button("Save preset", scale=1)
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
-            form_error = gr.Markdown(elem_id="train-form-error")
+            w.form_error = gr.Markdown(elem_id="train-form-error")
             widgets = build_form()
         with gr.Column(scale=2, elem_id="train-live"):
-            with gr.Row():
-                estimate_btn = gr.Button("Estimate", elem_id="train-estimate-btn")
-                start = gr.Button("Train", variant="primary", elem_id="train-start")
-                stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
-            with gr.Row():
-                sample_now = gr.Button("Sample now", elem_id="train-sample-now", size="sm")
-                save_now = gr.Button("Save now", elem_id="train-save-now", size="sm")
-                resume = gr.Button("Resume", elem_id="train-resume", size="sm")
-                more_steps = gr.Number(value=None, precision=0, label="Train to step", elem_id="train-more-steps",
-                                       info="A finished run resumes only to train more: its new total of steps.",
-                                       min_width=120)
-            status = gr.Markdown(elem_id="train-status")
-            run_label = gr.Markdown(elem_id="train-run-label")
-            progress = gr.HTML(progress_html("idle", None), elem_id="train-progress-box")
-            with gr.Row(visible=False) as after_run:
-                open_generate = gr.Button("Open in Generate", elem_id="train-open-generate", size="sm")
-                open_export = gr.Button("Open in Export", elem_id="train-open-export", size="sm")
-            problems = gr.Markdown(elem_id="train-problems")
-            loss_plot = gr.LinePlot(x="step", y="loss", color="curve", title="Loss (smoothed; raw faint)", height=200,
-                                    color_map={"smoothed": "#4f46e5", "raw": "#c7d2fe"}, elem_id="train-loss")
-            previews = gr.Gallery(label="Previews (base | adapter at the same seed)", columns=2, height=260,
-                                  elem_id="train-previews")
-            saves = gr.Markdown(elem_id="train-saves")
-            estimate_md = gr.Markdown(elem_id="train-estimate")
-    keys, comps = list(widgets), list(widgets.values())
-    seen = gr.State(None)
-    timer = gr.Timer(1.0)
+            _layout_live(w)
+    w.keys, w.comps = list(widgets), list(widgets.values())
+    w.seen = gr.State(None)
+    w.timer = gr.Timer(1.0)
+    w.panel = [w.progress, w.problems, w.loss_plot, w.previews, w.run_label, w.saves, w.after_run]
+    return w
 
-    def cfg_from(values, base_value):
-        cfg = values_to_config(keys, list(values), {"model.base": check_base(studio, base_value)})
-        check_extra_paths(studio, cfg)
-        return cfg
 
-    # ---- settings
+def _layout_live(w: SimpleNamespace) -> None:
+    """Estimate, start and steering buttons, the run's status and its live panel."""
+    with gr.Row():
+        w.estimate_btn = gr.Button("Estimate", elem_id="train-estimate-btn")
+        w.start = gr.Button("Train", variant="primary", elem_id="train-start")
+        w.stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
+    with gr.Row():
+        w.sample_now = gr.Button("Sample now", elem_id="train-sample-now", size="sm")
+        w.save_now = gr.Button("Save now", elem_id="train-save-now", size="sm")
+        w.resume = gr.Button("Resume", elem_id="train-resume", size="sm")
+        w.more_steps = gr.Number(value=None, precision=0, label="Train to step", elem_id="train-more-steps",
+                                 info="A finished run resumes only to train more: its new total of steps.",
+                                 min_width=120)
+    w.status = gr.Markdown(elem_id="train-status")
+    w.run_label = gr.Markdown(elem_id="train-run-label")
+    w.progress = gr.HTML(progress_html("idle", None), elem_id="train-progress-box")
+    with gr.Row(visible=False) as w.after_run:
+        w.open_generate = gr.Button("Open in Generate", elem_id="train-open-generate", size="sm")
+        w.open_export = gr.Button("Open in Export", elem_id="train-open-export", size="sm")
+    w.problems = gr.Markdown(elem_id="train-problems")
+    w.loss_plot = gr.LinePlot(x="step", y="loss", color="curve", title="Loss (smoothed; raw faint)", height=200,
+                              color_map={"smoothed": "#4f46e5", "raw": "#c7d2fe"}, elem_id="train-loss")
+    w.previews = gr.Gallery(label="Previews (base | adapter at the same seed)", columns=2, height=260,
+                            elem_id="train-previews")
+    w.saves = gr.Markdown(elem_id="train-saves")
+    w.estimate_md = gr.Markdown(elem_id="train-estimate")
+
+
+def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
+    w = _layout(studio)
+    # the order of these calls is the order the events are registered in (their api names count up in it)
+    _wire_settings(studio, w)
+    on_dataset_tab_pick, on_datasets_refresh = _wire_dataset_and_estimate(studio, w, ds_name)
+    _wire_steering(studio, w, run_state)
+    _wire_live(studio, w, run_state)
+    return {"base": w.base, "preset": w.preset, "dataset": w.dataset, "dataset_default": on_dataset_tab_pick,
+            "dataset_refresh": on_datasets_refresh,
+            "open_generate": w.open_generate, "open_export": w.open_export}
+
+
+def _wire_settings(studio: Studio, w: SimpleNamespace) -> None:
+    """Presets (load, the demo's, save), the form's live check, rescanning the models folder."""
+    keys, comps = w.keys, w.comps
+
     def on_preset(name):
         if not name:
             return [gr.skip()] * (len(comps) + 4)
@@ -213,7 +240,7 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
         base = cfg.model.base if "base" in data.get("model", {}) else gr.skip()
         return [*config_to_values(cfg, keys), base, ds_update, loaded, ""]
 
-    preset.input(on_preset, preset, [*comps, base, dataset, status, form_error])
+    w.preset.input(on_preset, w.preset, [*comps, w.base, w.dataset, w.status, w.form_error])
 
     def on_demo():
         values = on_preset(runs.DEMO["preset"])
@@ -222,7 +249,7 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
                                   "the bundled images. Press **Train**.")
         return [runs.DEMO["preset"], runs.DEMO["name"], *values]
 
-    demo_btn.click(on_demo, None, [preset, run_name, *comps, base, dataset, status, form_error])
+    w.demo_btn.click(on_demo, None, [w.preset, w.run_name, *comps, w.base, w.dataset, w.status, w.form_error])
 
     def on_form_change(status_text, base_value, *values):
         problem = form_problem(studio, keys, base_value, values)
@@ -230,12 +257,12 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
         stale = not problem and (status_text or "").startswith("**Settings problem")
         return problem, ("" if stale else gr.skip())
 
-    gr.on([c.input for c in comps] + [base.input], on_form_change, [status, base, *comps], [form_error, status],
-          show_progress="hidden", trigger_mode="always_last")
+    gr.on([c.input for c in comps] + [w.base.input], on_form_change, [w.status, w.base, *comps],
+          [w.form_error, w.status], show_progress="hidden", trigger_mode="always_last")
 
     def on_save_preset(name, base_value, *values):
         try:
-            cfg = cfg_from(values, base_value)
+            cfg = config_from_form(studio, keys, base_value, values)
         except ConfigError as e:
             return f"**Cannot save:** {e}", gr.skip()
         safe = safe_name(name, "")
@@ -244,8 +271,12 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
         save_config(cfg, studio.dirs.presets / f"{safe}.toml")
         return f"Saved preset `user/{safe}`.", gr.update(choices=preset_names() + user_presets(studio))
 
-    save_preset.click(on_save_preset, [preset_save_name, base, *comps], [status, preset])
-    rescan.click(lambda: gr.update(choices=base_choices(studio)), None, base)
+    w.save_preset.click(on_save_preset, [w.preset_save_name, w.base, *comps], [w.status, w.preset])
+    w.rescan.click(lambda: gr.update(choices=base_choices(studio)), None, w.base)
+
+
+def _wire_dataset_and_estimate(studio: Studio, w: SimpleNamespace, ds_name: gr.Dropdown):
+    """The dataset picker (following the Dataset tab) and the estimate; returns the picker's two updaters."""
     # the Dataset tab's pick is the Train tab's default dataset
     def on_dataset_tab_pick(name):
         choices = runs.dataset_choices(studio)
@@ -253,7 +284,7 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
             return gr.update(choices=choices, value=name)
         return gr.update(choices=choices)
 
-    ds_name.change(on_dataset_tab_pick, ds_name, dataset, show_progress="hidden")
+    ds_name.change(on_dataset_tab_pick, ds_name, w.dataset, show_progress="hidden")
 
     def on_datasets_refresh(name, current):
         """Fresh choices; the current pick stays, else the Dataset tab's dataset once it has images."""
@@ -265,7 +296,7 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
 
     def on_estimate(ds, base_value, *values):
         try:
-            cfg = cfg_from(values, base_value)
+            cfg = config_from_form(studio, w.keys, base_value, values)
         except ConfigError as e:
             return f"**Settings problem:** {e}"
         try:
@@ -280,13 +311,16 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
         speed = cal.current()
         return estimate_text(cfg, n, views, ds, speed, describe_speed(speed, cal.measuring()))
 
-    estimate_btn.click(on_estimate, [dataset, base, *comps], estimate_md)
+    w.estimate_btn.click(on_estimate, [w.dataset, w.base, *w.comps], w.estimate_md)
+    return on_dataset_tab_pick, on_datasets_refresh
 
-    # ---- steering
+
+def _wire_steering(studio: Studio, w: SimpleNamespace, run_state: gr.State) -> None:
+    """Train, stop, sample now, save now, resume."""
     def on_start(ds, name, preset_name, base_value, *values):
         # refused: the panel shows the run training now, if any, never an earlier run's end
         try:
-            cfg = cfg_from(values, base_value)
+            cfg = config_from_form(studio, w.keys, base_value, values)
         except ConfigError as e:
             return studio.runner.active(), f"**Settings problem:** {e}"
         cfg.saving.output_name = safe_name(name, "my-lora")  # the adapter is named after its run
@@ -296,7 +330,7 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
             return studio.runner.active(), f"**Refused:** {e}"
         return run_id, f"Started run `{run_id}`."
 
-    start.click(on_start, [dataset, run_name, preset, base, *comps], [run_state, status])
+    w.start.click(on_start, [w.dataset, w.run_name, w.preset, w.base, *w.comps], [run_state, w.status])
 
     def steer(action):
         @functools.wraps(action)  # keeps the handler's name (on_stop, …) for Gradio's API and the tests
@@ -319,47 +353,50 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
     def on_save_now(run_id):
         return runs.ask(studio, run_id, "save_now")
 
-    stop.click(steer(on_stop), run_state, status)
-    sample_now.click(steer(on_sample_now), run_state, status)
-    save_now.click(steer(on_save_now), run_state, status)
+    w.stop.click(steer(on_stop), run_state, w.status)
+    w.sample_now.click(steer(on_sample_now), run_state, w.status)
+    w.save_now.click(steer(on_save_now), run_state, w.status)
 
     def on_resume(run_id, total_steps=None):
         return runs.resume(studio, run_id, total_steps)
 
-    resume.click(steer(on_resume), [run_state, more_steps], status)
+    w.resume.click(steer(on_resume), [run_state, w.more_steps], w.status)
 
-    # ---- the live panel
-    def render(run_id):
-        """(progress, problems, loss, previews, label, saves, after-run buttons) of a run, or of none."""
-        # the page fixes the plot's colour domain from the first frame it draws and later only swaps the data:
-        # a frame without the two curves' names would leave every later line uncoloured, so "no steps yet"
-        # is one point per curve with no loss (not drawn)
-        empty = pd.DataFrame({"step": [0, 0], "loss": [float("nan")] * 2, "curve": ["raw", "smoothed"]})
-        if not run_id:
-            return progress_html("idle", None), "", empty, [], "", "", gr.update(visible=False)
-        run_dir = studio.run_dir(run_id)
-        info = resolve_state(run_dir)
-        view = run_view(run_dir)
-        msgs = []
-        if info["state"] == "failed":
-            msgs.append(f"**Training failed:** {info.get('error') or 'no reason given'}")
-        msgs += [f"**Error:** {e}" for e in view.errors if e != info.get("error")]
-        if view.warnings:
-            more = f" (latest 5 of {len(view.warnings)})" if len(view.warnings) > 5 else ""
-            msgs.append(f"**Warnings{more}:**\n" + "\n".join(f"- {w}" for w in view.warnings[-5:]))
-        rows = loss_rows(view)
-        loss = pd.DataFrame(rows, columns=["step", "loss", "curve"]) if rows else empty
-        row = studio.store.get(run_id)
-        label = f"Run **{row['name'] if row else run_id}** · `{run_id}` · {info['state']}"
-        if row and row.get("dataset"):
-            label += f" · dataset `{row['dataset']}`"
-        saved = [f"step {step}" for step, _ in view.adapters()]
-        saves_md = f"Saved adapters: {', '.join(saved)}" if saved else ""
-        done = info["state"] in ("finished", "stopped") and bool(view.adapter)
-        return (progress_html(info["state"], view), "\n\n".join(msgs), loss, preview_pairs(view), label,
-                saves_md, gr.update(visible=done))
 
-    panel = [progress, problems, loss_plot, previews, run_label, saves, after_run]
+def render(studio: Studio, run_id):
+    """(progress, problems, loss, previews, label, saves, after-run buttons) of a run, or of none."""
+    # the page fixes the plot's colour domain from the first frame it draws and later only swaps the data:
+    # a frame without the two curves' names would leave every later line uncoloured, so "no steps yet"
+    # is one point per curve with no loss (not drawn)
+    empty = pd.DataFrame({"step": [0, 0], "loss": [float("nan")] * 2, "curve": ["raw", "smoothed"]})
+    if not run_id:
+        return progress_html("idle", None), "", empty, [], "", "", gr.update(visible=False)
+    run_dir = studio.run_dir(run_id)
+    info = resolve_state(run_dir)
+    view = run_view(run_dir)
+    msgs = []
+    if info["state"] == "failed":
+        msgs.append(f"**Training failed:** {info.get('error') or 'no reason given'}")
+    msgs += [f"**Error:** {e}" for e in view.errors if e != info.get("error")]
+    if view.warnings:
+        more = f" (latest 5 of {len(view.warnings)})" if len(view.warnings) > 5 else ""
+        msgs.append(f"**Warnings{more}:**\n" + "\n".join(f"- {w}" for w in view.warnings[-5:]))
+    rows = loss_rows(view)
+    loss = pd.DataFrame(rows, columns=["step", "loss", "curve"]) if rows else empty
+    row = studio.store.get(run_id)
+    label = f"Run **{row['name'] if row else run_id}** · `{run_id}` · {info['state']}"
+    if row and row.get("dataset"):
+        label += f" · dataset `{row['dataset']}`"
+    saved = [f"step {step}" for step, _ in view.adapters()]
+    saves_md = f"Saved adapters: {', '.join(saved)}" if saved else ""
+    done = info["state"] in ("finished", "stopped") and bool(view.adapter)
+    return (progress_html(info["state"], view), "\n\n".join(msgs), loss, preview_pairs(view), label,
+            saves_md, gr.update(visible=done))
+
+
+def _wire_live(studio: Studio, w: SimpleNamespace, run_state: gr.State) -> None:
+    """The live panel: refreshed each second while the run writes events, and when another run is shown."""
+    panel = w.panel
 
     def on_tick(run_id, last):
         if not run_id:
@@ -375,15 +412,15 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
             return [gr.skip()] * (len(panel) + 1)
         if info["state"] in ("finished", "stopped", "failed"):
             studio.runner.refresh(run_id)
-        return [*render(run_id), key]
+        return [*render(studio, run_id), key]
 
-    timer.tick(on_tick, [run_state, seen], [*panel, seen], show_progress="hidden")
+    w.timer.tick(on_tick, [run_state, w.seen], [*panel, w.seen], show_progress="hidden")
 
     def on_run_change(run_id):
         """A new, re-opened or re-attached run: the settings it really trained with, and its panel."""
-        skip = [gr.skip()] * (len(comps) + 4)
+        skip = [gr.skip()] * (len(w.comps) + 4)
         try:
-            panel_values = list(render(run_id))
+            panel_values = list(render(studio, run_id))
         except UnsafePath:
             return skip + [gr.skip()] * len(panel) + [None]
         if not run_id:
@@ -395,10 +432,8 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
         row = studio.store.get(run_id) or {}
         ds = row.get("dataset")
         ds_update = gr.update(choices=runs.dataset_choices(studio), value=ds) if ds else gr.skip()
-        return [*config_to_values(cfg, keys), cfg.model.base, row.get("name", gr.skip()), ds_update, "",
+        return [*config_to_values(cfg, w.keys), cfg.model.base, row.get("name", gr.skip()), ds_update, "",
                 *panel_values, None]
 
-    run_state.change(on_run_change, run_state, [*comps, base, run_name, dataset, form_error, *panel, seen])
-    return {"base": base, "preset": preset, "dataset": dataset, "dataset_default": on_dataset_tab_pick,
-            "dataset_refresh": on_datasets_refresh,
-            "open_generate": open_generate, "open_export": open_export}
+    run_state.change(on_run_change, run_state, [*w.comps, w.base, w.run_name, w.dataset, w.form_error, *panel,
+                                                w.seen])

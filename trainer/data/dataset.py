@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import replace
-from typing import Callable
 
 import numpy as np
 import torch
@@ -23,15 +22,11 @@ from PIL import ImageOps
 
 from trainer.config import DatasetSection
 from trainer.data.buckets import Buckets, Placement
-from trainer.data.cache import LatentCache, TextCache, stable_key, text_key
+from trainer.data.cache import LatentCache, TextCache, stable_key
 from trainer.data.captions import process_caption
+from trainer.data.encoding import DatasetEncodings, LatentEncodeFn, ProgressFn, TextEncodeFn
 from trainer.data.images import ImageError, load_image, parse_background
 from trainer.data.scan import Item, Problem, Scan
-
-ProgressFn = Callable[[int, int], None]
-LatentEncodeFn = Callable[[torch.Tensor], torch.Tensor]
-TextEncodeFn = Callable[[list[str]], dict[str, torch.Tensor]]
-
 
 def _rng(*parts) -> random.Random:
     # str seeds go through SHA-512 in CPython: identical in every process, unlike hash()
@@ -60,12 +55,7 @@ class TrainDataset:
         self._reg_cycle = [len(train) + j for j, it in enumerate(reg) for _ in range(it.repeats)]
         self._n_train = len(self._train_slots)
         self._n_reg = self._n_train if self._reg_cycle else 0
-        self._latent_cache: LatentCache | None = None
-        self._latent_encode: LatentEncodeFn | None = None
-        self._text_cache: TextCache | None = None
-        self._text_encode: TextEncodeFn | None = None
-        self.encode_batch_size = max(1, cfg.batch_size)
-        self.encoder_calls = {"latents": 0, "text": 0}  # how often the trainer's encode_fns ran
+        self.encodings = DatasetEncodings(self, max(1, cfg.batch_size))
 
     # ---- what the epoch holds -------------------------------------------------------------------
     def num_samples(self, epoch: int = 0) -> int:
@@ -146,12 +136,12 @@ class TrainDataset:
             "target_size": (bh, bw),
             "loss_weight": float(self.cfg.prior_loss_weight) if it.is_reg else 1.0,
         }
-        if self._latent_cache is not None:
-            out["latents"] = self._latents_for(item_idx, flip, out["key"])
+        if self.encodings.latent_cache is not None:
+            out["latents"] = self.encodings.latents_for(item_idx, flip, out["key"])
         else:
             out["pixels"] = self.pixels(item_idx, flip)
-        if self._text_cache is not None:
-            out["text"] = self._text_for(caption)
+        if self.encodings.text_cache is not None:
+            out["text"] = self.encodings.text_for(caption)
         return out
 
     def collate(self, samples: list[dict]) -> dict:
@@ -184,10 +174,15 @@ class TrainDataset:
         """From now on sample() returns "latents" instead of "pixels". encode_fn(pixels [B, 3, H, W] in
         [-1, 1], on CPU) -> latents [B, C, h, w], as the trainer wants them (VAE, scaling, device and
         no_grad are its business). Call precompute() to encode everything once up front."""
-        self._latent_cache = cache
-        self._latent_encode = encode_fn
+        self.encodings.latent_cache = cache
+        self.encodings.latent_encode = encode_fn
         if encode_batch_size:
-            self.encode_batch_size = encode_batch_size
+            self.encodings.batch_size = encode_batch_size
+
+    @property
+    def encoder_calls(self) -> dict[str, int]:
+        """How often the trainer's encode_fns ran: {"latents": n, "text": n}."""
+        return self.encodings.calls
 
     @property
     def text_cacheable(self) -> bool:
@@ -199,93 +194,19 @@ class TrainDataset:
         Only for a frozen text encoder; refused with shuffled captions (too many variants to cache)."""
         if not self.text_cacheable:
             raise ValueError("text-encoder cache needs fixed captions: dataset.shuffle_caption is on")
-        self._text_cache = cache
-        self._text_encode = encode_fn
+        self.encodings.text_cache = cache
+        self.encodings.text_encode = encode_fn
 
     def latent_keys(self) -> list[tuple[int, bool, str]]:
         """(item index, flip, key) of every latent an epoch can ask for."""
         flips = (False, True) if self.cfg.flip else (False,)
         return [(i, f, self.latent_key(i, f)) for i in range(len(self.items)) for f in flips]
 
-    def _encode_latents(self, batch: list[tuple[int, bool, str]]) -> None:
-        pixels = torch.stack([self.pixels(i, f) for i, f, _ in batch])
-        with torch.no_grad():
-            lat = self._latent_encode(pixels)  # type: ignore[misc]
-        self.encoder_calls["latents"] += 1
-        if lat.shape[0] != len(batch):
-            raise ValueError(f"latent encode_fn returned {lat.shape[0]} latents for {len(batch)} images")
-        for (_, _, key), value in zip(batch, lat):
-            self._latent_cache.put(key, {"latents": value})  # type: ignore[union-attr]
-
-    def _latents_for(self, item_idx: int, flip: bool, key: str) -> torch.Tensor:
-        got = self._latent_cache.get(key)  # type: ignore[union-attr]
-        if got is None:  # not precomputed: encode this one now
-            self._encode_latents([(item_idx, flip, key)])
-            got = self._latent_cache.get(key)  # type: ignore[union-attr]
-        return got["latents"]  # type: ignore[index]
-
-    def _text_for(self, caption: str) -> dict[str, torch.Tensor]:
-        key = text_key(caption)
-        got = self._text_cache.get(key)  # type: ignore[union-attr]
-        if got is None:
-            self._encode_texts([caption])
-            got = self._text_cache.get(key)  # type: ignore[union-attr]
-        return got  # type: ignore[return-value]
-
-    def _encode_texts(self, captions: list[str]) -> None:
-        with torch.no_grad():
-            out = self._text_encode(captions)  # type: ignore[misc]
-        self.encoder_calls["text"] += 1
-        for i, caption in enumerate(captions):
-            self._text_cache.put(text_key(caption), {k: v[i] for k, v in out.items()})  # type: ignore[union-attr]
-
     def precompute(self, progress_cb: ProgressFn | None = None) -> dict[str, int]:
         """Encode every latent (both flips when flip is on) and caption variant not yet cached, in batches
         of one bucket. Afterwards sample() never calls an encoder. Returns {"latents_computed",
         "latents_reused", "text_computed", "text_reused"}; progress_cb(done, total) after each batch."""
-        stats = {"latents_computed": 0, "latents_reused": 0, "text_computed": 0, "text_reused": 0}
-        todo: list[tuple[int, bool, str]] = []
-        texts: list[str] = []
-        if self._latent_cache is not None:
-            for entry in self.latent_keys():
-                if self._latent_cache.get(entry[2]) is None:
-                    todo.append(entry)
-                else:
-                    stats["latents_reused"] += 1
-        if self._text_cache is not None:
-            variants = {it.caption for it in self.items}
-            if self.cfg.caption_dropout > 0:
-                variants.add("")
-            for cap in sorted(variants):
-                if self._text_cache.get(text_key(cap)) is None:
-                    texts.append(cap)
-                else:
-                    stats["text_reused"] += 1
-        total = len(todo) + len(texts)
-        done = 0
-        if progress_cb:
-            progress_cb(0, total)
-        by_bucket: dict[tuple[int, int], list[tuple[int, bool, str]]] = {}
-        for entry in todo:
-            by_bucket.setdefault(self.placements[entry[0]].bucket, []).append(entry)
-        bs = self.encode_batch_size
-        for bucket in sorted(by_bucket):
-            entries = by_bucket[bucket]
-            for i in range(0, len(entries), bs):
-                chunk = entries[i:i + bs]
-                self._encode_latents(chunk)
-                stats["latents_computed"] += len(chunk)
-                done += len(chunk)
-                if progress_cb:
-                    progress_cb(done, total)
-        for i in range(0, len(texts), bs):
-            chunk = texts[i:i + bs]
-            self._encode_texts(chunk)
-            stats["text_computed"] += len(chunk)
-            done += len(chunk)
-            if progress_cb:
-                progress_cb(done, total)
-        return stats
+        return self.encodings.precompute(progress_cb)
 
     # ---- what metadata and the GUI need ---------------------------------------------------------
     @property

@@ -1,12 +1,16 @@
-"""The trainable weights of a run, and putting a saved state back (trainer.run.state reads and writes
-the files): weights, optimizer, schedule, random generators and the data position."""
+"""The trainable weights of a run, saving a resumable state with the adapter beside it, and putting a saved
+state back (trainer.run.state reads and writes the files): weights, optimizer, schedule, random generators
+and the data position."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 
-from trainer.run.state import load_state
+from trainer.formats.export import RunFacts, export_adapter
+from trainer.run.faults import crash_point
+from trainer.run.folder import RunFolder
+from trainer.run.state import latest_state, load_state, save_state
 from trainer.train.setup import TrainingError
 from trainer.train.timing import Progress
 
@@ -36,3 +40,43 @@ def restore(state_dir: Path, params: dict[str, torch.Tensor], optimizer, lr_sche
     torch.set_rng_state(rng["torch_cpu"])
     noise_gen.set_state(rng["gen_noise"])
     progress.step, progress.epoch, progress.batch_in_epoch = info["step"], info["epoch"], info["batch_in_epoch"]
+
+
+class Resumable:
+    """What a run saves and resumes from: the trainable weights, optimizer, LR schedule, noise generator and
+    data position, in the run folder's checkpoints; the kohya adapter is written after each state."""
+
+    def __init__(self, paths: RunFolder, cfg, base, network, optimizer, lr_scheduler, noise_gen: torch.Generator,
+                 progress: Progress):
+        self.paths, self.cfg, self.base, self.network = paths, cfg, base, network
+        self.optimizer, self.lr_scheduler, self.noise_gen, self.progress = optimizer, lr_scheduler, noise_gen, progress
+
+    def save(self, facts: RunFacts, final: bool) -> tuple[Path, Path]:
+        """(state folder, adapter file). A failed save (disk full…) leaves the previous ones intact and raises
+        TrainingError with the reason."""
+        p = self.progress
+        try:
+            state_dir = save_state(self.paths.checkpoints, p.step, trainable_state(self.base), self.optimizer,
+                                   self.lr_scheduler,
+                                   {"epoch": p.epoch, "batch_in_epoch": p.batch_in_epoch,
+                                    "generators": {"noise": self.noise_gen.get_state()}},
+                                   self.cfg.saving.keep_last)
+            crash_point("adapter", p.step)
+            facts.steps, facts.epochs = p.step, p.epoch
+            name = self.cfg.saving.output_name
+            # a run continued past its first finish keeps that adapter; the new one is named by its step
+            taken = (self.paths.output / f"{name}.safetensors").exists()
+            path = export_adapter(self.cfg, facts, self.base, self.network, self.paths.output,
+                                  name if final and not taken else f"{name}-step{p.step:06d}")
+        except OSError as e:
+            raise TrainingError(f"saving at step {p.step} failed ({e.strerror or e}); the previous adapter and "
+                                "state are intact") from None
+        return state_dir, path
+
+    def restore(self) -> Path | None:
+        """Put the latest saved state back; the state folder, or None when there is none."""
+        state_dir = latest_state(self.paths.checkpoints)
+        if state_dir is not None:
+            restore(state_dir, trainable_state(self.base), self.optimizer, self.lr_scheduler, self.noise_gen,
+                    self.progress)
+        return state_dir

@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 
 from trainer.config import TrainConfig, adapter_starts_at_base, save_config
-from trainer.formats.export import RunFacts, export_adapter
+from trainer.formats.export import RunFacts
 from trainer.models.checks import launch_warnings
 from trainer.run.events import ControlPoller, EventWriter, nothing_to_resume
 from trainer.run.folder import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_STOPPED, RunFolder
 from trainer.run.faults import crash_point
-from trainer.run.state import clean_partial, latest_state, save_state
+from trainer.run.state import clean_partial
 from trainer.train import checkpoints, setup
 from trainer.train.conditioning import encode_text
 from trainer.train.loss import diffusion_loss, draw_noise, prediction_target
@@ -152,6 +152,8 @@ class Trainer:
         self.unet_fwd = self.procs.wrap(self.base.unet)
         self.te_fwd = [self.procs.wrap(te) if i in self.network.text_encoders else te
                        for i, te in enumerate(self.base.text_encoders)]
+        self.resumable = checkpoints.Resumable(self.paths, cfg, self.base, self.network, self.optimizer,
+                                               self.lr_scheduler, self.noise_gen, self.progress)
         if self.resume:
             self._restore()
         self.facts = RunFacts.of_run(cfg, self.base, self.dataset, self.procs.world, self.progress.started_at,
@@ -268,41 +270,22 @@ class Trainer:
         return checkpoints.trainable_state(self.base)
 
     def _save(self, final: bool) -> str | None:
-        """Resumable state, then the kohya adapter. A failed save (disk full…) leaves the previous
-        ones intact and ends the run with the reason."""
+        """Resumable state, then the kohya adapter (checkpoints.Resumable); the checkpoint event names both."""
         if not self.procs.is_main:
             return None
-        p = self.progress
-        try:
-            with self.timing.measure("save"):
-                state_dir = save_state(self.paths.checkpoints, p.step, self.trainable_state(), self.optimizer,
-                                       self.lr_scheduler,
-                                       {"epoch": p.epoch, "batch_in_epoch": p.batch_in_epoch,
-                                        "generators": {"noise": self.noise_gen.get_state()}},
-                                       self.cfg.saving.keep_last)
-                crash_point("adapter", p.step)
-                self.facts.steps, self.facts.epochs = p.step, p.epoch
-                name = self.cfg.saving.output_name
-                # a run continued past its first finish keeps that adapter; the new one is named by its step
-                taken = (self.paths.output / f"{name}.safetensors").exists()
-                path = export_adapter(self.cfg, self.facts, self.base, self.network, self.paths.output,
-                                      name if final and not taken else f"{name}-step{p.step:06d}")
-        except OSError as e:
-            raise TrainingError(f"saving at step {p.step} failed ({e.strerror or e}); the previous adapter and "
-                                "state are intact") from None
+        with self.timing.measure("save"):
+            state_dir, path = self.resumable.save(self.facts, final)
         adapter = str(path.relative_to(self.paths.root))
-        self.events.emit("checkpoint", step=p.step, state=str(state_dir.relative_to(self.paths.root)),
+        self.events.emit("checkpoint", step=self.progress.step, state=str(state_dir.relative_to(self.paths.root)),
                          adapter=adapter)
         return adapter
 
     def _restore(self) -> None:
-        state_dir = latest_state(self.paths.checkpoints)
+        state_dir = self.resumable.restore()
         if state_dir is None:
             self._warn("--resume: no saved state in this run folder; starting from step 0")
-            return
-        checkpoints.restore(state_dir, self.trainable_state(), self.optimizer, self.lr_scheduler, self.noise_gen,
-                            self.progress)
-        self._log(f"resumed from {state_dir.name}")
+        else:
+            self._log(f"resumed from {state_dir.name}")
 
 
 def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = False) -> int:

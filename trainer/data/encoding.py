@@ -1,0 +1,97 @@
+"""A TrainDataset's encoder caches: VAE latents and text-encoder outputs, encoded by the trainer's functions
+on a cache miss or all at once up front (precompute), in batches of one bucket."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from trainer.data.cache import LatentCache, TextCache, text_key
+
+ProgressFn = Callable[[int, int], None]
+LatentEncodeFn = Callable[[torch.Tensor], torch.Tensor]
+TextEncodeFn = Callable[[list[str]], dict[str, torch.Tensor]]
+
+
+class DatasetEncodings:
+    def __init__(self, dataset, batch_size: int):
+        # dataset: the TrainDataset (not imported: it imports this module) whose pixels and keys are encoded
+        self.dataset = dataset
+        self.latent_cache: LatentCache | None = None
+        self.latent_encode: LatentEncodeFn | None = None
+        self.text_cache: TextCache | None = None
+        self.text_encode: TextEncodeFn | None = None
+        self.batch_size = batch_size
+        self.calls = {"latents": 0, "text": 0}  # how often the trainer's encode_fns ran
+
+    def encode_latents(self, batch: list[tuple[int, bool, str]]) -> None:
+        pixels = torch.stack([self.dataset.pixels(i, f) for i, f, _ in batch])
+        with torch.no_grad():
+            lat = self.latent_encode(pixels)  # type: ignore[misc]
+        self.calls["latents"] += 1
+        if lat.shape[0] != len(batch):
+            raise ValueError(f"latent encode_fn returned {lat.shape[0]} latents for {len(batch)} images")
+        for (_, _, key), value in zip(batch, lat):
+            self.latent_cache.put(key, {"latents": value})  # type: ignore[union-attr]
+
+    def latents_for(self, item_idx: int, flip: bool, key: str) -> torch.Tensor:
+        got = self.latent_cache.get(key)  # type: ignore[union-attr]
+        if got is None:  # not precomputed: encode this one now
+            self.encode_latents([(item_idx, flip, key)])
+            got = self.latent_cache.get(key)  # type: ignore[union-attr]
+        return got["latents"]  # type: ignore[index]
+
+    def text_for(self, caption: str) -> dict[str, torch.Tensor]:
+        key = text_key(caption)
+        got = self.text_cache.get(key)  # type: ignore[union-attr]
+        if got is None:
+            self.encode_texts([caption])
+            got = self.text_cache.get(key)  # type: ignore[union-attr]
+        return got  # type: ignore[return-value]
+
+    def encode_texts(self, captions: list[str]) -> None:
+        with torch.no_grad():
+            out = self.text_encode(captions)  # type: ignore[misc]
+        self.calls["text"] += 1
+        for i, caption in enumerate(captions):
+            self.text_cache.put(text_key(caption), {k: v[i] for k, v in out.items()})  # type: ignore[union-attr]
+
+    def precompute(self, progress_cb: ProgressFn | None = None) -> dict[str, int]:
+        """TrainDataset.precompute: encode whatever is not cached yet, latents by bucket, then captions."""
+        stats = {"latents_computed": 0, "latents_reused": 0, "text_computed": 0, "text_reused": 0}
+        todo: list[tuple[int, bool, str]] = []
+        texts: list[str] = []
+        if self.latent_cache is not None:
+            for entry in self.dataset.latent_keys():
+                if self.latent_cache.get(entry[2]) is None:
+                    todo.append(entry)
+                else:
+                    stats["latents_reused"] += 1
+        if self.text_cache is not None:
+            variants = {it.caption for it in self.dataset.items}
+            if self.dataset.cfg.caption_dropout > 0:
+                variants.add("")
+            for cap in sorted(variants):
+                if self.text_cache.get(text_key(cap)) is None:
+                    texts.append(cap)
+                else:
+                    stats["text_reused"] += 1
+        total = len(todo) + len(texts)
+        done = 0
+        if progress_cb:
+            progress_cb(0, total)
+        by_bucket: dict[tuple[int, int], list[tuple[int, bool, str]]] = {}
+        for entry in todo:
+            by_bucket.setdefault(self.dataset.placements[entry[0]].bucket, []).append(entry)
+        bs = self.batch_size
+        # latents one bucket at a time (a batch stacks same-size images), then the captions
+        chunks = [(self.encode_latents, "latents_computed", entries[i:i + bs])
+                  for entries in (by_bucket[b] for b in sorted(by_bucket)) for i in range(0, len(entries), bs)]
+        chunks += [(self.encode_texts, "text_computed", texts[i:i + bs]) for i in range(0, len(texts), bs)]
+        for encode, stat, chunk in chunks:
+            encode(chunk)
+            stats[stat] += len(chunk)
+            done += len(chunk)
+            if progress_cb:
+                progress_cb(done, total)
+        return stats
