@@ -181,6 +181,15 @@ def preview_count(cfg) -> int:
     return rounds * len(sm.prompts)
 
 
+def cache_seconds(cfg, fam: str, dev: str, num_images: int | None, cpu_gflops: float) -> float:
+    """Encoding the image cache: each image (and regularisation image) once; 0 without a latent cache."""
+    ds = cfg.dataset
+    if not num_images or not ds.cache_latents:
+        return 0.0
+    image_px = num_images * (2 if ds.reg_path else 1) * ds.resolution ** 2
+    return image_px * (CUDA_CACHE_S_PER_IMAGE_PX if dev == "cuda" else CPU_CACHE_GFLOP_PER_IMAGE_PX[fam] / cpu_gflops)
+
+
 def save_count(cfg) -> int:
     """How many times a run saves (state + adapter): every saving.every_n_steps before the end, and at the end."""
     every, steps = cfg.saving.every_n_steps, cfg.schedule.max_train_steps
@@ -264,18 +273,11 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
     n_previews = preview_count(cfg)
     preview_s = n_previews * cfg.sampling.steps * (2 if cfg.sampling.guidance_scale > 1 else 1) * unet_s
     loftq_s = loftq_setup_seconds(cfg, fam)
-    cache_s = 0.0
-    if num_images and ds.cache_latents:  # each image (and regularisation image) encoded once
-        image_px = (num_images * (2 if ds.reg_path else 1)) * ds.resolution ** 2
-        cache_s = image_px * (CUDA_CACHE_S_PER_IMAGE_PX if dev == "cuda"
-                              else CPU_CACHE_GFLOP_PER_IMAGE_PX[fam] / cpu_gflops)
+    cache_s = cache_seconds(cfg, fam, dev, num_images, cpu_gflops)
     saves = save_count(cfg)
     save_s = saves * (SAVE_FIXED_S + n_train * (FP32 + opt_bytes + 2) / SAVE_BYTES_PER_S)
-    if calibrated:
-        calibration = (f"memory measured on this project's machines; speed from this machine's "
-                       f"{cpu_gflops:.1f} GFLOP/s, measured now")
-    else:
-        calibration = CPU_CALIBRATION if measured else CUDA_CALIBRATION
+    calibration = (f"memory measured on this project's machines; speed from this machine's {cpu_gflops:.1f} "
+                   f"GFLOP/s, measured now") if calibrated else CPU_CALIBRATION if measured else CUDA_CALIBRATION
     return {
         "family": fam, "device": dev, "dtype": ("bf16/fp16" if half else "fp32"),
         "steps": steps, "epochs": epochs, "batches_per_epoch": batches_per_epoch,

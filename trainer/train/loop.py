@@ -28,7 +28,7 @@ from trainer.train.loss import diffusion_loss, draw_noise, prediction_target
 from trainer.train.previews import Previews
 from trainer.train.processes import Processes
 from trainer.train.setup import TrainingError, autocast_for  # noqa: F401 (TrainingError: part of this API)
-from trainer.train.timing import Progress, StepDisplay, Timing, due_after
+from trainer.train.timing import Progress, StepDisplay, Timing
 
 EXIT_BY_STATUS = {"finished": EXIT_OK, "failed": EXIT_FAILED, "stopped": EXIT_STOPPED}
 
@@ -246,9 +246,7 @@ class Trainer:
 
     def _report_step(self, loss: float, keys: list[str]) -> None:
         p, max_steps = self.progress, self.cfg.schedule.max_train_steps
-        # the time left counts the previews and saves still due, at their measured pace
-        extra = self.previews.seconds_left(p.step, max_steps) + \
-            due_after(p.step, max_steps, self.cfg.saving.every_n_steps) * self.timing.mean("save")
+        extra = self.previews.seconds_left(p.step, max_steps) + self.timing.saves_left(p.step, max_steps, self.cfg)
         dt, lr, eta = p.step_times[-1], self.lr_scheduler.get_last_lr()[0], p.eta(max_steps, extra)
         # batch: a short fingerprint of what the step trained on, so a resumed run's data order can be checked
         self.events.emit("step", step=p.step, max_steps=max_steps, loss=round(loss, 6), lr=lr,

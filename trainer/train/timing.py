@@ -53,6 +53,10 @@ class Timing:
         """Mean seconds of one `activity` so far (0 before the first)."""
         return self.seconds[activity] / self.counts[activity] if self.counts[activity] else 0.0
 
+    def saves_left(self, step: int, max_steps: int, cfg) -> float:
+        """Seconds of the saves still due after `step`, at the pace of those made (0 before the first)."""
+        return due_after(step, max_steps, cfg.saving.every_n_steps) * self.mean("save")
+
     def report(self, progress: Progress) -> dict:
         return {k: round(v, 3) for k, v in {**self.seconds, "steps": sum(progress.step_times)}.items()}
 
