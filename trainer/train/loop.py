@@ -104,10 +104,7 @@ class Trainer:
                          startup_s=round(time.time() - t_start, 2))
         self.display = StepDisplay(self.paths.root, cfg.schedule.max_train_steps, self.progress.step,
                                    terminal=sys.stderr.isatty() and not self.quiet and self.procs.is_main)
-        if cfg.sampling.at_start and self.progress.step == 0:
-            self.previews.round(0, with_base=cfg.sampling.with_base,
-                                adapter_is_base=adapter_starts_at_base(cfg))
-
+        self.start_previews()
         status = self._loop()
         self.display.close()
         self.procs.report(self.paths.root, self.trainable_state())
@@ -123,6 +120,12 @@ class Trainer:
         self.events.emit("finished", status=status, step=self.progress.step, adapter=adapter,
                          wall_s=round(time.time() - t_start, 2), timing=self.timing.report(self.progress))
         return status
+
+    def start_previews(self) -> None:
+        """The previews before the first step (a fresh run's step 0), as configured."""
+        cfg = self.cfg
+        if cfg.sampling.at_start and self.progress.step == 0:
+            self.previews.round(0, with_base=cfg.sampling.with_base, adapter_is_base=adapter_starts_at_base(cfg))
 
     def _set_up(self) -> None:
         cfg, root = self.cfg, self.paths.root
