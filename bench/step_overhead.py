@@ -71,7 +71,8 @@ PARTS = [
 
 
 def make_trainer(name: str, work: Path):
-    """The real Trainer for bench model `name`, set up (model, adapter, caches, optimizer) as a run does."""
+    """The real Trainer for bench model `name`, set up (model, adapter, caches, optimizer, step-0 previews)
+    as a run does."""
     from trainer.config import deep_merge, from_dict
     from trainer.train.loop import Trainer
     from trainer.train.timing import StepDisplay
@@ -83,6 +84,9 @@ def make_trainer(name: str, work: Path):
     t0 = time.perf_counter()
     trainer._set_up()  # what Trainer._run does before the first step
     trainer.display = StepDisplay(trainer.paths.root, cfg.schedule.max_train_steps, 0, terminal=False)
+    # a run draws its step-0 previews before the first step: whatever they leave behind (pipeline state,
+    # memory) is there for the steps measured here too
+    trainer.start_previews()
     return m, cfg, trainer, time.perf_counter() - t0
 
 
