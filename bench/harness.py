@@ -204,9 +204,10 @@ def floor_unet(spec: dict):
     return family, unet, network
 
 
-def bare_steps(unet, family: str, spec: dict, device: str, dtype, params) -> list[float]:
+def bare_steps(unet, family: str, spec: dict, device: str, dtype, params, optimizer=None) -> list[float]:
     """Wall times of warmup+steps bare forward+backward passes: random latents and conditioning of the
-    trainer's shapes, MSE to random noise, gradients of `params` cleared between passes."""
+    trainer's shapes, MSE to random noise, gradients of `params` cleared between passes. With `optimizer`,
+    each pass also takes its step (timed)."""
     import torch
     import torch.nn.functional as F
 
@@ -236,6 +237,8 @@ def bare_steps(unet, family: str, spec: dict, device: str, dtype, params) -> lis
         with autocast:
             pred = unet(lat, t, ehs, **kwargs).sample
         F.mse_loss(pred.float(), noise).backward()
+        if optimizer is not None:
+            optimizer.step()
         sync()
         times.append(time.perf_counter() - t0)
         for p in params:

@@ -19,10 +19,10 @@ import torch
 from peft import AdaLoraConfig, LoHaConfig, LoKrConfig, LoraConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 
+from trainer.adapter import ADAPTER  # noqa: F401 (re-exported: kohya_export and others import it from here)
 from trainer.config import NetworkSection
 from trainer.adapter.rules import network_problems
 
-ADAPTER = "default"
 
 UNET_ATTENTION = (r".*attentions\.\d+\.(?:proj_in|proj_out|transformer_blocks\.\d+\."
                   r"(?:attn[12]\.(?:to_q|to_k|to_v|to_out\.0)|ff\.net\.(?:0\.proj|2)))")

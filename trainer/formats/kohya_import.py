@@ -19,7 +19,7 @@ import torch
 
 from trainer.formats.names import Site, adapted_sites, all_sites, diffusers_alias
 from trainer.formats.safetensors_io import load_file_checked
-from trainer.adapter.network import ADAPTER
+from trainer.adapter import ADAPTER
 
 LORA_KEYS = ("lora_down.weight", "lora_up.weight")
 LOHA_KEYS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")

@@ -104,10 +104,7 @@ class Trainer:
                          startup_s=round(time.time() - t_start, 2))
         self.display = StepDisplay(self.paths.root, cfg.schedule.max_train_steps, self.progress.step,
                                    terminal=sys.stderr.isatty() and not self.quiet and self.procs.is_main)
-        if cfg.sampling.at_start and self.progress.step == 0:
-            self.previews.round(0, with_base=cfg.sampling.with_base,
-                                adapter_is_base=adapter_starts_at_base(cfg))
-
+        self.start_previews()
         status = self._loop()
         self.display.close()
         self.procs.report(self.paths.root, self.trainable_state())
@@ -123,6 +120,12 @@ class Trainer:
         self.events.emit("finished", status=status, step=self.progress.step, adapter=adapter,
                          wall_s=round(time.time() - t_start, 2), timing=self.timing.report(self.progress))
         return status
+
+    def start_previews(self) -> None:
+        """The previews before the first step (a fresh run's step 0), as configured."""
+        cfg = self.cfg
+        if cfg.sampling.at_start and self.progress.step == 0:
+            self.previews.round(0, with_base=cfg.sampling.with_base, adapter_is_base=adapter_starts_at_base(cfg))
 
     def _set_up(self) -> None:
         cfg, root = self.cfg, self.paths.root
@@ -168,34 +171,48 @@ class Trainer:
 
     # ---- the loop
     def _loop(self) -> str:
-        cfg, p = self.cfg, self.progress
-        max_steps = cfg.schedule.max_train_steps
-        batches = self.procs.batches(self.dataset.epoch_batches, p.epoch, p.batch_in_epoch)
-        self.base.unet.train()
-        for i in self.network.text_encoders:
-            self.base.text_encoders[i].train()
-        while p.step < max_steps:
-            t0 = time.time()
-            loss, keys, finite = self._accumulate(batches)
-            finite, commands = self.procs.agree(finite, self.control.poll() if self.procs.is_main else set(),
-                                                self.stop_requested)
-            if not finite:
-                self.events.emit("error", message=f"loss became {loss} at step {p.step + 1}: training stopped; no "
-                                 "adapter was written from the poisoned weights. Lower the learning rate or use "
-                                 "fp32/bf16.", step=p.step + 1)
+        max_steps = self.cfg.schedule.max_train_steps
+        batches = self.batch_stream()
+        while self.progress.step < max_steps:
+            commands = self.train_step(batches)
+            if commands is None:
                 return "failed"
-            self._optimizer_step()
-            p.step += 1
-            self.procs.record(keys)
-            crash_point("step", p.step)
-            p.step_times.append(time.time() - t0)
-            self._report_step(loss, keys)
             if "stop" in commands:
                 self.stop_requested = True
                 return "stopped"
-            if p.step < max_steps:
+            if self.progress.step < max_steps:
                 self._between_steps(commands)
         return "finished"
+
+    def batch_stream(self):
+        """The batches from the run's position on, with the trained modules in training mode."""
+        p = self.progress
+        self.base.unet.train()
+        for i in self.network.text_encoders:
+            self.base.text_encoders[i].train()
+        return self.procs.batches(self.dataset.epoch_batches, p.epoch, p.batch_in_epoch)
+
+    def train_step(self, batches) -> set[str] | None:
+        """One optimizer step (forward and backward over the micro-batches, the ranks' agreement, the
+        update, the step event): the commands to act on before the next step, or None when the loss was
+        not finite (the error event says so). bench/step_overhead.py times this very method."""
+        p = self.progress
+        t0 = time.time()
+        loss, keys, finite = self._accumulate(batches)
+        finite, commands = self.procs.agree(finite, self.control.poll() if self.procs.is_main else set(),
+                                            self.stop_requested)
+        if not finite:
+            self.events.emit("error", message=f"loss became {loss} at step {p.step + 1}: training stopped; no "
+                             "adapter was written from the poisoned weights. Lower the learning rate or use "
+                             "fp32/bf16.", step=p.step + 1)
+            return None
+        self._optimizer_step()
+        p.step += 1
+        self.procs.record(keys)
+        crash_point("step", p.step)
+        p.step_times.append(time.time() - t0)
+        self._report_step(loss, keys)
+        return commands
 
     def _accumulate(self, batches) -> tuple[float, list[str], bool]:
         """Forward and backward over grad_accum micro-batches: (summed loss, sample keys, all finite)."""
