@@ -49,19 +49,9 @@ class Trainer:
         self.display = None
         self.cache_stats: dict = {}
 
-    # ---- signals: SIGTERM / Ctrl-C request a graceful stop (save, then exit)
-    def _install_signals(self) -> None:
-        def handler(signum, frame):
-            if self.stop_requested:  # a second signal: give up at once
-                raise KeyboardInterrupt
-            self.stop_requested = True
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
-
     def run(self) -> int:
         """Train; the exit code says how it ended (EXIT_BY_STATUS), the events say why."""
-        self._install_signals()
+        stop_on_signals(self)
         refusal = self.resume and nothing_to_resume(self.paths.root, self.cfg.schedule.max_train_steps)
         if refusal:  # a run that died after its last step but before finishing still resumes to save
             print(f"config error: {refusal}", file=sys.stderr)
@@ -301,6 +291,17 @@ class Trainer:
             self._warn("--resume: no saved state in this run folder; starting from step 0")
         else:
             self._log(f"resumed from {state_dir.name}")
+
+
+def stop_on_signals(trainer: Trainer) -> None:
+    """SIGTERM / Ctrl-C ask for a graceful stop (save, then exit); a second one gives up at once."""
+    def handler(signum, frame):
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = False) -> int:
