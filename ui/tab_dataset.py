@@ -73,7 +73,10 @@ def _layout_upload(w: SimpleNamespace, names: list[str]) -> None:
             w.import_report = gr.Markdown(elem_id="ds-import-report", max_height=200)
         with gr.Column(scale=3):
             w.doctor_md = gr.Markdown(elem_id="ds-doctor", max_height=240)
-    w.editing = gr.State(None)  # {"ds", "rel"}: the image whose caption is in the caption box
+    # {"ds", "rel"}: the image whose caption is in the caption box. Kept in the page, not in server state, so
+    # it travels with the caption text: an event sent before the previous one's reply still pairs the text
+    # with the image it was loaded for (a server-side State had moved on, and saved that text into the next image)
+    w.editing = gr.JSON(None, visible=False, elem_id="ds-editing")
     w.rels = gr.State([])  # the dataset's images in gallery order
     w.undo = gr.State(None)  # (dataset, CaptionUndo) of the last bulk edit
 
