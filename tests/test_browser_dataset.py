@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.browser.studio_server import CHROMIUM_ARGS, REPO, Shots, choose, studio_server
+from tests.browser.studio_server import ACTION_TIMEOUT_MS, CHROMIUM_ARGS, REPO, Shots, choose, studio_server
 
 pytestmark = pytest.mark.browser
 playwright = pytest.importorskip("playwright.sync_api")
@@ -51,6 +51,7 @@ def world(tmp_path_factory):
 
 def new_page(world):
     ctx = world["browser"].new_context(viewport={"width": 1440, "height": 900})
+    ctx.set_default_timeout(ACTION_TIMEOUT_MS)
     page = ctx.new_page()
     page.goto(world["url"])
     wait_loaded(page)

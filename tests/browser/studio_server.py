@@ -12,6 +12,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
+# Playwright waits 30 s for an element by default; a click whose answer idles under a second can take longer
+# than that on a loaded 2-core machine (a trainer and a previews round beside the server), so every page waits 120 s
+ACTION_TIMEOUT_MS = 120_000
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 
@@ -106,6 +109,7 @@ def wait_progress(page, pred, timeout: float = 300, what: str = "") -> dict:
 def open_page(world: dict, width: int = 1440, height: int = 900, downloads: bool = False):
     """A fresh browser context on the studio of `world` (its "browser" and "url"), the page loaded."""
     ctx = world["browser"].new_context(viewport={"width": width, "height": height}, accept_downloads=downloads)
+    ctx.set_default_timeout(ACTION_TIMEOUT_MS)
     page = ctx.new_page()
     page.goto(world["url"])
     page.wait_for_selector("#ds-upload")
