@@ -192,8 +192,9 @@ def cache_seconds(cfg, fam: str, dev: str, num_images: int | None, cpu_gflops: f
 
 def save_count(cfg) -> int:
     """How many times a run saves (state + adapter): every saving.every_n_steps before the end, and at the end."""
-    every, steps = cfg.saving.every_n_steps, cfg.schedule.max_train_steps
-    return (steps - 1) // every + 1 if every else 1
+    from trainer.train.timing import due_after  # the trainer's own count (torch-free)
+
+    return due_after(0, cfg.schedule.max_train_steps, cfg.saving.every_n_steps)
 
 
 def loftq_setup_seconds(cfg, family: str) -> float:
