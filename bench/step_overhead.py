@@ -86,7 +86,7 @@ def make_trainer(name: str, work: Path):
     trainer.display = StepDisplay(trainer.paths.root, cfg.schedule.max_train_steps, 0, terminal=False)
     # a run draws its step-0 previews before the first step: whatever they leave behind (pipeline state,
     # memory) is there for the steps measured here too
-    trainer.start_previews()
+    trainer.previews.at_start(0)
     return m, cfg, trainer, time.perf_counter() - t0
 
 

@@ -207,6 +207,17 @@ def loftq_setup_seconds(cfg, family: str) -> float:
     return weights * ((net.rank + LOFTQ_OVERSAMPLE) * LOFTQ_S_PER_WEIGHT_DIRECTION + LOFTQ_S_PER_WEIGHT)
 
 
+def epochs_of(cfg, num_images: int | None, num_views: int | None) -> tuple[int | None, int | None]:
+    """(epochs, batches per epoch) of the run, or (None, None) without a dataset size."""
+    if not num_images:
+        return None, None
+    samples = num_views or num_images * cfg.dataset.repeats
+    if cfg.dataset.reg_path:  # as many regularisation samples as training samples per epoch (kohya's rule)
+        samples *= 2
+    batches_per_epoch = max(1, math.ceil(samples / cfg.dataset.batch_size))
+    return math.ceil(cfg.schedule.max_train_steps * cfg.schedule.grad_accum / batches_per_epoch), batches_per_epoch
+
+
 def estimate(cfg, num_images: int | None = None, family: str | None = None, device: str | None = None,
              num_views: int | None = None, speed: dict | None = None) -> dict:
     """Predicted steps, epochs, peak memory, seconds per step and preview seconds of training `cfg`.
@@ -224,15 +235,8 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
     dev = pick_device(cfg, device)
     fp = FAMILY_PARAMS[fam]
     ds, sch = cfg.dataset, cfg.schedule
-    batch = ds.batch_size
-    steps = sch.max_train_steps
-    epochs = batches_per_epoch = None
-    if num_images:
-        samples = num_views or num_images * ds.repeats
-        if ds.reg_path:  # as many regularisation samples as training samples per epoch (kohya's rule)
-            samples *= 2
-        batches_per_epoch = max(1, math.ceil(samples / batch))
-        epochs = math.ceil(steps * sch.grad_accum / batches_per_epoch)
+    batch, steps = ds.batch_size, sch.max_train_steps
+    epochs, batches_per_epoch = epochs_of(cfg, num_images, num_views)
 
     latent_px = (ds.resolution // VAE_DOWNSCALE.get(fam, 8)) ** 2
     gc = cfg.precision.gradient_checkpointing

@@ -183,11 +183,13 @@ def loftq_initialise(models: list[torch.nn.Module], originals: dict[str, torch.T
 
 def loftq_export_factors(layer, adapter: str, down: torch.Tensor, up: torch.Tensor):
     """(down, up) that clients should apply for a LoftQ-initialised layer: the change training made,
-    scaling·(B·A − B₀·A₀), written exactly as a rank-2r LoRA [A; A₀], [B, −B₀]. Other layers unchanged."""
+    scaling·(B·A − B₀·A₀), written exactly as a rank-2r LoRA: down [A; A − A₀], up [B − B₀, B₀], since
+    (B − B₀)·A + B₀·(A − A₀) = B·A − B₀·A₀. Each product is already a small change, so fp16 rounds the change
+    itself rather than two large terms that cancel (as [A; A₀], [B, −B₀] would). Other layers unchanged."""
     start = getattr(layer, "_atelier_loftq0", None)
     if start is None:
         return down, up
     a0, b0 = start
     a0 = a0.reshape(a0.shape[0], *down.shape[1:]).to(down)
     b0 = b0.reshape(b0.shape[0], b0.shape[1], *up.shape[2:]).to(up)
-    return torch.cat([down, a0], dim=0), torch.cat([up, -b0], dim=1)
+    return torch.cat([down, down - a0], dim=0), torch.cat([up - b0, b0], dim=1)

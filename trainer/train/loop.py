@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.config import TrainConfig, adapter_starts_at_base, save_config
+from trainer.config import TrainConfig, save_config
 from trainer.formats.export import RunFacts
 from trainer.models.checks import launch_warnings
 from trainer.run.events import ControlPoller, EventWriter, nothing_to_resume
@@ -94,10 +94,10 @@ class Trainer:
                          startup_s=round(time.time() - t_start, 2))
         self.display = StepDisplay(self.paths.root, cfg.schedule.max_train_steps, self.progress.step,
                                    terminal=sys.stderr.isatty() and not self.quiet and self.procs.is_main)
-        self.start_previews()
+        self.previews.at_start(self.progress.step)
         status = self._loop()
         self.display.close()
-        self.procs.report(self.paths.root, self.trainable_state())
+        self.procs.report(self.paths.root, checkpoints.trainable_state(self.base))
         if status == "failed":
             self.events.emit("finished", status="failed", step=self.progress.step)
             return status
@@ -110,12 +110,6 @@ class Trainer:
         self.events.emit("finished", status=status, step=self.progress.step, adapter=adapter,
                          wall_s=round(time.time() - t_start, 2), timing=self.timing.report(self.progress))
         return status
-
-    def start_previews(self) -> None:
-        """The previews before the first step (a fresh run's step 0), as configured."""
-        cfg = self.cfg
-        if cfg.sampling.at_start and self.progress.step == 0:
-            self.previews.round(0, with_base=cfg.sampling.with_base, adapter_is_base=adapter_starts_at_base(cfg))
 
     def _set_up(self) -> None:
         cfg, root = self.cfg, self.paths.root
@@ -148,7 +142,11 @@ class Trainer:
         self.resumable = checkpoints.Resumable(self.paths, cfg, self.base, self.network, self.optimizer,
                                                self.lr_scheduler, self.noise_gen, self.progress)
         if self.resume:
-            self._restore()
+            state_dir = self.resumable.restore()
+            if state_dir is None:
+                self._warn("--resume: no saved state in this run folder; starting from step 0")
+            else:
+                self._log(f"resumed from {state_dir.name}")
         self.facts = RunFacts.of_run(cfg, self.base, self.dataset, self.procs.world, self.progress.started_at,
                                      self.paths.samples)
         self.previews = Previews(cfg, self.base, self.paths.samples, self.events, self.device, self.dtype,
@@ -271,9 +269,6 @@ class Trainer:
             self.previews.round(step)
 
     # ---- saving and resuming
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        return checkpoints.trainable_state(self.base)
-
     def _save(self, final: bool) -> str | None:
         """Resumable state, then the kohya adapter (checkpoints.Resumable); the checkpoint event names both."""
         if not self.procs.is_main:
@@ -284,13 +279,6 @@ class Trainer:
         self.events.emit("checkpoint", step=self.progress.step, state=str(state_dir.relative_to(self.paths.root)),
                          adapter=adapter)
         return adapter
-
-    def _restore(self) -> None:
-        state_dir = self.resumable.restore()
-        if state_dir is None:
-            self._warn("--resume: no saved state in this run folder; starting from step 0")
-        else:
-            self._log(f"resumed from {state_dir.name}")
 
 
 def stop_on_signals(trainer: Trainer) -> None:

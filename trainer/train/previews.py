@@ -13,7 +13,7 @@ from typing import Callable
 
 from PIL import Image
 
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, adapter_starts_at_base
 from trainer.run.faults import crash_point
 from trainer.train.preview_styles import preview_plan
 from trainer.train.sampling import SampleSpec, a1111_parameters, generate_batch, save_png
@@ -37,6 +37,11 @@ class Previews:
                            guidance_scale=s.guidance_scale, sampler=s.sampler, width=plan.size, height=plan.size,
                            guidance_rescale=s.guidance_rescale)
                 for j, p in enumerate(plan.prompts)]
+
+    def at_start(self, step: int) -> None:
+        """The round before the first step (a fresh run's step 0), as configured."""
+        if self.cfg.sampling.at_start and step == 0:
+            self.round(0, with_base=self.cfg.sampling.with_base, adapter_is_base=adapter_starts_at_base(self.cfg))
 
     def round(self, step: int, with_base: bool = False, adapter_is_base: bool = False) -> None:
         """Draw the adapter's previews at `step`, and the base's if asked. While the adapter equals the
