@@ -159,3 +159,15 @@ def test_the_time_left_counts_the_previews_and_saves_still_due():
     p = Progress(step=4, step_times=[1.0, 3.0])
     assert p.eta(10) == pytest.approx(12.0)  # 6 steps at 2 s
     assert p.eta(10, extra_s=5.0) == pytest.approx(17.0)
+
+
+def test_a_family_presets_style_prompts_and_size_are_in_the_preview_estimate():
+    # the preset sets a style and no prompts: the trainer draws the style's prompts at its size (1024)
+    xl = load_preset("illustrious-xl", ["schedule.max_train_steps=1000", "dataset.resolution=512"])
+    assert not xl.sampling.prompts and xl.sampling.every_n_steps == 250
+    e = estimate(xl, num_images=20, device="cuda")
+    assert e["previews"] == 2 * (1 + 3 + 1)  # two prompts: step 0 (the base), 250, 500, 750, the end
+    at_train_size = estimate(load_preset("illustrious-xl", ["schedule.max_train_steps=1000", "dataset.resolution=512",
+                                                            "sampling.size=512"]), num_images=20, device="cuda")
+    assert e["preview_seconds"] == pytest.approx(4 * at_train_size["preview_seconds"])  # 1024² is 4× the pixels
+    assert estimate(load_preset("illustrious-xl", ["sampling.style=none"]), num_images=20)["previews"] == 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 from trainer.config import adapter_starts_at_base
+from trainer.train.preview_styles import preview_plan
 
 # parameter counts of the bundled configs (trainer/assets/configs, counted from the built modules) and the
 # sum of (in + out) features over sd-scripts' default LoRA targets, so LoRA params = rank × that sum
@@ -173,12 +174,13 @@ def preview_count(cfg) -> int:
     adapter still equals the base), every every_n_steps before the end, and at the end; each is one image
     per prompt."""
     sm, steps = cfg.sampling, cfg.schedule.max_train_steps
-    if not sm.prompts:
+    prompts = preview_plan(cfg).prompts  # a family preset's style fills them in when the config sets none
+    if not prompts:
         return 0
     rounds = (2 if sm.with_base and not adapter_starts_at_base(cfg) else 1) * bool(sm.at_start) + 1
     if sm.every_n_steps:
         rounds += (steps - 1) // sm.every_n_steps
-    return rounds * len(sm.prompts)
+    return rounds * len(prompts)
 
 
 def cache_seconds(cfg, fam: str, dev: str, num_images: int | None, cpu_gflops: float) -> float:
@@ -274,7 +276,7 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
     calibrated = measured and cpu_gflops != NOMINAL_CPU_GFLOPS
     # a preview is sampling.steps UNet forwards of one image (two under classifier-free guidance); a
     # forward is about a third of a training step's forward + backward, per image of the batch
-    unet_s = (s / sch.grad_accum) / batch / 3 * ((cfg.sampling.size or ds.resolution) / ds.resolution) ** 2
+    unet_s = (s / sch.grad_accum) / batch / 3 * (preview_plan(cfg).size / ds.resolution) ** 2
     n_previews = preview_count(cfg)
     preview_s = n_previews * cfg.sampling.steps * (2 if cfg.sampling.guidance_scale > 1 else 1) * unet_s
     loftq_s = loftq_setup_seconds(cfg, fam)
