@@ -190,10 +190,9 @@ def _view(studio: Studio, name: str, pick: str | None = None, report: str = "", 
     view = df.dataset_view(root)
     order = [it.rel for it in view.items]
     pick = pick if pick in order else (order[0] if order else None)
-    thumbs = []
-    for it in view.items[:MAX_GALLERY]:
-        path, skip = df.preview(root, it.rel, df.THUMB_SIDE)
-        thumbs.append((str(path), f"{Path(it.rel).name}{' · skipped' if skip else ''}"))
+    shown = [it.rel for it in view.items[:MAX_GALLERY]]
+    thumbs = [(str(path), f"{Path(rel).name}{' · skipped' if skip else ''}")
+              for rel, (path, skip) in zip(shown, df.previews(root, shown, df.THUMB_SIDE))]
     df.prune_previews(root, order)
     big_path, text, label = _image(root, pick)
     fl = df.folders(root)
