@@ -281,7 +281,8 @@ def _events(path: Path) -> list[dict]:
 
 
 # ---- the report --------------------------------------------------------------------------------------------
-def markdown(r: dict) -> str:
+def markdown(r: dict, before: dict | None = None) -> str:
+    """The run `r` as tables; `before`: an earlier run of the same size (its browser seconds in a second column)."""
     n = r["images"]
     out = [f"# {n} images in the studio and the trainer's caches", "",
            f"`python bench/large_dataset.py --images {n}` on {r['when']} ({r.get('commit', '')}, label "
@@ -291,11 +292,18 @@ def markdown(r: dict) -> str:
            "the end.", ""]
     b = r.get("browser")
     if b:
+        old = (before or {}).get("browser") or {"seconds": {}, "steps": {}}
+        head = f" | before ({before['commit']}, {before['when']}, load {before['load_avg_start'][0]:.1f})" if before else ""
         out += ["## The Dataset tab in Chromium", "",
                 "Seconds from the click (or the file drop) until the page shows the result.", "",
-                "| action | seconds |", "|---|---|"]
-        out += [f"| {k} | {v:.2f} |" for k, v in b["seconds"].items()]
-        out += [f"| {k} (each of {len(v)}) | {' · '.join(f'{x:.2f}' for x in v)} |" for k, v in b["steps"].items()]
+                f"| action | seconds{head} |", "|---|---|" + ("---|" if before else "")]
+
+        def cell(v):
+            return "" if not before else " | " + ("–" if v is None else
+                                                 " · ".join(f"{x:.2f}" for x in v) if isinstance(v, list) else f"{v:.2f}")
+        out += [f"| {k} | {v:.2f}{cell(old['seconds'].get(k))} |" for k, v in b["seconds"].items()]
+        out += [f"| {k} (each of {len(v)}) | {' · '.join(f'{x:.2f}' for x in v)}{cell(old['steps'].get(k))} |"
+                for k, v in b["steps"].items()]
         out += ["", f"The gallery's first page holds {b['gallery_thumbnails']} thumbnails; Next / Previous and the "
                 "file picker reach every image."]
         if b["preview_cache_bytes"]:
@@ -360,8 +368,10 @@ def main() -> None:
     js = out / "large_dataset.json"
     old = json.loads(js.read_text()) if js.exists() else []
     js.write_text(json.dumps(old + [res], indent=1) + "\n")
-    (out / "large_dataset.md").write_text(markdown(res))
-    print(markdown(res))
+    before = next((r for r in reversed(old) if r.get("label") == "before" and r["images"] == res["images"]
+                   and r.get("browser")), None) if res.get("label") != "before" else None
+    (out / "large_dataset.md").write_text(markdown(res, before))
+    print(markdown(res, before))
 
 
 if __name__ == "__main__":
