@@ -2,6 +2,7 @@
 import io
 import os
 import stat
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -277,3 +278,63 @@ def test_previews_show_what_the_trainer_sees_and_mark_skipped_files(tmp_path):
     (root / "images" / "cut.jpg").unlink()
     df.prune_previews(root, ["images/a.png", "images/clear.tif"])
     assert len(list((root / ".atelier-cache/previews/256").glob("*.jpg"))) == 1  # clear.tif's; cut.jpg's went
+
+
+@pytest.fixture
+def fsyncs(monkeypatch):
+    """Counts the fsyncs in flight at once, each held 50 ms: a "most" of 1 means every write waited for the one
+    before (500 captions, 500 uploads, 300 thumbnails took seconds of fsync each that way)."""
+    real, lock, state = os.fsync, threading.Lock(), {"now": 0, "most": 0, "calls": 0}
+
+    def fsync(fd):
+        with lock:
+            state["now"] += 1
+            state["calls"] += 1
+            state["most"] = max(state["most"], state["now"])
+        try:
+            time.sleep(0.05)
+            return real(fd)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return state
+
+
+def test_a_bulk_edit_and_its_undo_write_the_captions_together(tmp_path, fsyncs):
+    root = _dataset(tmp_path, {f"{i:02d}.png": (f"a cat {i}" if i % 3 else None) for i in range(12)})
+    fsyncs["most"] = 0
+    done = df.apply_caption_changes(root, df.plan_bulk_edit(root, "trigger", "sks"))
+    assert fsyncs["most"] > 1, fsyncs
+    assert [df.read_caption(root / f"images/{i:02d}.png") for i in (0, 1)] == ["sks", "sks, a cat 1"]
+    fsyncs["most"] = 0
+    assert df.undo_caption_changes(root, done) == (12, [])
+    assert fsyncs["most"] > 1, fsyncs
+    assert not (root / "images/00.txt").exists() and df.read_caption(root / "images/01.png") == "a cat 1"
+
+
+def test_an_upload_writes_its_files_together_and_same_names_stay_apart(tmp_path, fsyncs):
+    files = [write(tmp_path / f"{i:02d}.png", png_bytes((20 * i, 50, 50))) for i in range(10)]
+    files.append(write(tmp_path / "05.txt", b"fifth"))
+    (tmp_path / "other").mkdir()
+    # the same name twice in one upload: the second is renamed, though the first is not on the disk yet
+    files.append(write(tmp_path / "other/03.png", png_bytes((1, 2, 3))))
+    rep = df.import_uploads(files, tmp_path / "ds")
+    assert fsyncs["most"] > 1, fsyncs
+    assert sorted(rep.added) == sorted([*(f"images/{i:02d}.png" for i in range(10)), "images/03-1.png",
+                                        "images/05.txt"])
+    stored = tmp_path / "ds" / "images"
+    assert {(stored / "03.png").read_bytes(), (stored / "03-1.png").read_bytes()} == {
+        files[3].read_bytes(), files[-1].read_bytes()}
+    assert df.read_caption(stored / "05.png") == "fifth"
+
+
+def test_thumbnails_are_made_together_in_order(tmp_path, fsyncs):
+    root = _dataset(tmp_path, {f"{i}.png": None for i in range(6)})  # red 0, 40, ... 200
+    rels = [it.rel for it in df.dataset_view(root).items]
+    made = df.previews(root, rels)
+    assert fsyncs["most"] > 1, fsyncs
+    assert made == [df.preview(root, rel) for rel in rels]  # the same files, in the order asked
+    colours = [Image.open(path).convert("RGB").getpixel((5, 5)) for path, _ in made]
+    assert [round(c[0] / 40) for c in colours] == list(range(6))  # each thumbnail shows its own image

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 
 def fsync_dir(folder: Path) -> None:
@@ -46,6 +47,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_many(files: Iterable[tuple[Path, bytes]], workers: int = 8) -> None:
+    """atomic_write_bytes for many files at once. Each write waits on two fsyncs (~10 ms on a disk): in
+    threads those waits overlap (the file system commits them together), so 500 captions take a fraction
+    of a second instead of seconds. Every file is written before the first error, if any, is raised."""
+    files = list(files)
+    if len(files) < 2:
+        for path, data in files:
+            atomic_write_bytes(path, data)
+        return
+    with ThreadPoolExecutor(max_workers=min(workers, len(files))) as pool:
+        futures = [pool.submit(atomic_write_bytes, path, data) for path, data in files]
+    for f in futures:
+        f.result()
 
 
 def write_new_file(path: Path, data: bytes) -> None:
