@@ -43,10 +43,12 @@ ROWS: dict[str, tuple[str, int, dict]] = {
                            "schedule": {"max_train_steps": 40}, "sampling": _sampling(2, 20, 10)}),
     "sd15-256": ("fit", 4, {"model": {"base": "random:sd1"}, "dataset": {"resolution": 256, "batch_size": 1},
                             "schedule": {"max_train_steps": 5}, "sampling": _sampling(1, 0, 3)}),
-    "tiny-128-b2": ("held-out", 12, {"model": {"base": "tiny:sd1"},
+    "tiny-128-b2": ("fit", 12, {"model": {"base": "tiny:sd1"},
                                      "dataset": {"resolution": 128, "batch_size": 2},
                                      "schedule": {"max_train_steps": 30}, "sampling": _sampling(3, 10, 8),
                                      "saving": {"every_n_steps": 10}}),
+    "tiny-96-b3": ("held-out", 9, {"model": {"base": "tiny:sd1"}, "dataset": {"resolution": 96, "batch_size": 3},
+                                   "schedule": {"max_train_steps": 20}, "sampling": _sampling(2, 10, 6)}),
     "sd15-320": ("held-out", 4, {"model": {"base": "random:sd1"}, "dataset": {"resolution": 320, "batch_size": 1},
                                  "schedule": {"max_train_steps": 4}, "sampling": _sampling(1, 0, 2, at_start=False)}),
     "demo": ("held-out", 0, {"preset": "demo", "schedule": {"max_train_steps": 60},
@@ -106,24 +108,32 @@ def estimate_of(row: dict) -> dict:
 
 
 def fit(rows: list[dict]) -> dict:
-    """Work constants from the fit rows: measured seconds × measured GFLOP/s ÷ the work's size."""
+    """Work constants from the fit rows: a step's measured seconds × the GFLOP/s measured beside it is its work.
+    Minus the fixed part, that is per image latent_px × CPU_GFLOP_PER_LATENT_PX + latent_px² × (the family's
+    attention scores) × CPU_GFLOP_PER_ATTN_SCORE: two tiny rows at different sizes give both tiny constants
+    (the attention cost is taken as the same for every family), then each other family's row its own."""
     from trainer.config import from_dict
-    from trainer.estimate import VAE_DOWNSCALE, family_of
+    from trainer.estimate import ATTN_SCORES_PER_LATENT_PX2, CPU_STEP_FIXED_GFLOP, VAE_DOWNSCALE, family_of
 
+    points: dict[str, list[tuple[float, float, float]]] = {}  # family: (latent_px, scores, work) per image
     out: dict = {}
     for r in rows:
-        if r["role"] != "fit":
+        if ROWS[r["name"]][0] != "fit":
             continue
         cfg = from_dict(r["config"])
         fam, ds = family_of(cfg), cfg.dataset
         g = r["speed"]["gflops"]
-        latent_px = (ds.resolution // VAE_DOWNSCALE.get(fam, 8)) ** 2 * ds.batch_size
-        from trainer.estimate import CPU_STEP_FIXED_GFLOP
-
-        out.setdefault("CPU_GFLOP_PER_LATENT_PX", {})[fam] = (r["s_per_step"] * g - CPU_STEP_FIXED_GFLOP) / latent_px
+        px = (ds.resolution // VAE_DOWNSCALE.get(fam, 8)) ** 2
+        work = (r["s_per_step"] * g - CPU_STEP_FIXED_GFLOP) / ds.batch_size
+        points.setdefault(fam, []).append((px, px ** 2 * ATTN_SCORES_PER_LATENT_PX2[fam], work))
         if r["timing"].get("cache"):
-            image_px = r["images"] * ds.resolution ** 2
-            out.setdefault("CPU_CACHE_GFLOP_PER_IMAGE_PX", {})[fam] = r["timing"]["cache"] * g / image_px
+            out.setdefault("CPU_CACHE_GFLOP_PER_IMAGE_PX", {})[fam] = r["timing"]["cache"] * g / (r["images"] * ds.resolution ** 2)
+    (p1, a1, w1), (p2, a2, w2) = points["tiny"][:2]
+    per_score = (w2 * p1 - w1 * p2) / (a2 * p1 - a1 * p2)
+    out["CPU_GFLOP_PER_ATTN_SCORE"] = per_score
+    for fam, pts in points.items():
+        px, scores, work = pts[0]
+        out.setdefault("CPU_GFLOP_PER_LATENT_PX", {})[fam] = (work - scores * per_score) / px
     return out
 
 
@@ -148,7 +158,7 @@ def report(rows: list[dict]) -> str:
         cells = [f"{e[k]:.1f} / {t.get(a, 0):.1f}" for k, a in PARTS]
         est_total = sum(e[k] for k, _ in PARTS)
         real_total = sum(t.get(a, 0) for _, a in PARTS)
-        lines.append(f"| {r['name']} | {r['role']} | {r['speed']['gflops']:.1f}→{r['speed_after']['gflops']:.1f} | "
+        lines.append(f"| {r['name']} | {ROWS[r['name']][0]} | {r['speed']['gflops']:.1f}→{r['speed_after']['gflops']:.1f} | "
                      f"{r['load_before']}→{r['load_after']} | " + " | ".join(cells) +
                      f" | {est_total:.1f} / {real_total:.1f} | {_err(est_total, real_total)} |")
     lines += ["", f"Measured {rows[0]['when'] if rows else '–'} onwards on this project's 2-core machine, shared "

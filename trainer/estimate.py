@@ -57,20 +57,30 @@ CPU_PROCESS_BYTES = 0.56e9         # python + torch + diffusers + transformers +
 CPU_ACT_BYTES_PER_LATENT_PX = {"sd1": 1.02e6, "sd2": 1.02e6, "sdxl": 2.03e6, "tiny": 2.0e4}
 # speed is not: it is the work of a step over the speed this machine has now. `python -m trainer calibrate`
 # measures that speed in a few seconds (GFLOP/s achieved on a UNet-like mix of 3×3 convolutions and matmuls,
-# trainer/calibrate.py); the work per latent pixel of one sample (forward + backward + AdamW) is in those
-# same units: a step's measured seconds × the GFLOP/s calibrate measured at that moment ÷ its latent pixels.
-# tiny: bench/estimate_accuracy.py's fit row (1 thread, load 5, calibration 14.6→17.9). SD1.5 and SDXL:
-# bench/results/cpu.md's steps at 256 px (1 thread, load 2.3–3.8) over 18 GFLOP/s, what calibrate measured
-# at 1 thread and load 4–5 on the same machine: a pairing across moments, to be replaced by fit rows measured
-# with their own calibration (bench/estimate_accuracy.py sd15-256). SD2 as SD1 (its text encoder is cached).
-CPU_GFLOP_PER_LATENT_PX = {"sd1": 0.137, "sd2": 0.14, "sdxl": 0.41, "tiny": 0.003}
+# trainer/calibrate.py); the work of a step is in those same units: its measured seconds × the GFLOP/s
+# calibrate measured just before. Fitted by bench/estimate_accuracy.py (--fit) on its "fit" rows, each run
+# with its own calibration at 1 thread (tiny at 64 px and 128 px batch 2, SD1.5 at 256 px; 2026-11-30, load
+# 1-6). SD2 as SD1 (its text encoder is cached); SDXL as SD1.5 × 3.0, the ratio of their steps at 256 px in
+# bench/results/cpu.md (no SDXL fit row yet).
+CPU_GFLOP_PER_LATENT_PX = {"sd1": 0.411, "sd2": 0.42, "sdxl": 1.23, "tiny": 0.0124}
+# Self-attention grows with the square of the tokens (one token per latent pixel at the UNet's top level, a
+# quarter per level down): its score matrices hold, per image, this many × latent_px² elements (the sum over
+# self-attention layers of heads ÷ 16^level, from the bundled configs). On a CPU each element costs far more
+# than its multiply-adds (softmax and memory traffic): CPU_GFLOP_PER_ATTN_SCORE is that cost in calibrate's
+# units, forward + backward. It decides the tiny model's steps above 64 px (4 heads of 8 channels) and adds
+# about a fifth to SD1.5's at 512 px.
+ATTN_SCORES_PER_LATENT_PX2 = {"sd1": 8 * (5 + 5 / 16 + 5 / 256), "sd2": 5 * 5 + 10 * 5 / 16 + 20 * 5 / 256,
+                              "sdxl": 10 * 10 / 16 + 20 * 60 / 256, "tiny": 4 * 3}
+CPU_GFLOP_PER_ATTN_SCORE = 6.2e-7
 # a step's fixed work, whatever its size (hundreds of small kernels, the optimizer over every adapter
-# tensor, bookkeeping): it decides small models' steps. From two tiny-family steps measured today,
-# batch 1 (tiny:sd1, 0.9 s at ~16 GFLOP/s) and batch 8 (the demo, 2.0 s at ~18 GFLOP/s), the demo's base
-# being the larger of the two: another provisional pairing, for the same fit rows to replace.
+# tensor, bookkeeping): it decides small models' steps (from two tiny-family steps, batch 1 and 8)
 CPU_STEP_FIXED_GFLOP = 11.0
-# the image cache: VAE encoder (and text encoders) once per image, per image pixel, same units and sources
+# the image cache: VAE encoder (and text encoders) once per image, per image pixel, same units (cpu.md's
+# caches over the calibration then; the fit rows found their caches already on disk)
 CPU_CACHE_GFLOP_PER_IMAGE_PX = {"sd1": 1.3e-3, "sd2": 1.3e-3, "sdxl": 2.4e-3, "tiny": 7.7e-4}
+# a preview image's VAE decode, per image pixel: SD1.5's decoder at 256 px took 17.8 s at 26.4 GFLOP/s
+# (estimate_accuracy's sd15-256 row, from its progress events); SD2 and SDXL decode with the same VAE shape
+CPU_DECODE_GFLOP_PER_IMAGE_PX = {"sd1": 7.2e-3, "sd2": 7.2e-3, "sdxl": 7.2e-3, "tiny": 1e-4}
 # without a calibration: the idle 2-core machine of this project's kind whose SD1.5 step at 256 px took 3.6–4.1 s
 NOMINAL_CPU_GFLOPS = 36.0
 # a save: the resumable state (adapter + optimizer moments) and the adapter file, written and fsynced
@@ -209,6 +219,24 @@ def loftq_setup_seconds(cfg, family: str) -> float:
     return weights * ((net.rank + LOFTQ_OVERSAMPLE) * LOFTQ_S_PER_WEIGHT_DIRECTION + LOFTQ_S_PER_WEIGHT)
 
 
+def cpu_work_per_image(fam: str, latent_px: float) -> float:
+    """A training step's work per image on a CPU, in calibrate's GFLOP: convolutions and projections grow with
+    the latent pixels, attention scores with their square."""
+    return latent_px * CPU_GFLOP_PER_LATENT_PX[fam] + latent_px ** 2 * ATTN_SCORES_PER_LATENT_PX2[fam] * CPU_GFLOP_PER_ATTN_SCORE
+
+
+def preview_image_seconds(cfg, fam: str, dev: str, step_s_per_image: float, cpu_gflops: float) -> float:
+    """One preview image: sampling.steps UNet forwards (two under classifier-free guidance), a forward being
+    a third of a training step's forward + backward, and, on a CPU, the VAE decode (about as long as a
+    training step of one image at that size)."""
+    size, res = preview_plan(cfg).size, cfg.dataset.resolution
+    forwards = cfg.sampling.steps * (2 if cfg.sampling.guidance_scale > 1 else 1)
+    if dev == "cuda":
+        return forwards * step_s_per_image / 3 * (size / res) ** 2
+    latent_px = (size // VAE_DOWNSCALE.get(fam, 8)) ** 2
+    return (forwards * cpu_work_per_image(fam, latent_px) / 3 + size ** 2 * CPU_DECODE_GFLOP_PER_IMAGE_PX[fam]) / cpu_gflops
+
+
 def epochs_of(cfg, num_images: int | None, num_views: int | None) -> tuple[int | None, int | None]:
     """(epochs, batches per epoch) of the run, or (None, None) without a dataset size."""
     if not num_images:
@@ -266,7 +294,7 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
     if dev == "cuda":
         s = CUDA_STEP_OVERHEAD_S + batch * latent_px * CUDA_S_PER_LATENT_PX[fam] * (1 if half else CUDA_FP32_SLOWDOWN)
     else:
-        s = (CPU_STEP_FIXED_GFLOP + batch * latent_px * CPU_GFLOP_PER_LATENT_PX[fam]) / cpu_gflops
+        s = (CPU_STEP_FIXED_GFLOP + batch * cpu_work_per_image(fam, latent_px)) / cpu_gflops
     if gc:
         s = CUDA_STEP_OVERHEAD_S + (s - CUDA_STEP_OVERHEAD_S) * GC_TIME_FACTOR if dev == "cuda" else s * GC_TIME_FACTOR
     s *= sch.grad_accum
@@ -276,9 +304,8 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
     calibrated = measured and cpu_gflops != NOMINAL_CPU_GFLOPS
     # a preview is sampling.steps UNet forwards of one image (two under classifier-free guidance); a
     # forward is about a third of a training step's forward + backward, per image of the batch
-    unet_s = (s / sch.grad_accum) / batch / 3 * (preview_plan(cfg).size / ds.resolution) ** 2
     n_previews = preview_count(cfg)
-    preview_s = n_previews * cfg.sampling.steps * (2 if cfg.sampling.guidance_scale > 1 else 1) * unet_s
+    preview_s = n_previews * preview_image_seconds(cfg, fam, dev, s / sch.grad_accum / batch, cpu_gflops)
     loftq_s = loftq_setup_seconds(cfg, fam)
     cache_s = cache_seconds(cfg, fam, dev, num_images, cpu_gflops)
     saves = save_count(cfg)
