@@ -51,7 +51,7 @@ ROWS: dict[str, tuple[str, int, dict]] = {
                                    "schedule": {"max_train_steps": 20}, "sampling": _sampling(2, 10, 6)}),
     "sd15-320": ("held-out", 4, {"model": {"base": "random:sd1"}, "dataset": {"resolution": 320, "batch_size": 1},
                                  "schedule": {"max_train_steps": 4}, "sampling": _sampling(1, 0, 2, at_start=False)}),
-    "demo": ("held-out", 0, {"preset": "demo", "schedule": {"max_train_steps": 60},
+    "demo": ("fit", 0, {"preset": "demo", "schedule": {"max_train_steps": 60},
                              "sampling": {"every_n_steps": 30, "steps": 10}}),
 }
 
@@ -113,7 +113,7 @@ def fit(rows: list[dict]) -> dict:
     attention scores) × CPU_GFLOP_PER_ATTN_SCORE: two tiny rows at different sizes give both tiny constants
     (the attention cost is taken as the same for every family), then each other family's row its own."""
     from trainer.config import from_dict
-    from trainer.estimate import ATTN_SCORES_PER_LATENT_PX2, CPU_STEP_FIXED_GFLOP, VAE_DOWNSCALE, family_of
+    from trainer.estimate import ATTN_SCORES_PER_LATENT_PX2, CPU_STEP_FIXED_GFLOP, VAE_DOWNSCALE, family_of, work_key
 
     points: dict[str, list[tuple[float, float, float]]] = {}  # family: (latent_px, scores, work) per image
     out: dict = {}
@@ -121,7 +121,7 @@ def fit(rows: list[dict]) -> dict:
         if ROWS[r["name"]][0] != "fit":
             continue
         cfg = from_dict(r["config"])
-        fam, ds = family_of(cfg), cfg.dataset
+        fam, ds = work_key(cfg, family_of(cfg)), cfg.dataset
         g = r["speed"]["gflops"]
         px = (ds.resolution // VAE_DOWNSCALE.get(fam, 8)) ** 2
         work = (r["s_per_step"] * g - CPU_STEP_FIXED_GFLOP) / ds.batch_size
@@ -161,10 +161,43 @@ def report(rows: list[dict]) -> str:
         lines.append(f"| {r['name']} | {ROWS[r['name']][0]} | {r['speed']['gflops']:.1f}→{r['speed_after']['gflops']:.1f} | "
                      f"{r['load_before']}→{r['load_after']} | " + " | ".join(cells) +
                      f" | {est_total:.1f} / {real_total:.1f} | {_err(est_total, real_total)} |")
+    lines += preview_shares(rows)
     lines += ["", f"Measured {rows[0]['when'] if rows else '–'} onwards on this project's 2-core machine, shared "
               "with other jobs (the load column); the calibration before and after each run shows how much the "
               "machine's speed moved meanwhile, which no pre-launch estimate can know."]
     return "\n".join(lines) + "\n"
+
+
+SHARE_PRESETS = ("demo", "tiny-test", "sd15-anime", "sd15-realistic-8gb", "illustrious-xl", "pony-v6-12gb")
+
+
+def preview_shares(rows: list[dict]) -> list[str]:
+    """The previews' share of a whole run at each preset's own settings (30 images), by the estimate with
+    these rows' constants at the SD1.5 row's calibration: now, and as it was when step 0 drew the adapter
+    beside the base although they were equal (one more round)."""
+    from trainer.config import load_preset
+    from trainer.estimate import estimate
+    from trainer.train.preview_styles import preview_plan
+
+    sd15 = next((r for r in rows if r["name"] == "sd15-256"), None)
+    if sd15 is None:
+        return []
+    speed = sd15["speed"]
+    out = ["", f"Previews' share of a run at each preset's own settings (30 images; estimate at "
+           f"{speed['gflops']:.1f} GFLOP/s, the sd15-256 row's calibration; \"before\": step 0 also drew the "
+           "adapter while it equalled the base):", "",
+           "| preset | px | steps | preview images | s per preview image | share now | before |", "|---|---|---|---|---|---|---|"]
+    for name in SHARE_PRESETS:
+        cfg = load_preset(name)
+        e = estimate(cfg, num_images=30, device="cpu", speed=speed)
+        if not e["previews"]:
+            continue
+        per = e["preview_seconds"] / e["previews"]
+        extra = len(preview_plan(cfg).prompts) * per if cfg.sampling.at_start else 0.0
+        before = (e["preview_seconds"] + extra) / (e["total_seconds"] + extra)
+        out.append(f"| {name} | {cfg.dataset.resolution} | {e['steps']} | {e['previews']} | {per:.0f} | "
+                   f"{e['preview_seconds'] / e['total_seconds']:.1%} | {before:.1%} |")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,7 +47,7 @@ LOFTQ_OVERSAMPLE = 8
 SPEC_TEXT_PARAMS = {"random:sdxl": [123_060_480, 104_540_160]}
 
 LATENT_CHANNELS = 4
-VAE_DOWNSCALE = {"tiny": 2}  # the tiny VAE has two blocks; real SD VAEs downsample by 8
+VAE_DOWNSCALE = {"tiny": 2, "shapes": 4}  # the tiny VAE has two blocks, the demo base's three; SD's VAEs: 8
 FP32 = 4
 
 # ---- CPU calibration (bench/bench_cpu.py, fp32, 1 thread, this machine; see bench/results/cpu.md)
@@ -61,8 +61,10 @@ CPU_ACT_BYTES_PER_LATENT_PX = {"sd1": 1.02e6, "sd2": 1.02e6, "sdxl": 2.03e6, "ti
 # calibrate measured just before. Fitted by bench/estimate_accuracy.py (--fit) on its "fit" rows, each run
 # with its own calibration at 1 thread (tiny at 64 px and 128 px batch 2, SD1.5 at 256 px; 2026-11-30, load
 # 1-6). SD2 as SD1 (its text encoder is cached); SDXL as SD1.5 × 3.0, the ratio of their steps at 256 px in
-# bench/results/cpu.md (no SDXL fit row yet).
-CPU_GFLOP_PER_LATENT_PX = {"sd1": 0.411, "sd2": 0.42, "sdxl": 1.23, "tiny": 0.0124}
+# bench/results/cpu.md (no SDXL fit row yet). The demo base (builtin:shapes, "tiny" by its size) has its own
+# work profile: a 4× VAE and a wider UNet than the test model (its fit row: the demo preset).
+SHAPES_PER_LATENT_PX = 0.0050
+CPU_GFLOP_PER_LATENT_PX = {"sd1": 0.411, "sd2": 0.42, "sdxl": 1.23, "tiny": 0.0124, "shapes": SHAPES_PER_LATENT_PX}
 # Self-attention grows with the square of the tokens (one token per latent pixel at the UNet's top level, a
 # quarter per level down): its score matrices hold, per image, this many × latent_px² elements (the sum over
 # self-attention layers of heads ÷ 16^level, from the bundled configs). On a CPU each element costs far more
@@ -70,7 +72,7 @@ CPU_GFLOP_PER_LATENT_PX = {"sd1": 0.411, "sd2": 0.42, "sdxl": 1.23, "tiny": 0.01
 # units, forward + backward. It decides the tiny model's steps above 64 px (4 heads of 8 channels) and adds
 # about a fifth to SD1.5's at 512 px.
 ATTN_SCORES_PER_LATENT_PX2 = {"sd1": 8 * (5 + 5 / 16 + 5 / 256), "sd2": 5 * 5 + 10 * 5 / 16 + 20 * 5 / 256,
-                              "sdxl": 10 * 10 / 16 + 20 * 60 / 256, "tiny": 4 * 3}
+                              "sdxl": 10 * 10 / 16 + 20 * 60 / 256, "tiny": 4 * 3, "shapes": 2 * 3 + 4 * 4 / 16}
 CPU_GFLOP_PER_ATTN_SCORE = 6.2e-7
 # a step's fixed work, whatever its size (hundreds of small kernels, the optimizer over every adapter
 # tensor, bookkeeping): it decides small models' steps (from two tiny-family steps, batch 1 and 8)
@@ -80,7 +82,7 @@ CPU_STEP_FIXED_GFLOP = 11.0
 CPU_CACHE_GFLOP_PER_IMAGE_PX = {"sd1": 1.3e-3, "sd2": 1.3e-3, "sdxl": 2.4e-3, "tiny": 7.7e-4}
 # a preview image's VAE decode, per image pixel: SD1.5's decoder at 256 px took 17.8 s at 26.4 GFLOP/s
 # (estimate_accuracy's sd15-256 row, from its progress events); SD2 and SDXL decode with the same VAE shape
-CPU_DECODE_GFLOP_PER_IMAGE_PX = {"sd1": 7.2e-3, "sd2": 7.2e-3, "sdxl": 7.2e-3, "tiny": 1e-4}
+CPU_DECODE_GFLOP_PER_IMAGE_PX = {"sd1": 7.2e-3, "sd2": 7.2e-3, "sdxl": 7.2e-3, "tiny": 1e-4, "shapes": 1e-4}
 # without a calibration: the idle 2-core machine of this project's kind whose SD1.5 step at 256 px took 3.6–4.1 s
 NOMINAL_CPU_GFLOPS = 36.0
 # a save: the resumable state (adapter + optimizer moments) and the adapter file, written and fsynced
@@ -219,6 +221,15 @@ def loftq_setup_seconds(cfg, family: str) -> float:
     return weights * ((net.rank + LOFTQ_OVERSAMPLE) * LOFTQ_S_PER_WEIGHT_DIRECTION + LOFTQ_S_PER_WEIGHT)
 
 
+def work_key(cfg, fam: str) -> str:
+    """Which CPU work profile a config's base has: its family's, or the bundled demo base's own."""
+    if fam != "tiny":
+        return fam
+    from trainer.models.spec import parse_base
+
+    return "shapes" if parse_base(cfg.model.base).kind == "builtin" else fam
+
+
 def cpu_work_per_image(fam: str, latent_px: float) -> float:
     """A training step's work per image on a CPU, in calibrate's GFLOP: convolutions and projections grow with
     the latent pixels, attention scores with their square."""
@@ -268,7 +279,8 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
     batch, steps = ds.batch_size, sch.max_train_steps
     epochs, batches_per_epoch = epochs_of(cfg, num_images, num_views)
 
-    latent_px = (ds.resolution // VAE_DOWNSCALE.get(fam, 8)) ** 2
+    wk = work_key(cfg, fam)
+    latent_px = (ds.resolution // VAE_DOWNSCALE.get(wk, 8)) ** 2
     gc = cfg.precision.gradient_checkpointing
     half = dev == "cuda" and cfg.precision.mixed_precision in ("fp16", "bf16")
     weight_bytes = 2 if half else FP32
@@ -294,7 +306,7 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
     if dev == "cuda":
         s = CUDA_STEP_OVERHEAD_S + batch * latent_px * CUDA_S_PER_LATENT_PX[fam] * (1 if half else CUDA_FP32_SLOWDOWN)
     else:
-        s = (CPU_STEP_FIXED_GFLOP + batch * cpu_work_per_image(fam, latent_px)) / cpu_gflops
+        s = (CPU_STEP_FIXED_GFLOP + batch * cpu_work_per_image(wk, latent_px)) / cpu_gflops
     if gc:
         s = CUDA_STEP_OVERHEAD_S + (s - CUDA_STEP_OVERHEAD_S) * GC_TIME_FACTOR if dev == "cuda" else s * GC_TIME_FACTOR
     s *= sch.grad_accum
@@ -305,7 +317,7 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
     # a preview is sampling.steps UNet forwards of one image (two under classifier-free guidance); a
     # forward is about a third of a training step's forward + backward, per image of the batch
     n_previews = preview_count(cfg)
-    preview_s = n_previews * preview_image_seconds(cfg, fam, dev, s / sch.grad_accum / batch, cpu_gflops)
+    preview_s = n_previews * preview_image_seconds(cfg, wk, dev, s / sch.grad_accum / batch, cpu_gflops)
     loftq_s = loftq_setup_seconds(cfg, fam)
     cache_s = cache_seconds(cfg, fam, dev, num_images, cpu_gflops)
     saves = save_count(cfg)
