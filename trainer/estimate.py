@@ -63,8 +63,7 @@ CPU_ACT_BYTES_PER_LATENT_PX = {"sd1": 1.02e6, "sd2": 1.02e6, "sdxl": 2.03e6, "ti
 # 1-6). SD2 as SD1 (its text encoder is cached); SDXL as SD1.5 × 3.0, the ratio of their steps at 256 px in
 # bench/results/cpu.md (no SDXL fit row yet). The demo base (builtin:shapes, "tiny" by its size) has its own
 # work profile: a 4× VAE and a wider UNet than the test model (its fit row: the demo preset).
-SHAPES_PER_LATENT_PX = 0.0050
-CPU_GFLOP_PER_LATENT_PX = {"sd1": 0.411, "sd2": 0.42, "sdxl": 1.23, "tiny": 0.0124, "shapes": SHAPES_PER_LATENT_PX}
+CPU_GFLOP_PER_LATENT_PX = {"sd1": 0.411, "sd2": 0.42, "sdxl": 1.23, "tiny": 0.0124, "shapes": 0.0050}
 # Self-attention grows with the square of the tokens (one token per latent pixel at the UNet's top level, a
 # quarter per level down): its score matrices hold, per image, this many × latent_px² elements (the sum over
 # self-attention layers of heads ÷ 16^level, from the bundled configs). On a CPU each element costs far more
