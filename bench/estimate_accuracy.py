@@ -168,7 +168,7 @@ def report(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-SHARE_PRESETS = ("demo", "tiny-test", "sd15-anime", "sd15-realistic-8gb", "illustrious-xl", "pony-v6-12gb")
+SHARE_PRESETS = ("demo", "tiny-test", "sd15-anime", "sd15-realistic", "sd15-realistic-8gb", "sd15-anime-8gb", "illustrious-xl", "pony-v6-12gb")
 
 
 def preview_shares(rows: list[dict]) -> list[str]:

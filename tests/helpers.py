@@ -53,6 +53,34 @@ def run_trainer(*args: str, timeout: int = 600, env: dict | None = None) -> subp
                           timeout=timeout, env=e)
 
 
+def run_in_process(*args: str) -> subprocess.CompletedProcess:
+    """`python -m trainer ARGS` run by this interpreter: the CLI's own code, without a fresh process's
+    interpreter and imports (~10 s each on a loaded 2-core machine). For tests of what a run does, not of
+    the process (kills, exit signals and start-up stay with run_trainer). Two process-wide side effects are
+    undone: the CLI hides bitsandbytes from a run that does not quantise (peft caches that answer, so later
+    tests could not quantise), and the trainer takes SIGTERM/SIGINT for its graceful stop."""
+    import contextlib
+    import io
+    import signal
+    from unittest import mock
+
+    from trainer import cli
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with mock.patch.object(cli, "keep_bitsandbytes_unloaded", lambda: None), \
+                contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = cli.main(list(args))
+            except SystemExit as e:  # argparse's refusals
+                rc = e.code if isinstance(e.code, int) else 2
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    return subprocess.CompletedProcess(["python", "-m", "trainer", *args], rc, out.getvalue(), err.getvalue())
+
+
 def events(run_dir: Path) -> list[dict]:
     lines = (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()
     return [json.loads(x) for x in lines if x.strip()]

@@ -3,14 +3,12 @@ keep doing."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import zipfile
 
 import pytest
 import torch
 
-from tests.helpers import REPO, events, make_dataset, write_config
+from tests.helpers import REPO, events, make_dataset, run_in_process, write_config
 from trainer.adapter.dora import ColumnDora, RowDora, col_norm, dora_norm, lora_delta, row_norm
 from trainer.adapter.network import build_network
 from trainer.config import ConfigError, NetworkSection, TrainConfig, field_meta, from_dict
@@ -222,8 +220,7 @@ def test_cli_and_studio_give_the_same_verdicts_without_flags(demo_adapter):
     from trainer.formats.verdicts import verdict_rows
     from ui.tab_export import run_check
 
-    cli = subprocess.run([sys.executable, "-m", "trainer", "check", str(demo_adapter), "--json"], cwd=REPO,
-                         capture_output=True, text=True, timeout=600)
+    cli = run_in_process("check", str(demo_adapter), "--json")
     report = json.loads(cli.stdout)
     assert cli.returncode == 0 and report["verdict"] == "warn", cli.stdout + cli.stderr
     assert "custom_base" in {f["code"] for f in report["findings"]}
@@ -235,8 +232,7 @@ def test_cli_and_studio_give_the_same_verdicts_without_flags(demo_adapter):
     assert "Compatibility: <span class=\"verdict\">WARN</span>" in html
     for client, ok, _ in rows:
         assert f'data-client="{client}" data-ok="{str(ok).lower()}"' in html.replace("&#x27;", "'")
-    text = subprocess.run([sys.executable, "-m", "trainer", "check", str(demo_adapter)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600).stdout
+    text = run_in_process("check", str(demo_adapter)).stdout
     for client, ok, _ in rows:
         assert f"{'✓' if ok else '✗'} {client}:" in text
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.browser.studio_server import CHROMIUM_ARGS, REPO, choose, open_page, open_tab, Shots, studio_server
-from tests.helpers import run_trainer, write_config
+from tests.helpers import run_in_process, write_config
 
 pytestmark = pytest.mark.browser
 playwright = pytest.importorskip("playwright.sync_api")
@@ -40,7 +40,7 @@ def world(tmp_path_factory):
                                            "sampling.with_base": False, "sampling.steps": 8, "sampling.guidance_scale": 5.5,
                                            "sampling.sampler": "euler", "sampling.prompts": PROMPTS,
                                            "saving.precision": "fp32"})
-    r = run_trainer("train", str(cfg), "--quiet")
+    r = run_in_process("train", str(cfg), "--quiet")
     assert r.returncode == 0, r.stderr[-3000:]
     final = run_dir / "output" / "zkq-stripes.safetensors"
     ckpt = run_dir / "output" / "zkq-stripes-step000015.safetensors"

@@ -1,9 +1,5 @@
 """The studio in a real Chromium against a real server and real trainer processes (tiny model)."""
 import io
-import json
-import shutil
-import subprocess
-import sys
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -11,8 +7,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.browser.studio_server import (CHROMIUM_ARGS, REPO, choose, http_status, open_page, open_tab,
+from tests.browser.studio_server import (CHROMIUM_ARGS, choose, http_status, open_page, open_tab,
                                          progress, set_number, Shots, studio_server, wait_progress)
+from tests.helpers import run_in_process
 
 pytestmark = pytest.mark.browser
 playwright = pytest.importorskip("playwright.sync_api")
@@ -149,8 +146,7 @@ def test_new_user_trains_stops_and_exports(world, tmp_path):
     page.context.close()
     # a tiny-base adapter fits only tiny:sd1: the studio and the plain CLI (no flags) both say so
     assert "Compatibility: WARN" in report_text, report_text
-    check = subprocess.run([sys.executable, "-m", "trainer", "check", str(adapter)], cwd=REPO,
-                           capture_output=True, text=True, timeout=300)
+    check = run_in_process("check", str(adapter))
     assert check.returncode == 0 and "WARN" in check.stdout.splitlines()[0], check.stdout + check.stderr
 
 

@@ -9,7 +9,7 @@ import json
 import pytest
 from safetensors import safe_open
 
-from tests.helpers import events, make_dataset, run_trainer
+from tests.helpers import events, make_dataset, run_in_process, run_trainer
 from trainer.config import ConfigError, load_preset, preset_description, read_preset
 from trainer.estimate import estimate
 from trainer.models.checks import launch_warnings
@@ -99,7 +99,7 @@ def test_preset_trains_two_steps_on_its_tiny_architecture(tmp_path, name):
     args = ["train", name, "--preset", "--run-dir", str(run), "--quiet"]
     for k, v in sets.items():
         args += ["--set", f"{k}={v}"]
-    r = run_trainer(*args)
+    r = run_in_process(*args)
     assert r.returncode == 0, r.stderr[-3000:]
     ev = events(run)
     assert ev[-1]["type"] == "finished" and ev[-1]["status"] == "finished"

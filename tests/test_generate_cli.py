@@ -4,7 +4,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from tests.helpers import make_dataset, run_trainer, write_config
+from tests.helpers import make_dataset, run_in_process, run_trainer, write_config
 
 
 def test_strength_grid_and_zero_equals_base(tmp_path):
@@ -12,15 +12,15 @@ def test_strength_grid_and_zero_equals_base(tmp_path):
     cfg = write_config(tmp_path / "run", **{"dataset.path": str(data), "schedule.max_train_steps": 3,
                                             "sampling.prompts": [], "optimizer.lr": 5e-2,
                                             "saving.precision": "fp32"})
-    assert run_trainer("train", str(cfg), "--quiet").returncode == 0
+    assert run_in_process("train", str(cfg), "--quiet").returncode == 0
     adapter = tmp_path / "run" / "output" / "tiny-test.safetensors"
     common = ["--base", "tiny:sd1", "--prompt", "a sks shape", "--steps", "3", "--seed", "7"]
-    r = run_trainer("generate", *common, "--adapter", str(adapter), "--strengths", "0,1",
+    r = run_in_process("generate", *common, "--adapter", str(adapter), "--strengths", "0,1",
                     "--out", str(tmp_path / "grid"), "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads(r.stdout)
     assert [x["strength"] for x in rows] == [0.0, 1.0]
-    b = run_trainer("generate", *common, "--out", str(tmp_path / "base"), "--json")
+    b = run_in_process("generate", *common, "--out", str(tmp_path / "base"), "--json")
     assert b.returncode == 0, b.stderr[-2000:]
     base_img = np.asarray(Image.open(json.loads(b.stdout)[0]["path"]))
     zero = np.asarray(Image.open(rows[0]["path"]))
@@ -31,7 +31,7 @@ def test_strength_grid_and_zero_equals_base(tmp_path):
     assert "<lora:tiny-test:1>" in params and "Seed: 7" in params
 
     # the compare tab's grid: a block per prompt (prompt i at seed + i), a labelled row per adapter, and grid.png
-    g = run_trainer("generate", *common, "--prompt", "a red sks shape", "--adapter", str(adapter), "--label", "step 3",
+    g = run_in_process("generate", *common, "--prompt", "a red sks shape", "--adapter", str(adapter), "--label", "step 3",
                     "--adapter", str(adapter), "--label", "again", "--strengths", "0,1", "--out", str(tmp_path / "g"),
                     "--grid", "--json")
     assert g.returncode == 0, g.stderr[-2000:]

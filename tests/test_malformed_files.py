@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.helpers import run_trainer
+from tests.helpers import run_in_process
 from trainer.formats.safetensors_io import SafetensorsError, read_header
 
 
@@ -61,7 +61,7 @@ def test_trainer_check_and_generate_refuse_malformed_adapters(tmp_path):
     for name in ("truncated.safetensors", "overlap.safetensors", "duplicate_keys.safetensors"):
         p = tmp_path / name
         p.write_bytes(cases[name][0])
-        r = run_trainer("check", str(p))
+        r = run_in_process("check", str(p))
         assert r.returncode != 0 and name in (r.stdout + r.stderr), (name, r.stdout, r.stderr)
 
 
@@ -72,7 +72,7 @@ def test_malformed_base_checkpoint_fails_the_run_cleanly(tmp_path):
     bad.write_bytes(_cases(tmp_path)["overlap.safetensors"][0])
     data = make_dataset(tmp_path / "data", n=2)
     cfg = write_config(tmp_path / "run", **{"dataset.path": str(data), "model.base": str(bad)})
-    r = run_trainer("train", str(cfg), "--quiet")
+    r = run_in_process("train", str(cfg), "--quiet")
     assert r.returncode == 1
     err = next(e for e in events(tmp_path / "run") if e["type"] == "error")
     assert "model.safetensors" in err["message"]

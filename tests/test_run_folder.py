@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, events, make_dataset, run_trainer, write_config
+from tests.helpers import REPO, events, make_dataset, run_in_process, run_trainer, write_config
 from trainer.run.events import (EVENTS, ControlPoller, EventTail, EventWriter, RunView, clear_requests,
                                 pending_requests, request)
 from trainer.run.folder import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_STOPPED, RunFolder
@@ -134,7 +134,7 @@ def test_a_real_training_writes_every_documented_field(tmp_path):
 
     failed = tmp_path / "failed"
     write_config(failed, **{"dataset.path": str(tmp_path / "nowhere")})
-    r = run_trainer("train", str(failed / "config.toml"), timeout=600)
+    r = run_in_process("train", str(failed / "config.toml"))
     assert r.returncode == EXIT_FAILED, r.stderr
     ev += events(failed)
 

@@ -2,10 +2,9 @@
 import math
 import re
 
-import pytest
 from safetensors import safe_open
 
-from tests.helpers import events, expected_rows, make_dataset, run_trainer, write_config
+from tests.helpers import events, expected_rows, make_dataset, run_in_process, run_trainer, write_config
 
 ORDER = ["started", "step", "finished"]
 
@@ -70,7 +69,7 @@ def test_cli_reports_bad_files_and_trains_on_the_rest(tmp_path):
     (data / "notes.png").write_text("this is a text file named like an image")
     cfg = write_config(tmp_path / "run", **{"dataset.path": str(data), "schedule.max_train_steps": 2,
                                             "sampling.prompts": []})
-    r = run_trainer("train", str(cfg), "--quiet")
+    r = run_in_process("train", str(cfg), "--quiet")
     assert r.returncode == 0, r.stderr[-3000:]
     warnings = [e for e in events(tmp_path / "run") if e["type"] == "warning"]
     files = {w.get("file") for w in warnings}
@@ -88,7 +87,7 @@ def test_config_error_exits_2_naming_the_field(tmp_path):
 
 def test_missing_dataset_fails_cleanly(tmp_path):
     cfg = write_config(tmp_path / "run", **{"dataset.path": str(tmp_path / "nope")})
-    r = run_trainer("train", str(cfg), "--quiet")
+    r = run_in_process("train", str(cfg), "--quiet")
     assert r.returncode == 1
     ev = events(tmp_path / "run")
     assert ev[-1]["type"] == "finished" and ev[-1]["status"] == "failed"
