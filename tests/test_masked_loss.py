@@ -102,6 +102,21 @@ def test_doctor_warns_when_masked_loss_is_on_and_no_image_has_a_mask(tmp_path):
     assert not any("mask" in p.reason for p in doctor(scan, masked_loss=False))
 
 
+def test_doctor_cli_counts_masks(tmp_path, capsys):
+    import json
+
+    from trainer.data.doctor_cli import main
+
+    root = make_masked_set(tmp_path / "set")
+    assert main([str(root), "--masked-loss", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["images"] == 3 and out["masks"] == {"file": 1, "alpha": 1, "none": 1}
+    assert main([str(make_dataset(tmp_path / "plain", n=2)), "--masked-loss"]) == 0
+    text = capsys.readouterr().out
+    assert "masks: 0 from _mask files, 0 from transparency, 2 none" in text
+    assert "warning: (dataset): masked loss is on but no image has a mask" in text
+
+
 # ---- (c) the mask follows its image ------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["sidecar.png", "alpha.png"])
 def test_mask_is_cropped_and_flipped_with_its_image(tmp_path, name):
