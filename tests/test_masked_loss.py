@@ -93,6 +93,10 @@ def test_mask_sidecars_are_not_images_and_pair_with_their_image(tmp_path):
     findings = [str(p) for p in doctor(scan, masked_loss=True)]
     assert any("2 of 3 image(s) have a mask (1 from _mask files, 1 from transparency); 1 without one" in f
                for f in findings), findings
+    from ui.dataset_files import doctor_report, list_images
+
+    assert sorted(p.name for p in list_images(root)) == sorted(items)  # the studio's gallery: no masks either
+    assert "2 of 3 image(s) have a mask (1 from _mask files, 1 from transparency)" in doctor_report(root)
 
 
 def test_doctor_warns_when_masked_loss_is_on_and_no_image_has_a_mask(tmp_path):
@@ -149,6 +153,11 @@ def test_batches_carry_masks_and_unmasked_images_weigh_one(tmp_path):
     assert batch["masks"].shape == (3, 1, 8, 8)
     plain = [k for k, it in enumerate(ds.items) if it.rel == "plain.png"][0]
     assert torch.equal(batch["masks"][plain], torch.ones(1, 8, 8))
+    # an all-white mask file comes out as exactly 1.0 everywhere, through resize, crop and the area average
+    Image.new("L", (W, H), 255).save(root / "sidecar_mask.png")
+    white = TrainDataset(scan_dataset(root), dataset_cfg(), seed=3, masked_loss=True)
+    i = next(k for k, it in enumerate(white.items) if it.rel == "sidecar.png")
+    assert torch.equal(white.mask(i, True), torch.ones(1, 6, 10))
     off = TrainDataset(scan_dataset(root), dataset_cfg(enable_buckets=False, flip=False, batch_size=3), seed=3)
     assert "masks" not in off.collate([off.sample(i, 0) for i in range(3)])  # masked loss off: no masks at all
 

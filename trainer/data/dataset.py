@@ -31,6 +31,7 @@ from trainer.data.images import ImageError, load_image, parse_background
 from trainer.data.masks import load_mask, mask_counts, mask_kind
 from trainer.data.scan import Item, Problem, Scan
 
+
 def _read_checked(path, sha256: str) -> bytes:
     """A dataset file's bytes, refused when they are not the ones the scan hashed."""
     try:
