@@ -39,6 +39,7 @@ def build(root: Path) -> None:
     (root / "10_zkq" / "both.png").write_bytes(image_bytes(".png", 1))
     (root / "10_zkq" / "both.txt").write_text("from the txt")
     (root / "10_zkq" / "both.caption").write_text("from the caption file")
+    (root / "10_zkq" / "both_mask.png").write_bytes(image_bytes(".png", 1))  # its loss mask, not an image
     (root / "top.png").write_bytes(image_bytes(".png", 2))  # in the dataset folder itself
     (root / "0_off").mkdir()
     (root / "0_off" / "unused.png").write_bytes(image_bytes(".png", 3))  # repeat 0: not trained
@@ -64,6 +65,7 @@ def test_gui_view_and_trainer_scan_agree(tmp_path):
         # the editor shows the same caption file (its lines kept; the trainer joins them with a space)
         assert " ".join(df.read_caption(root / rel).split("\n")) == it.caption, rel
     assert trained["10_zkq/both.png"].caption == "from the txt"
+    assert trained["10_zkq/both.png"].mask_file == view["10_zkq/both.png"].mask_file == "10_zkq/both_mask.png"
 
     per_folder = Counter()
     for counts in scan.tag_frequency.values():
@@ -102,3 +104,4 @@ def test_run_snapshot_keeps_caption_files_the_trainer_reads(tmp_path):
     copied = {it.rel: it.caption for it in scan_dataset(tmp_path / "run" / "dataset").items}
     assert n == len(copied)
     assert copied == {it.rel: it.caption for it in scan_dataset(root).items}  # .caption files travel too
+    assert (tmp_path / "run" / "dataset" / "10_zkq" / "both_mask.png").is_file()  # and masks (masked loss)

@@ -162,6 +162,14 @@ class NoiseSection(Section):
                                   "v-prediction only: weight each sample's loss by SNR/(SNR+1), so it weighs "
                                   "timesteps as noise prediction does (sd-scripts' scale_v_pred_loss_like_noise_pred).",
                                   advanced=True)
+    masked_loss: bool = opt(False, "Masked loss",
+                            "Weight the loss by each image's mask: a same-name <name>_mask.png beside the image "
+                            "(white = train, black = ignore, grey = in between), else the image's transparency. "
+                            "Images without a mask train on every pixel.")
+    unmasked_weight: float = opt(0.0, "Unmasked weight",
+                                 "Masked loss only: how much the masked-out (black) area still counts, 0 = not at "
+                                 "all, 1 = as much as the rest (the mask then changes nothing).",
+                                 ge=0.0, le=1.0, advanced=True)
 
 
 class PrecisionSection(Section):

@@ -582,15 +582,18 @@ def delete_image(root: Path, rel: str) -> list[str]:
 
 
 def copy_dataset(src: Path, dest: Path) -> int:
-    """Snapshot the dataset into the run folder (images + captions), so later edits don't change a run."""
+    """Snapshot the dataset into the run folder (images + captions + masks), so later edits don't change a run."""
     n = 0
-    for img in list_images(src):
-        rel = img.relative_to(src)
+    real_root = Path(src).resolve()
+    for it in dataset_view(src).items:
+        img, rel = Path(src) / it.rel, Path(it.rel)
         (dest / rel.parent).mkdir(parents=True, exist_ok=True)
         shutil.copy2(img, dest / rel)
         side = caption_file(img)
         if side is not None:
             shutil.copy2(side, dest / rel.parent / side.name)
+        if it.mask_file and _own_file(Path(src) / it.mask_file, real_root):  # the trainer's masked loss reads it
+            shutil.copy2(Path(src) / it.mask_file, dest / it.mask_file)
         n += 1
     return n
 
@@ -683,12 +686,14 @@ def prune_previews(root: Path, rels: list[str]) -> None:
                     p.unlink(missing_ok=True)
 
 
-def doctor_report(root: Path, caption_ext: str = ".txt", default_repeats: int = 1) -> str:
-    """The dataset doctor's findings as Markdown: the trainer's full scan (every image decoded)."""
+def doctor_report(root: Path, caption_ext: str = ".txt", default_repeats: int = 1,
+                  masked_loss: bool | None = None) -> str:
+    """The dataset doctor's findings as Markdown: the trainer's full scan (every image decoded). masked_loss:
+    the run's setting when known (the doctor then counts images without a mask, or warns that none has one)."""
     excluded = len(excluded_images(root))
     try:
         scan = scan_dataset(root, caption_ext, default_repeats)
-        findings, n = doctor(scan), len(scan.items)
+        findings, n = doctor(scan, masked_loss=masked_loss), len(scan.items)
     except DatasetError as e:  # nothing usable: the per-file reasons still say why
         findings, n = list(e.problems), 0
         if not Path(root).is_dir() or not findings and not excluded:

@@ -13,6 +13,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from trainer.config import TrainConfig, load_config
 from trainer.data.images import IMAGE_EXTENSIONS
+from trainer.data.masks import is_mask_file
 from trainer.formats import infotext
 from trainer.models.spec import display_name
 from trainer.run.events import run_view
@@ -158,7 +159,8 @@ def build_bundle(run_dir: Path, max_previews: int = 8) -> Path:
             buf = io.BytesIO()
             im.save(buf, "PNG", pnginfo=info)
             z.writestr(f"previews/{name}-{i:02d}-step{ev.get('step', 0)}.png", buf.getvalue())
-        n_images = sum(1 for p in (run_dir / "dataset").rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        n_images = sum(1 for p in (run_dir / "dataset").rglob("*")
+                       if p.suffix.lower() in IMAGE_EXTENSIONS and not is_mask_file(p.name))  # masks are no images
         z.writestr("README.md", model_card(cfg, name, n_images, steps, fits=adapter_fits(adapter)))
     tmp.replace(out)
     return out

@@ -128,6 +128,17 @@ class LatentCache(TensorCache):
     kind = "latents"
 
 
+class MaskCache(TensorCache):
+    """Loss masks at latent resolution, one entry per (mask bytes, bucket, resize, crop, flip, latent size);
+    value {"mask": [1, h, w]}. Kept beside the latents (same folder, same lifetime); no encoder runs, so
+    the id names the recipe (trainer.data.dataset.TrainDataset.mask)."""
+
+    kind = "masks"
+
+
+MASK_RECIPE = "mask-area-mean-v1"
+
+
 class TextCache(TensorCache):
     """Text-encoder outputs per caption; value: whatever tensors the trainer's encode_fn returns
     (e.g. hidden states, and pooled output for SDXL), without the batch dimension."""

@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+from trainer.data.masks import mask_counts
 from trainer.data.scan import DatasetError, doctor, scan_dataset
 
 
@@ -19,7 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="repeats for folders not named N_name")
     ap.add_argument("--resolution", type=int, default=512, help="training resolution, to flag small images")
     ap.add_argument("--max-aspect", type=float, default=2.0, help="widest bucket, to flag images to be cropped")
-    ap.add_argument("--quick", action="store_true", help="read headers only (does not find truncated files)")
+    ap.add_argument("--masked-loss", action="store_true",
+                    help="the run trains with masked loss: count the images with and without a mask, warn when none "
+                         "has one")
+    ap.add_argument("--quick", action="store_true",
+                    help="read headers only (does not find truncated files, nor masks in transparency)")
     ap.add_argument("--json", action="store_true", help="machine-readable output")
     args = ap.parse_args(argv)
     try:
@@ -33,12 +38,16 @@ def main(argv: list[str] | None = None) -> int:
             for p in e.problems:
                 print(f"  {p}", file=sys.stderr)
         return 1
-    findings = doctor(scan, args.resolution, args.max_aspect)
+    findings = doctor(scan, args.resolution, args.max_aspect, masked_loss=args.masked_loss)
+    masks = mask_counts(scan.items)
     if args.json:
         print(json.dumps({"ok": True, "images": scan.num_images, "samples_per_epoch": scan.num_samples,
-                          "folders": scan.folders, "problems": [vars(p) for p in findings]}, ensure_ascii=False))
+                          "folders": scan.folders, "masks": masks, "problems": [vars(p) for p in findings]},
+                         ensure_ascii=False))
         return 0
     print(f"{scan.num_images} usable image(s), {scan.num_samples} sample(s) per epoch")
+    if args.masked_loss:
+        print(f"  masks: {masks['file']} from _mask files, {masks['alpha']} from transparency, {masks['none']} none")
     for folder, d in scan.folders.items():
         print(f"  {folder}: {d['img_count']} image(s) × {d['n_repeats']}")
     for p in findings:

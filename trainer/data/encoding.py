@@ -1,12 +1,13 @@
 """A TrainDataset's encoder caches: VAE latents and text-encoder outputs, encoded by the trainer's functions
-on a cache miss or all at once up front (precompute), in batches of one bucket."""
+on a cache miss or all at once up front (precompute), in batches of one bucket; and the loss masks at latent
+resolution (masked loss), made with them."""
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
 
-from trainer.data.cache import LatentCache, TextCache, text_key
+from trainer.data.cache import LatentCache, MaskCache, TextCache, text_key
 
 ProgressFn = Callable[[int, int], None]
 LatentEncodeFn = Callable[[torch.Tensor], torch.Tensor]
@@ -21,6 +22,7 @@ class DatasetEncodings:
         self.latent_encode: LatentEncodeFn | None = None
         self.text_cache: TextCache | None = None
         self.text_encode: TextEncodeFn | None = None
+        self.mask_cache: MaskCache | None = None
         self.batch_size = batch_size
         self.calls = {"latents": 0, "text": 0}  # how often the trainer's encode_fns ran
 
@@ -41,6 +43,17 @@ class DatasetEncodings:
             got = self.latent_cache.get(key)  # type: ignore[union-attr]
         return got["latents"]  # type: ignore[index]
 
+    def mask_for(self, item_idx: int, flip: bool, key: str) -> torch.Tensor:
+        got = self.mask_cache.get(key)  # type: ignore[union-attr]
+        if got is None:  # not precomputed: make this one now
+            self.make_masks([(item_idx, flip, key)])
+            got = self.mask_cache.get(key)  # type: ignore[union-attr]
+        return got["mask"]  # type: ignore[index]
+
+    def make_masks(self, batch: list[tuple[int, bool, str]]) -> None:
+        for item_idx, flip, key in batch:
+            self.mask_cache.put(key, {"mask": self.dataset.mask(item_idx, flip)})  # type: ignore[union-attr]
+
     def text_for(self, caption: str) -> dict[str, torch.Tensor]:
         key = text_key(caption)
         got = self.text_cache.get(key)  # type: ignore[union-attr]
@@ -57,8 +70,17 @@ class DatasetEncodings:
             self.text_cache.put(text_key(caption), {k: v[i] for k, v in out.items()})  # type: ignore[union-attr]
 
     def precompute(self, progress_cb: ProgressFn | None = None) -> dict[str, int]:
-        """TrainDataset.precompute: encode whatever is not cached yet, latents by bucket, then captions."""
+        """TrainDataset.precompute: encode whatever is not cached yet, latents by bucket, then captions, then
+        masks (their stats only when masks are on)."""
         stats = {"latents_computed": 0, "latents_reused": 0, "text_computed": 0, "text_reused": 0}
+        masks: list[tuple[int, bool, str]] = []
+        if self.mask_cache is not None:
+            stats.update(masks_computed=0, masks_reused=0)
+            for entry in self.dataset.mask_keys():
+                if self.mask_cache.get(entry[2]) is None:
+                    masks.append(entry)
+                else:
+                    stats["masks_reused"] += 1
         todo: list[tuple[int, bool, str]] = []
         texts: list[str] = []
         if self.latent_cache is not None:
@@ -76,7 +98,7 @@ class DatasetEncodings:
                     texts.append(cap)
                 else:
                     stats["text_reused"] += 1
-        total = len(todo) + len(texts)
+        total = len(todo) + len(texts) + len(masks)
         done = 0
         if progress_cb:
             progress_cb(0, total)
@@ -88,6 +110,7 @@ class DatasetEncodings:
         chunks = [(self.encode_latents, "latents_computed", entries[i:i + bs])
                   for entries in (by_bucket[b] for b in sorted(by_bucket)) for i in range(0, len(entries), bs)]
         chunks += [(self.encode_texts, "text_computed", texts[i:i + bs]) for i in range(0, len(texts), bs)]
+        chunks += [(self.make_masks, "masks_computed", masks[i:i + bs]) for i in range(0, len(masks), bs)]
         for encode, stat, chunk in chunks:
             encode(chunk)
             stats[stat] += len(chunk)

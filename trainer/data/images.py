@@ -38,6 +38,9 @@ class LoadedImage:
     notes: list[str] = field(default_factory=list)
     original_mode: str = ""
     frames: int = 1
+    # the upright alpha channel ("L") when the file has real transparency (some pixels see-through, not all):
+    # a mask source for masked loss (trainer.data.masks); None for opaque or fully transparent images
+    alpha: Image.Image | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -210,6 +213,7 @@ def load_image(path: str | Path, background: str | tuple = "#ffffff", data: byte
                 notes.append(f"EXIF orientation {orientation} applied")
             else:
                 notes.append(f"EXIF orientation {orientation} is not a valid value; ignored")
+        alpha = partial_alpha(im)
         try:
             rgb = normalise(im, bg, notes)
         except (ValueError, OSError) as e:  # a colour mode Pillow cannot convert
@@ -221,7 +225,19 @@ def load_image(path: str | Path, background: str | tuple = "#ffffff", data: byte
     w, h = rgb.size
     if min(w, h) < TINY_SIDE:
         notes.append(f"tiny image ({w}×{h}, shortest side under {TINY_SIDE} px): it will be upscaled and blurry")
-    return LoadedImage(image=rgb, notes=notes, original_mode=original_mode, frames=frames)
+    return LoadedImage(image=rgb, notes=notes, original_mode=original_mode, frames=frames, alpha=alpha)
+
+
+def partial_alpha(im: Image.Image) -> Image.Image | None:
+    """The alpha channel of an upright image when it is neither fully opaque nor fully transparent, else None."""
+    if not _has_alpha(im) or im.mode in SIXTEEN_BIT_MODES or im.mode in ("I", "F", "1"):
+        return None
+    try:
+        alpha = (im.convert("LA") if im.mode == "La" else im).convert("RGBA").getchannel("A")
+    except (ValueError, OSError):  # a mode Pillow cannot convert: normalise() reports it
+        return None
+    lo, hi = alpha.getextrema()
+    return alpha if lo < 255 and hi > 0 else None
 
 
 def probe_size(path: str | Path) -> tuple[int, int]:

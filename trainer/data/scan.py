@@ -5,8 +5,11 @@ and/or in subfolders; a top-level subfolder named `N_name` repeats its images N 
 Nothing here is fatal for one bad file: it is reported as a Problem and skipped. Only a dataset with no
 usable image at all raises DatasetError.
 
-This module is the one definition of what counts as a dataset image, which caption belongs to it and how often
-it repeats: the studio's Dataset tab lists datasets with `list_dataset` (same walk, no pixels decoded), so what
+A file named `<stem>_mask.png` (any image extension) is the loss mask of the image `<stem>` beside it, never a
+training image (trainer.data.masks says where masks come from).
+
+This module is the one definition of what counts as a dataset image, which caption and mask belong to it and
+how often it repeats: the studio's Dataset tab lists datasets with `list_dataset` (same walk, no pixels decoded), so what
 it shows is what the trainer uses. Torch-free on purpose.
 """
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Literal
 
 from trainer.data.captions import read_caption, split_tags
 from trainer.data.images import IMAGE_EXTENSIONS, TINY_SIDE, ImageError, load_image, probe_size
+from trainer.data.masks import check_mask_file, mask_counts, mask_image_stem
 
 Severity = Literal["error", "warning", "note"]
 SEVERITY_ORDER = {"error": 0, "warning": 1, "note": 2}
@@ -75,6 +79,9 @@ class Item:
     height: int = 0
     caption_file: str | None = None  # relative path of the sidecar, None when missing
     notes: list[str] = field(default_factory=list)
+    mask_file: str | None = None  # relative path of its `<stem>_mask.png`, None when it has none (or it is unusable)
+    mask_sha256: str = ""  # of the mask file's bytes: part of the mask cache key, so an edited mask is re-read
+    alpha_mask: bool = False  # the image has real transparency (found when its pixels are decoded)
 
 
 @dataclass
@@ -209,6 +216,7 @@ class _Scanner:
     def scan_dir(self, d: Path, rel_dir: str, filenames: list[str], folder: str, repeats: int) -> None:
         images: dict[str, list[str]] = {}  # NFC stem -> image file names
         captions: dict[str, dict[str, str]] = {}  # NFC stem -> {ext: file name}
+        masks: dict[str, list[str]] = {}  # NFC stem of the image -> its mask sidecars
         for name in filenames:
             rel = f"{rel_dir}/{name}" if rel_dir else name
             low = name.lower()
@@ -227,7 +235,10 @@ class _Scanner:
                 continue
             stem, ext = os.path.splitext(name)
             ext = ext.lower()
-            if ext in IMAGE_EXTENSIONS:
+            mask_of = mask_image_stem(name)
+            if mask_of is not None:
+                masks.setdefault(_nfc(mask_of), []).append(name)
+            elif ext in IMAGE_EXTENSIONS:
                 images.setdefault(_nfc(stem), []).append(name)
             elif ext in self.caption_exts:
                 captions.setdefault(_nfc(stem), {})[ext] = name
@@ -243,16 +254,22 @@ class _Scanner:
                 rels = [f"{rel_dir}/{n}" if rel_dir else n for n in names]
                 self.add(rels[1], f"{' and '.join(names)} share the name {stem!r} (and so its caption); "
                                   f"all {len(names)} are used", "warning")
+            mask_name = self.pick_mask(rel_dir, masks.get(stem, []))
             for name in names:
                 cap_name = self.pick_caption(captions.get(stem, {}))
                 if cap_name:
                     used_captions.add(cap_name)
-                self.add_image(d, rel_dir, name, cap_name, folder, repeats)
+                self.add_image(d, rel_dir, name, cap_name, mask_name, folder, repeats)
         for stem, exts in captions.items():
             for name in exts.values():
                 if name not in used_captions and stem not in images:
                     rel = f"{rel_dir}/{name}" if rel_dir else name
                     self.add(rel, "caption without an image; ignored", "note")
+        for stem, names in masks.items():
+            if stem not in images:
+                for name in names:
+                    self.add(f"{rel_dir}/{name}" if rel_dir else name,
+                             f"mask without an image (no {stem}.png, .jpg, … beside it); ignored", "note")
 
     def pick_caption(self, by_ext: dict[str, str]) -> str | None:
         for ext in self.caption_exts:
@@ -260,13 +277,25 @@ class _Scanner:
                 return by_ext[ext]
         return None
 
-    def add_image(self, d: Path, rel_dir: str, name: str, cap_name: str | None, folder: str, repeats: int) -> None:
+    def pick_mask(self, rel_dir: str, names: list[str]) -> str | None:
+        """The image's mask sidecar among `names` (a PNG first); the others are reported, not used."""
+        if not names:
+            return None
+        names = sorted(names, key=lambda n: (not n.lower().endswith(".png"), n))
+        for other in names[1:]:
+            self.add(f"{rel_dir}/{other}" if rel_dir else other, f"a second mask for the same image; {names[0]} is "
+                                                                   f"used", "warning")
+        return names[0]
+
+    def add_image(self, d: Path, rel_dir: str, name: str, cap_name: str | None, mask_name: str | None, folder: str,
+                  repeats: int) -> None:
         rel = f"{rel_dir}/{name}" if rel_dir else name
         path = d / name
         self.image_files += 1
         notes: list[str] = []
         width = height = 0
         sha = ""
+        alpha = False
         try:
             if self.open_images and self.check_images:
                 data = path.read_bytes()
@@ -274,6 +303,7 @@ class _Scanner:
                 loaded = load_image(path, self.background, data=data)
                 width, height = loaded.size
                 notes = loaded.notes
+                alpha = loaded.alpha is not None
                 loaded.image.close()
             elif self.open_images:
                 width, height = probe_size(path)
@@ -306,6 +336,7 @@ class _Scanner:
                     self.add(cap_rel, note, "note")
                 if not caption:
                     self.add(cap_rel, "caption file is empty; trained with an empty caption", "warning")
+        mask_rel, mask_sha = self.check_mask(d, rel_dir, rel, mask_name, (width, height))
         if sha and sha in self.seen_hash:
             self.add(rel, f"same picture as {self.seen_hash[sha]}; both are used, so it counts twice per epoch",
                      "warning")
@@ -313,7 +344,27 @@ class _Scanner:
             self.seen_hash[sha] = rel
         self.items.append(Item(path=path, rel=rel, caption=caption, repeats=repeats, folder=folder,
                                is_reg=self.is_reg, sha256=sha, width=width, height=height, caption_file=cap_rel,
-                               notes=notes))
+                               notes=notes, mask_file=mask_rel, mask_sha256=mask_sha, alpha_mask=alpha))
+
+    def check_mask(self, d: Path, rel_dir: str, rel: str, mask_name: str | None,
+                   size: tuple[int, int]) -> tuple[str | None, str]:
+        """(relative path, sha256) of the image's usable mask sidecar; (None, "") when it has none or the mask
+        cannot be used (reported: the image then trains without a mask)."""
+        if mask_name is None:
+            return None, ""
+        mask_rel = f"{rel_dir}/{mask_name}" if rel_dir else mask_name
+        if not self.open_images:
+            return mask_rel, ""
+        try:
+            data = (d / mask_name).read_bytes()
+        except OSError as e:
+            self.add(mask_rel, f"cannot read mask: {e.strerror or e}; {rel} is trained without a mask", "warning")
+            return None, ""
+        reason = check_mask_file(d / mask_name, size, data) if self.check_images else None
+        if reason:
+            self.add(mask_rel, f"{reason}; {rel} is trained without a mask", "warning")
+            return None, ""
+        return mask_rel, hashlib.sha256(data).hexdigest()
 
 
 def scan_dataset(root: str | Path, caption_ext: str = ".txt", default_repeats: int = 1, check_images: bool = True,
@@ -353,11 +404,13 @@ def list_dataset(root: str | Path, caption_ext: str = ".txt", default_repeats: i
     return Scan(root=sc.root, items=sc.items, problems=sc.problems, caption_ext=sc.caption_ext)
 
 
-def doctor(scan: Scan, resolution: int | None = None, max_aspect: float | None = None) -> list[Problem]:
+def doctor(scan: Scan, resolution: int | None = None, max_aspect: float | None = None,
+           masked_loss: bool | None = None) -> list[Problem]:
     """Everything the GUI's dataset doctor shows: the per-file problems plus dataset-level advice,
-    errors first."""
+    errors first. masked_loss: whether the run trains with masks (None: not known, e.g. the Dataset tab)."""
     out = list(scan.problems)
     n = len(scan.items)
+    out.extend(mask_findings(scan, masked_loss))
     if n < 5:
         out.append(Problem("", f"only {n} image(s); 10–50 varied images are typical for a character or style",
                            "warning"))
@@ -391,3 +444,24 @@ def doctor(scan: Scan, resolution: int | None = None, max_aspect: float | None =
         if common:
             out.append(Problem("", f"in every caption: {', '.join(sorted(common))} (a trigger word?)", "note"))
     return sorted(out, key=lambda p: (SEVERITY_ORDER[p.severity], p.file != "", p.file))
+
+
+def mask_findings(scan: Scan, masked_loss: bool | None) -> list[Problem]:
+    """What the doctor says about masks: how many images have one and from where; a warning when masked loss
+    is on and no image has one (the option then changes nothing)."""
+    counts = mask_counts(scan.items)
+    n, masked = len(scan.items), counts["file"] + counts["alpha"]
+    if masked_loss and not masked:
+        return [Problem("", "masked loss is on but no image has a mask (add <name>_mask.png beside an image, white "
+                            "= train, black = ignore, or use images with transparency): every pixel is trained",
+                        "warning")]
+    if not masked:
+        return []
+    where = ", ".join(f"{c} from {label}" for c, label in ((counts["file"], "_mask files"),
+                                                             (counts["alpha"], "transparency")) if c)
+    text = f"{masked} of {n} image(s) have a mask ({where})"
+    if masked_loss:
+        text += f"; {counts['none']} without one train on every pixel" if counts["none"] else ""
+    elif masked_loss is False:
+        text += "; masked loss is off, so they train on every pixel"
+    return [Problem("", text, "note")]

@@ -35,6 +35,7 @@ class RunFacts:
     epochs: int = 0
     zero_terminal_snr: bool = False
     custom_base: str | None = None  # the base spec when it is not a standard SD family (demo, tiny)
+    masked_images: int = 0  # training images with a mask, when trained with masked loss
     session_id: str = field(default_factory=lambda: str(uuid.uuid4().int % 2**31))
 
     @classmethod
@@ -50,7 +51,7 @@ class RunFacts:
                    num_reg_images=dataset.num_reg_images, batches_per_epoch=batches_per_epoch,
                    num_epochs=-(-sched.max_train_steps * sched.grad_accum // batches_per_epoch),
                    started_at=started_at, samples_dir=Path(samples_dir), zero_terminal_snr=base.zero_terminal_snr,
-                   custom_base=custom_base_label(base, cfg.model.base))
+                   custom_base=custom_base_label(base, cfg.model.base), masked_images=dataset.num_masked_images)
 
     def for_metadata(self) -> dict:
         facts = {k: v for k, v in asdict(self).items() if k != "samples_dir"}

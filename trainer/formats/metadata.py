@@ -15,6 +15,8 @@ string→string header. Facts the training loop passes (all optional except fami
     bucket_info       {"buckets": {...}, "mean_img_ar_error": x} or None
     num_images        training images × repeats (ss_num_train_images)
     num_reg_images, batches_per_epoch, num_epochs (planned)
+    masked_images     training images with a mask; with cfg.noise.masked_loss on, the header says so:
+                      ss_masked_loss (sd-scripts' key), ss_unmasked_weight and MASKED_IMAGES_KEY
     steps             optimizer steps done;  epochs: epochs done
     started_at, finished_at   POSIX timestamps (float seconds)
     session_id        any string (default: random)
@@ -48,6 +50,7 @@ IMPLEMENTATION = {"sd1": "diffusers", "sd2": "diffusers", "sd2-v": "diffusers",
 CUSTOM_VERSION = "custom"
 CUSTOM_ARCHITECTURE = "custom/lora"
 CUSTOM_BASE_KEY = "ss_atelier_base"  # the base such a file fits: a builtin:/tiny: spec or a folder name
+MASKED_IMAGES_KEY = "ss_atelier_masked_images"  # how many training images had a mask (masked loss)
 ARCHITECTURE = {"sd1": "stable-diffusion-v1/lora", "sd2": "stable-diffusion-v2-512/lora",
                 "sd2-v": "stable-diffusion-v2-768-v/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}
 BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sd2-v": "sd_v2_v", "sdxl": "sdxl_base_v1-0"}
@@ -214,6 +217,9 @@ def build_metadata(cfg, facts: dict, minimal: bool = False) -> dict[str, str]:
         })
         if cfg.saving.description:
             md["ss_training_comment"] = cfg.saving.description
+        if cfg.noise.masked_loss:  # written only when on, as sd-scripts does: files without masks stay as they were
+            md.update({"ss_masked_loss": "True", "ss_unmasked_weight": str(cfg.noise.unmasked_weight),
+                       MASKED_IMAGES_KEY: str(int(facts.get("masked_images", 0)))})
     md.update(_modelspec(cfg, facts, family, pred, res))
     problems = privacy_problems(md)
     if problems:

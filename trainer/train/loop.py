@@ -90,6 +90,7 @@ class Trainer:
         self.events.emit("started", max_steps=cfg.schedule.max_train_steps, family=self.base.family,
                          device=self.device, dtype=str(self.dtype).replace("torch.", ""),
                          images=self.dataset.num_images, resumed_from=self.progress.step,
+                         masked_loss=cfg.noise.masked_loss, masked_images=self.dataset.num_masked_images,
                          trainable_params=sum(p.numel() for p in self.network.all_params()),
                          startup_s=round(time.time() - t_start, 2))
         self.display = StepDisplay(self.paths.root, cfg.schedule.max_train_steps, self.progress.step,
@@ -126,6 +127,9 @@ class Trainer:
         self.dataset = setup.load_data(cfg, root)
         for p in self.dataset.problems:
             self._warn(f"{p.file}: {p.reason}", file=p.file, severity=p.severity)
+        if cfg.noise.masked_loss and not self.dataset.num_masked_images:
+            self._warn("masked loss is on but no training image has a mask (<name>_mask.png beside it, or "
+                       "transparency): every pixel is trained")
         self.base = setup.load_model(cfg)
         setup.place_model(self.base, self.device, self.dtype)
         self.network = setup.build_adapter(self.base, cfg, self._warn)
@@ -238,8 +242,9 @@ class Trainer:
         with autocast_for(dev, dtype):
             pred = self.unet_fwd(noisy.to(dtype), timesteps, cond["encoder_hidden_states"].to(dtype), **kwargs).sample
         target = prediction_target(base.scheduler, latents, noise, timesteps, base.is_v)
-        # regularisation images carry the prior-loss weight
-        return diffusion_loss(pred, target, timesteps, base.scheduler, cfg.noise, base.is_v, batch["loss_weights"])
+        # regularisation images carry the prior-loss weight; masked images their mask (masked loss)
+        return diffusion_loss(pred, target, timesteps, base.scheduler, cfg.noise, base.is_v, batch["loss_weights"],
+                              masks=batch.get("masks"))
 
     def _optimizer_step(self) -> None:
         if self.cfg.optimizer.max_grad_norm > 0:

@@ -69,7 +69,7 @@ def load_data(cfg: TrainConfig, root: Path):
             reg = scan_dataset(resolve(cfg.dataset.reg_path), cfg.dataset.caption_extension, 1, is_reg=True)
     except DatasetError as e:
         raise TrainingError(str(e)) from None
-    return TrainDataset(scan, cfg.dataset, cfg.schedule.seed, reg_scan=reg)
+    return TrainDataset(scan, cfg.dataset, cfg.schedule.seed, reg_scan=reg, masked_loss=cfg.noise.masked_loss)
 
 
 def load_model(cfg: TrainConfig):
@@ -158,8 +158,10 @@ def prepare_caches(cfg: TrainConfig, ds, base, encoders: Encoders, warn: Warn, l
     shuffled) so that the training step runs the UNet alone. On disk the caches live beside the
     dataset and are reused by later runs; entries are keyed by content, so an edit invalidates
     only its own entry. Returns the cache statistics."""
-    from trainer.data.cache import LatentCache, TextCache, default_cache_dir, fingerprint_module
+    from trainer.data.cache import MASK_RECIPE, LatentCache, MaskCache, TextCache, default_cache_dir, fingerprint_module
 
+    # masks are averaged down to the latents' size: the VAE halves the image once per block after the first
+    ds.latent_factor = 2 ** (len(base.vae.config.block_out_channels) - 1)
     cache_dir = default_cache_dir(ds.scan.root) if cfg.dataset.cache_to_disk else None
     if cache_dir is not None and not os.access(ds.scan.root, os.W_OK):
         warn(f"dataset folder {ds.scan.root.name} is read-only: caches kept in memory only")
@@ -174,6 +176,8 @@ def prepare_caches(cfg: TrainConfig, ds, base, encoders: Encoders, warn: Warn, l
         te_id = "|".join(fingerprint_module(te) for te in base.text_encoders)
         ds.attach_text_cache(TextCache(cache_dir, f"{base.family}-te-skip{cfg.model.clip_skip}:{te_id}"),
                              encoders.captions)
+    if ds.masked_loss:
+        ds.attach_mask_cache(MaskCache(cache_dir, MASK_RECIPE))
     if not (cfg.dataset.cache_latents or text_cached):
         return {}
     stats = ds.precompute(progress)
