@@ -58,7 +58,8 @@ def run_in_process(*args: str) -> subprocess.CompletedProcess:
     interpreter and imports (~10 s each on a loaded 2-core machine). For tests of what a run does, not of
     the process (kills, exit signals and start-up stay with run_trainer). Two process-wide side effects are
     undone: the CLI hides bitsandbytes from a run that does not quantise (peft caches that answer, so later
-    tests could not quantise), and the trainer takes SIGTERM/SIGINT for its graceful stop."""
+    tests could not quantise), and the trainer takes SIGTERM/SIGINT for its graceful stop. One torch thread,
+    as run_trainer's processes have, so both give the same numbers bit for bit."""
     import contextlib
     import io
     import signal
@@ -66,8 +67,12 @@ def run_in_process(*args: str) -> subprocess.CompletedProcess:
 
     from trainer import cli
 
+    import torch
+
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    threads = torch.get_num_threads()
     out, err = io.StringIO(), io.StringIO()
+    torch.set_num_threads(1)
     try:
         with mock.patch.object(cli, "keep_bitsandbytes_unloaded", lambda: None), \
                 contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -76,6 +81,7 @@ def run_in_process(*args: str) -> subprocess.CompletedProcess:
             except SystemExit as e:  # argparse's refusals
                 rc = e.code if isinstance(e.code, int) else 2
     finally:
+        torch.set_num_threads(threads)
         for s, h in handlers.items():
             signal.signal(s, h)
     return subprocess.CompletedProcess(["python", "-m", "trainer", *args], rc, out.getvalue(), err.getvalue())

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import REPO, events, make_dataset, run_trainer, write_config
+from tests.helpers import REPO, events, make_dataset, run_in_process, run_trainer, write_config
 
 MAX_STEPS = 9
 SETTINGS = {"schedule.max_train_steps": MAX_STEPS, "saving.every_n_steps": 3, "saving.keep_last": 2,
@@ -40,7 +40,8 @@ def _batches(run) -> dict[int, str]:
 def test_sigkill_at_seeded_points_then_resume_equals_uninterrupted(tmp_path):
     data = make_dataset(tmp_path / "data", n=6)
     ref_run = tmp_path / "ref"
-    r = run_trainer("train", str(write_config(ref_run, **{"dataset.path": str(data), **SETTINGS})), "--quiet")
+    # the kills need a process of their own; the reference and the resumes run here (same code, one thread)
+    r = run_in_process("train", str(write_config(ref_run, **{"dataset.path": str(data), **SETTINGS})), "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
     ref_adapter, ref_opt, ref_last = _final(ref_run)
     ref_batches = _batches(ref_run)
@@ -50,7 +51,7 @@ def test_sigkill_at_seeded_points_then_resume_equals_uninterrupted(tmp_path):
         cfg = write_config(run, **{"dataset.path": str(data), **SETTINGS})
         killed = run_trainer("train", str(cfg), "--quiet", env={"ATELIER_FAULT": point})
         assert killed.returncode == -signal.SIGKILL, (point, killed.returncode, killed.stderr[-2000:])
-        resumed = run_trainer("train", str(cfg), "--resume", "--quiet")
+        resumed = run_in_process("train", str(cfg), "--resume", "--quiet")
         assert resumed.returncode == 0, (point, resumed.stderr[-2000:])
         adapter, opt, last = _final(run)
         assert last == ref_last

@@ -23,14 +23,13 @@ def test_demo_preset_teaches_the_concept_and_keeps_the_prior(tmp_path):
 
     base = evaluate.load_pipeline()
     adapted = evaluate.load_adapter(evaluate.load_pipeline(), adapter)
-    base_acc = evaluate.base_accuracy(base, seed=1000)
     m = evaluate.concept_and_prior(base, adapted, seed=1000)
     assert m["concept_before"] <= 0.2, m
     assert m["concept_after"] >= 0.8, m
     # prompts without the trigger: not striped, and colour/shape as good as the base's (±2 of 24)
     assert m["prior_striped_after"] <= 0.1, m
-    assert m["prior_colour_after"] >= base_acc["colour"] - 0.09, (m, base_acc)
-    assert m["prior_shape_after"] >= base_acc["shape"] - 0.09, (m, base_acc)
+    assert m["prior_colour_after"] >= m["prior_colour_before"] - 0.09, m
+    assert m["prior_shape_after"] >= m["prior_shape_before"] - 0.09, m
     # same seed, same prompt: the adapter may nudge the base's picture but not replace it. Yardstick: the
     # distance between the base's own pictures at two seeds (a different picture of the same prompt).
     # Measured (0-255 scale): 27.6 against 48.8, a ratio of 0.57; a rate of 2e-3 gave 0.85.

@@ -157,19 +157,20 @@ def test_a_finished_run_trains_on_only_to_more_steps(tmp_path):
     cfg = write_config(run, **{"dataset.path": str(data), "schedule.max_train_steps": 3, "sampling.every_n_steps": 0,
                                "sampling.at_start": "false"})
     # killed after its last step's state, before its adapter: not finished, so a resume saves the adapter
+    # the kill needs a process of its own; the resumes run here (same code)
     killed = run_trainer("train", str(cfg), env={"ATELIER_FAULT": "adapter@3"})
     assert killed.returncode < 0 and not (run / "output" / "tiny-test.safetensors").exists()
-    assert run_trainer("train", str(cfg), "--resume").returncode == EXIT_OK
+    assert run_in_process("train", str(cfg), "--resume").returncode == EXIT_OK
     first = (run / "output" / "tiny-test.safetensors").read_bytes()
 
     before = RunFolder(run).events.read_bytes()
-    again = run_trainer("train", str(cfg), "--resume")  # nothing to train: refused, nothing written
+    again = run_in_process("train", str(cfg), "--resume")  # nothing to train: refused, nothing written
     assert again.returncode == EXIT_CONFIG
     assert "already finished 3 steps" in again.stderr and "schedule.max_train_steps" in again.stderr
     assert RunFolder(run).events.read_bytes() == before  # still a finished run
     assert sorted(p.name for p in (run / "output").iterdir()) == ["tiny-test.safetensors"]
 
-    more = run_trainer("train", str(cfg), "--resume", "--set", "schedule.max_train_steps=5")
+    more = run_in_process("train", str(cfg), "--resume", "--set", "schedule.max_train_steps=5")
     assert more.returncode == EXIT_OK, more.stderr[-2000:]
     ev = events(run)
     started = [e for e in ev if e["type"] == "started"][-1]

@@ -57,10 +57,10 @@ def base_accuracy(pipe, seed: int = 0, specs=ATTRIBUTE_SPECS) -> dict[str, float
 
 def concept_and_prior(base_pipe, adapted_pipe, seed: int = 1000) -> dict[str, float]:
     """Concept score with and without the adapter on trigger prompts, and how far the adapter moves
-    prompts without the trigger (same seeds) — plus their colour/shape accuracy with the adapter."""
+    prompts without the trigger (same seeds) — plus their colour/shape accuracy without and with the adapter."""
     prior_prompts = [shape_prompt(*s) for s in ATTRIBUTE_SPECS]
     base_prior, adapted_prior = sample(base_pipe, prior_prompts, seed), sample(adapted_pipe, prior_prompts, seed)
-    acc = attribute_accuracy(adapted_prior, ATTRIBUTE_SPECS)
+    acc, base_acc = attribute_accuracy(adapted_prior, ATTRIBUTE_SPECS), attribute_accuracy(base_prior, ATTRIBUTE_SPECS)
     # the yardstick for the drift: how far the base's own images move when only the seed changes
     other_seed = sample(base_pipe, prior_prompts, seed + 4000)
     return {"concept_before": concept_score(sample(base_pipe, CONCEPT_PROMPTS, seed)),
@@ -68,7 +68,8 @@ def concept_and_prior(base_pipe, adapted_pipe, seed: int = 1000) -> dict[str, fl
             "prior_striped_after": concept_score(adapted_prior),
             "prior_mean_abs_diff": mean_abs_difference(base_prior, adapted_prior),
             "base_seed_to_seed_diff": mean_abs_difference(base_prior, other_seed),
-            "prior_colour_after": acc["colour"], "prior_shape_after": acc["shape"]}
+            "prior_colour_after": acc["colour"], "prior_shape_after": acc["shape"],
+            "prior_colour_before": base_acc["colour"], "prior_shape_before": base_acc["shape"]}
 
 
 def load_adapter(pipe, adapter: str | Path, scale: float = 1.0):
