@@ -14,9 +14,13 @@ $(STAMP): pyproject.toml scripts/install.py
 run: install
 	$(PY) app.py $(ARGS)
 
+# two test processes (one test file each at a time): the suite waits on trainer and studio processes and
+# Chromium for much of its time, and two cores are what CI has; more workers need more memory (SD1.5-size tests)
+TEST_WORKERS ?= 2
+
 test: install
 	$(PY) scripts/ensure_chromium.py
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
