@@ -129,16 +129,16 @@ def test_mask_is_cropped_and_flipped_with_its_image(tmp_path, name):
     ds = TrainDataset(scan_dataset(root, background="#000000"), dataset_cfg(background="#000000"), seed=3,
                       masked_loss=True)
     i = next(k for k, it in enumerate(ds.items) if it.rel == name)
-    assert ds.has_mask(i) and ds.placements[i].bucket == (80, 48) and ds.placements[i].crop_top > 0
+    assert ds.masks.has(i) and ds.placements[i].bucket == (80, 48) and ds.placements[i].crop_top > 0
     for flip in (False, True):
-        mask = np.asarray(ds.mask_pixels(i, flip), dtype=np.float32)
+        mask = np.asarray(ds.masks.pixels(i, flip), dtype=np.float32)
         assert mask.shape == (48, 80)
         assert np.abs(mask - red_channel(ds, i, flip)).max() <= 1.0, (name, flip)  # the same pixels, same place
-    plain, flipped = ds.mask(i, False), ds.mask(i, True)
+    plain, flipped = ds.masks.tensor(i, False), ds.masks.tensor(i, True)
     assert plain.shape == (1, 48 // 8, 80 // 8)  # latent resolution (the default VAE factor 8)
     assert not torch.equal(plain, flipped) and torch.equal(flipped, plain.flip(-1))
     # area average: each latent pixel is the mean of its 8×8 block of the bucket-size mask
-    full = np.asarray(ds.mask_pixels(i, False), dtype=np.float64) / 255.0
+    full = np.asarray(ds.masks.pixels(i, False), dtype=np.float64) / 255.0
     blocks = full.reshape(6, 8, 10, 8).mean(axis=(1, 3))
     assert np.allclose(plain[0].numpy(), blocks, atol=1e-6)
     # white, grey and black areas all reach latent resolution
@@ -157,7 +157,7 @@ def test_batches_carry_masks_and_unmasked_images_weigh_one(tmp_path):
     Image.new("L", (W, H), 255).save(root / "sidecar_mask.png")
     white = TrainDataset(scan_dataset(root), dataset_cfg(), seed=3, masked_loss=True)
     i = next(k for k, it in enumerate(white.items) if it.rel == "sidecar.png")
-    assert torch.equal(white.mask(i, True), torch.ones(1, 6, 10))
+    assert torch.equal(white.masks.tensor(i, True), torch.ones(1, 6, 10))
     off = TrainDataset(scan_dataset(root), dataset_cfg(enable_buckets=False, flip=False, batch_size=3), seed=3)
     assert "masks" not in off.collate([off.sample(i, 0) for i in range(3)])  # masked loss off: no masks at all
 
@@ -176,7 +176,7 @@ def test_editing_a_mask_invalidates_its_cached_entry_only(tmp_path):
 
     def run():
         ds = TrainDataset(scan_dataset(root), dataset_cfg(), seed=3, masked_loss=True)
-        ds.latent_factor = 2  # the tiny VAE halves once
+        ds.masks.latent_factor = 2  # the tiny VAE halves once
         ds.attach_latent_cache(LatentCache(default_cache_dir(root), "tiny-vae"), encode)
         ds.attach_mask_cache(MaskCache(default_cache_dir(root), MASK_RECIPE))
         return ds, ds.precompute()
@@ -185,7 +185,7 @@ def test_editing_a_mask_invalidates_its_cached_entry_only(tmp_path):
     assert first["masks_computed"] == 4 and first["masks_reused"] == 0  # 2 masked images × 2 flips
     assert len(list((default_cache_dir(root) / "masks").glob("*.safetensors"))) == 4
     i = next(k for k, it in enumerate(ds.items) if it.rel == "sidecar.png")
-    before = ds.encodings.mask_for(i, False, ds.mask_key(i, False))
+    before = ds.encodings.mask_for(i, False, ds.masks.key(i, False))
     assert before.shape == (1, 24, 40)
 
     ds, second = run()  # a later run: everything from disk
@@ -193,12 +193,12 @@ def test_editing_a_mask_invalidates_its_cached_entry_only(tmp_path):
 
     Image.fromarray(255 - asymmetric_mask()).save(root / "sidecar_mask.png")  # the user repaints the mask
     with pytest.raises(ImageError, match="changed since the dataset was scanned"):
-        ds.mask(i, False)  # the running dataset never mixes an edited mask with its old hash
+        ds.masks.tensor(i, False)  # the running dataset never mixes an edited mask with its old hash
     n_calls = len(calls)
     ds, third = run()
     assert third["masks_computed"] == 2 and third["masks_reused"] == 2  # the edited mask's two flips only
     assert third["latents_computed"] == 0 and len(calls) == n_calls  # the image did not change: no VAE run
-    after = ds.encodings.mask_for(i, False, ds.mask_key(i, False))
+    after = ds.encodings.mask_for(i, False, ds.masks.key(i, False))
     assert torch.allclose(after, 1.0 - before, atol=2 / 255)  # the inverted mask (up to resampling's rounding)
     assert (after - before).abs().max() > 0.9
 

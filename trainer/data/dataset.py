@@ -12,35 +12,22 @@ regularisation set is used in full over the run.
 """
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import replace
-from pathlib import PurePosixPath
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import ImageOps
 
 from trainer.config import DatasetSection
-from trainer.data.buckets import LATENT_FACTOR, Buckets, Placement
+from trainer.data.buckets import Buckets, Placement
 from trainer.data.cache import MASK_RECIPE, LatentCache, MaskCache, TextCache, stable_key
 from trainer.data.captions import process_caption
 from trainer.data.encoding import DatasetEncodings, LatentEncodeFn, ProgressFn, TextEncodeFn
-from trainer.data.images import ImageError, load_image, parse_background
-from trainer.data.masks import load_mask, mask_counts, mask_kind
+from trainer.data.images import load_image, parse_background, read_checked
+from trainer.data.loss_masks import LossMasks
+from trainer.data.masks import mask_counts
 from trainer.data.scan import Item, Problem, Scan
-
-
-def _read_checked(path, sha256: str) -> bytes:
-    """A dataset file's bytes, refused when they are not the ones the scan hashed."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ImageError(path, f"cannot read: {e.strerror or e} (removed since the scan?)") from None
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise ImageError(path, "the file changed since the dataset was scanned; restart to rescan it")
-    return data
 
 
 def _rng(*parts) -> random.Random:
@@ -58,9 +45,7 @@ class TrainDataset:
     def __init__(self, scan: Scan, cfg: DatasetSection, seed: int, reg_scan: Scan | None = None,
                  masked_loss: bool = False):
         self.cfg = cfg
-        # masked_loss: samples of masked images carry "mask", their mask at latent resolution (trainer.data.masks)
         self.masked_loss = bool(masked_loss)
-        self.latent_factor = LATENT_FACTOR  # image pixels per latent pixel; the trainer sets its VAE's
         self.seed = int(seed)
         self.scan = scan
         self.reg_scan = reg_scan
@@ -74,6 +59,8 @@ class TrainDataset:
         self._reg_cycle = [len(train) + j for j, it in enumerate(reg) for _ in range(it.repeats)]
         self._n_train = len(self._train_slots)
         self._n_reg = self._n_train if self._reg_cycle else 0
+        # masked loss: samples of masked images carry "mask", their mask at latent resolution
+        self.masks = LossMasks(self.items, self.placements, self.buckets, cfg.background, self.masked_loss)
         self.encodings = DatasetEncodings(self, max(1, cfg.batch_size))
         if self.masked_loss:  # in memory until the trainer attaches one beside the latents
             self.encodings.mask_cache = MaskCache(None, MASK_RECIPE)
@@ -131,50 +118,11 @@ class TrainDataset:
         """[3, H, W] in [-1, 1] at the item's bucket size. The bytes decoded are checked against the scan's
         hash, so a cached latent can never belong to other pixels than its key says."""
         it = self.items[item_idx]
-        img = load_image(it.path, self.cfg.background, data=_read_checked(it.path, it.sha256)).image
+        img = load_image(it.path, self.cfg.background, data=read_checked(it.path, it.sha256)).image
         img, _ = self.buckets.apply(img)
         if flip:
             img = ImageOps.mirror(img)
         return to_tensor(img)
-
-    # ---- masks (masked loss) --------------------------------------------------------------------
-    def has_mask(self, item_idx: int) -> bool:
-        return self.masked_loss and mask_kind(self.items[item_idx]) is not None
-
-    def latent_size(self, item_idx: int) -> tuple[int, int]:
-        """(height, width) of the item's latents."""
-        bw, bh = self.placements[item_idx].bucket
-        return bh // self.latent_factor, bw // self.latent_factor
-
-    def mask_key(self, item_idx: int, flip: bool) -> str:
-        """What a latent-resolution mask depends on: the mask file's bytes (or, for an alpha mask, the image's),
-        the placement, the flip and the latent size. An edited mask file has new bytes, so a new key."""
-        it, p = self.items[item_idx], self.placements[item_idx]
-        source = f"file:{it.mask_sha256}" if mask_kind(it) == "file" else f"alpha:{it.sha256}"
-        return stable_key(mask=source, bucket=list(p.bucket), resized=list(p.resized),
-                          crop=[p.crop_left, p.crop_top], flip=bool(flip), latent=list(self.latent_size(item_idx)))
-
-    def mask_pixels(self, item_idx: int, flip: bool = False):
-        """The item's mask as an "L" image at its bucket size, through the very resize, crop and flip of
-        its pixels (the bytes checked against the scan's hashes, as in pixels())."""
-        it = self.items[item_idx]
-        data = _read_checked(it.path, it.sha256)
-        # a sidecar lies beside its image (mask_file is relative to the scanned folder, the dataset's or reg's)
-        mask_path = it.path.parent / PurePosixPath(it.mask_file).name if it.mask_file else None
-        mask_data = _read_checked(mask_path, it.mask_sha256) if mask_path is not None else None
-        _, mask = load_mask(it.path, data, mask_path, mask_data, self.cfg.background)
-        # the bucket placement follows from the size alone: the image's and its mask's are the same
-        mask, p = self.buckets.apply(mask)
-        if p != self.placements[item_idx]:
-            raise ImageError(it.path, "the image's size changed since the dataset was scanned; restart to rescan it")
-        return ImageOps.mirror(mask) if flip else mask
-
-    def mask(self, item_idx: int, flip: bool = False) -> torch.Tensor:
-        """[1, h, w] in [0, 1] at latent resolution: the bucket-size mask averaged over each latent pixel's
-        area (a latent pixel half under the mask weighs 0.5)."""
-        arr = np.asarray(self.mask_pixels(item_idx, flip), dtype=np.float32) / 255.0
-        full = torch.from_numpy(arr.copy())[None, None]
-        return F.interpolate(full, size=self.latent_size(item_idx), mode="area")[0]
 
     def sample(self, index: int, epoch: int) -> dict:
         item_idx = self.item_index(index, epoch)
@@ -196,8 +144,8 @@ class TrainDataset:
             out["pixels"] = self.pixels(item_idx, flip)
         if self.encodings.text_cache is not None:
             out["text"] = self.encodings.text_for(caption)
-        if self.has_mask(item_idx):
-            out["mask"] = self.encodings.mask_for(item_idx, flip, self.mask_key(item_idx, flip))
+        if self.masks.has(item_idx):
+            out["mask"] = self.encodings.mask_for(item_idx, flip, self.masks.key(item_idx, flip))
         return out
 
     def collate(self, samples: list[dict]) -> dict:
@@ -260,15 +208,14 @@ class TrainDataset:
         """Keep the latent-resolution masks in `cache` (the trainer's: beside the latents, on disk)."""
         self.encodings.mask_cache = cache
 
-    def mask_keys(self) -> list[tuple[int, bool, str]]:
-        """(item index, flip, key) of every mask an epoch can ask for (none without masked loss)."""
-        flips = (False, True) if self.cfg.flip else (False,)
-        return [(i, f, self.mask_key(i, f)) for i in range(len(self.items)) if self.has_mask(i) for f in flips]
+    @property
+    def flips(self) -> tuple[bool, ...]:
+        """The flips an epoch can ask for."""
+        return (False, True) if self.cfg.flip else (False,)
 
     def latent_keys(self) -> list[tuple[int, bool, str]]:
         """(item index, flip, key) of every latent an epoch can ask for."""
-        flips = (False, True) if self.cfg.flip else (False,)
-        return [(i, f, self.latent_key(i, f)) for i in range(len(self.items)) for f in flips]
+        return [(i, f, self.latent_key(i, f)) for i in range(len(self.items)) for f in self.flips]
 
     def precompute(self, progress_cb: ProgressFn | None = None) -> dict[str, int]:
         """Encode every latent (both flips when flip is on) and caption variant not yet cached, in batches

@@ -52,7 +52,7 @@ class DatasetEncodings:
 
     def make_masks(self, batch: list[tuple[int, bool, str]]) -> None:
         for item_idx, flip, key in batch:
-            self.mask_cache.put(key, {"mask": self.dataset.mask(item_idx, flip)})  # type: ignore[union-attr]
+            self.mask_cache.put(key, {"mask": self.dataset.masks.tensor(item_idx, flip)})  # type: ignore[union-attr]
 
     def text_for(self, caption: str) -> dict[str, torch.Tensor]:
         key = text_key(caption)
@@ -76,7 +76,7 @@ class DatasetEncodings:
         masks: list[tuple[int, bool, str]] = []
         if self.mask_cache is not None:
             stats.update(masks_computed=0, masks_reused=0)
-            for entry in self.dataset.mask_keys():
+            for entry in self.dataset.masks.keys(self.dataset.flips):
                 if self.mask_cache.get(entry[2]) is None:
                     masks.append(entry)
                 else:

@@ -6,6 +6,8 @@ a trainer that only handles RGB JPEGs silently learns black backgrounds, sideway
 """
 from __future__ import annotations
 
+import hashlib
+
 import io
 import warnings
 from dataclasses import dataclass, field
@@ -253,3 +255,14 @@ def probe_size(path: str | Path) -> tuple[int, int]:
     finally:
         im.close()
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def read_checked(path, sha256: str) -> bytes:
+    """A dataset file's bytes, refused when they are not the ones the scan hashed."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageError(path, f"cannot read: {e.strerror or e} (removed since the scan?)") from None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ImageError(path, "the file changed since the dataset was scanned; restart to rescan it")
+    return data

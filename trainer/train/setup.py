@@ -161,7 +161,7 @@ def prepare_caches(cfg: TrainConfig, ds, base, encoders: Encoders, warn: Warn, l
     from trainer.data.cache import MASK_RECIPE, LatentCache, MaskCache, TextCache, default_cache_dir, fingerprint_module
 
     # masks are averaged down to the latents' size: the VAE halves the image once per block after the first
-    ds.latent_factor = 2 ** (len(base.vae.config.block_out_channels) - 1)
+    ds.masks.latent_factor = 2 ** (len(base.vae.config.block_out_channels) - 1)
     cache_dir = default_cache_dir(ds.scan.root) if cfg.dataset.cache_to_disk else None
     if cache_dir is not None and not os.access(ds.scan.root, os.W_OK):
         warn(f"dataset folder {ds.scan.root.name} is read-only: caches kept in memory only")
