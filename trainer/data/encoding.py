@@ -36,19 +36,19 @@ class DatasetEncodings:
         for (_, _, key), value in zip(batch, lat):
             self.latent_cache.put(key, {"latents": value})  # type: ignore[union-attr]
 
+    @staticmethod
+    def _cached(cache, key: str, field: str, make) -> torch.Tensor:
+        got = cache.get(key)
+        if got is None:  # not precomputed: make this one now
+            make()
+            got = cache.get(key)
+        return got[field]
+
     def latents_for(self, item_idx: int, flip: bool, key: str) -> torch.Tensor:
-        got = self.latent_cache.get(key)  # type: ignore[union-attr]
-        if got is None:  # not precomputed: encode this one now
-            self.encode_latents([(item_idx, flip, key)])
-            got = self.latent_cache.get(key)  # type: ignore[union-attr]
-        return got["latents"]  # type: ignore[index]
+        return self._cached(self.latent_cache, key, "latents", lambda: self.encode_latents([(item_idx, flip, key)]))
 
     def mask_for(self, item_idx: int, flip: bool, key: str) -> torch.Tensor:
-        got = self.mask_cache.get(key)  # type: ignore[union-attr]
-        if got is None:  # not precomputed: make this one now
-            self.make_masks([(item_idx, flip, key)])
-            got = self.mask_cache.get(key)  # type: ignore[union-attr]
-        return got["mask"]  # type: ignore[index]
+        return self._cached(self.mask_cache, key, "mask", lambda: self.make_masks([(item_idx, flip, key)]))
 
     def make_masks(self, batch: list[tuple[int, bool, str]]) -> None:
         for item_idx, flip, key in batch:
