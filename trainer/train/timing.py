@@ -5,7 +5,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-ACTIVITIES = ("cache", "data", "sample", "save")
+ACTIVITIES = ("cache", "data", "sample", "save", "validate")
 
 
 @dataclass
@@ -85,6 +85,11 @@ class StepDisplay:
         if self.bar:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        """Another curve beside the loss (e.g. loss/validation)."""
+        if self.tb:
+            self.tb.add_scalar(tag, value, step)
 
     def close(self) -> None:
         if self.bar:
