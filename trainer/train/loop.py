@@ -12,6 +12,7 @@ import json
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -167,8 +168,7 @@ class Trainer:
             self.validation = Validation(
                 self.val_dataset, v.seed, fixed_timesteps(v.timesteps, cfg.noise.min_timestep, cfg.noise.max_timestep),
                 cfg.dataset.batch_size, [self.base.unet, *self.base.text_encoders], self._latents,
-                lambda batch, latents, noise, t: self._predict(batch, latents, noise, t, self.base.unet,
-                                                               self.base.text_encoders))
+                partial(self._predict, unet=self.base.unet, text_encoders=self.base.text_encoders))
 
     def _prepare_caches(self) -> None:
         self.cache_stats = setup.prepare_caches(
@@ -258,10 +258,10 @@ class Trainer:
         """(the UNet's prediction on the noised latents, its target); by default through the wrapped
         modules that train (validation passes the bare ones: rank 0 alone runs it)."""
         cfg, base, dev, dtype = self.cfg, self.base, self.device, self.dtype
-        unet = unet or self.unet_fwd
+        unet = self.unet_fwd if unet is None else unet
         noisy = base.scheduler.add_noise(latents, noise, timesteps)
         cond = batch.get("text") or encode_text(base, batch["captions"], cfg.model.clip_skip, dev,
-                                                encoders=text_encoders or self.te_fwd)
+                                                encoders=self.te_fwd if text_encoders is None else text_encoders)
         cond = {k: v.to(dev) for k, v in cond.items()}
         kwargs = {}
         if base.is_sdxl:
