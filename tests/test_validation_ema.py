@@ -159,3 +159,14 @@ def test_validation_settings_are_checked(tmp_path, data):
         _cfg(tmp_path, "both", data, **{"validation.split": 0.2, "validation.path": str(data)})
     with pytest.raises(ConfigError, match="validation.split"):
         _cfg(tmp_path, "big", data, **{"validation.split": 0.9})
+
+
+def test_the_train_tab_plots_the_validation_loss(reference):
+    from trainer.run.events import RunView
+    from ui.live import loss_rows
+
+    _, run_dir = reference
+    view = RunView(run_dir).update()
+    want = [(s, v["loss"]) for s, v in sorted(_validations(run_dir).items())]
+    assert view.val_losses == want
+    assert [(s, v) for s, v, curve in loss_rows(view) if curve == "validation"] == want
