@@ -54,8 +54,12 @@ class Timing:
         return self.seconds[activity] / self.counts[activity] if self.counts[activity] else 0.0
 
     def saves_left(self, step: int, max_steps: int, cfg) -> float:
-        """Seconds of the saves still due after `step`, at the pace of those made (0 before the first)."""
-        return due_after(step, max_steps, cfg.saving.every_n_steps) * self.mean("save")
+        """Seconds of the saves still due after `step`, at the pace of those made (0 before the first), and
+        of the validations that follow them (and those due between saves), at the pace of those measured."""
+        saves = due_after(step, max_steps, cfg.saving.every_n_steps)
+        validations = saves + (due_after(step, max_steps, cfg.validation.every_n_steps) - 1
+                               if cfg.validation.every_n_steps else 0)
+        return saves * self.mean("save") + validations * self.mean("validate")
 
     def report(self, progress: Progress) -> dict:
         return {k: round(v, 3) for k, v in {**self.seconds, "steps": sum(progress.step_times)}.items()}
