@@ -139,7 +139,7 @@ class OptimizerSection(Section):
                                advanced=True)
     ema: bool = opt(False, "EMA of the weights",
                     "Keep an exponential moving average of the adapter weights and save it beside each adapter "
-                    "(<name>-ema.safetensors): often smoother and less overfit than the last step's weights.")
+                    "(<name>-ema.safetensors): a smoothed version of the last steps' weights.")
     ema_decay: float = opt(0.999, "EMA decay",
                            "Share of the average kept at each step (0 = the raw weights, 1 = frozen at the start); "
                            "about 1 − 1/(steps the average should span).", ge=0.0, le=1.0, advanced=True)
