@@ -252,6 +252,7 @@ def _calls(world, p: str, upload_file: str):
         ("separate VAE", lambda: h["on_start"].call({**start, "cfg-model-vae": p})),
         ("start-from adapter", lambda: h["on_start"].call({**start, "cfg-network-init_weights": p})),
         ("regularisation folder", lambda: h["on_start"].call({**start, "cfg-dataset-reg_path": p})),
+        ("validation folder", lambda: h["on_start"].call({**start, "cfg-validation-path": p})),
         ("caption extension", lambda: h["on_start"].call({**start, "cfg-dataset-caption_extension": p})),
         ("run id (stop)", lambda: h["on_stop"](p)),
         ("run id (sample now)", lambda: h["on_sample_now"](p)),
@@ -357,11 +358,12 @@ def _paths_the_trainer_got(world) -> list[tuple[str, bool]]:
         if argv[1:4] != ["-m", "trainer", "train"]:
             continue
         cfg = load_config(argv[4])
-        for key in ("model.base", "model.vae", "network.init_weights", "dataset.reg_path", "dataset.path"):
+        for key in ("model.base", "model.vae", "network.init_weights", "dataset.reg_path", "validation.path",
+                    "dataset.path"):
             section, name = key.split(".")
             v = getattr(getattr(cfg, section), name)
             hub_id = key == "model.base" and _names_hub_id(parse_base, v) and not (REPO_ROOT / v).exists()
-            bundled = key == "dataset.reg_path" and Path(v).resolve().is_relative_to(BUNDLED_DATASETS)
+            bundled = key in ("dataset.reg_path", "validation.path") and Path(v).resolve().is_relative_to(BUNDLED_DATASETS)
             ok = bool(not v or v.startswith(("tiny:", "builtin:")) or hub_id or bundled
                       or Path(v).resolve().is_relative_to(data))
             out.append((f"{key}={v[:80]}", ok))

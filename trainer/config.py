@@ -137,6 +137,18 @@ class OptimizerSection(Section):
     weight_decay: float = opt(0.01, "Weight decay", "Decoupled weight decay.", ge=0.0, le=1.0, advanced=True)
     max_grad_norm: float = opt(1.0, "Max grad norm", "Clip gradients to this norm (0 = off).", ge=0.0, le=100.0,
                                advanced=True)
+    ema: bool = opt(False, "EMA of the weights",
+                    "Keep an exponential moving average of the adapter weights and save it beside each adapter "
+                    "(<name>-ema.safetensors): a smoothed version of the last steps' weights.")
+    ema_decay: float = opt(0.999, "EMA decay",
+                           "Share of the average kept at each step (0 = the raw weights, 1 = frozen at the start); "
+                           "about 1 − 1/(steps the average should span).", ge=0.0, le=1.0, advanced=True)
+    ema_start_step: int = opt(0, "EMA start step",
+                              "The average starts from the weights of this step (before it, it follows them).",
+                              ge=0, le=1_000_000, advanced=True)
+    ema_on_cpu: bool = opt(False, "EMA on CPU",
+                           "Hold the average in CPU memory (saves GPU memory; each step copies the adapter over).",
+                           advanced=True)
 
 
 class ScheduleSection(Section):
@@ -232,10 +244,32 @@ class SavingSection(Section):
     tags: str = opt("", "Tags", "Comma-separated ModelSpec tags.", advanced=True)
 
 
+class ValidationSection(Section):
+    split: float = opt(0.0, "Hold-out share",
+                       "Share of the dataset's images kept out of training to measure a validation loss at each save "
+                       "(0 = off). The same images every time, chosen from the validation seed.", ge=0.0, le=0.5)
+    path: str = opt("", "Validation folder",
+                    "A separate folder of captioned images to measure the validation loss on (instead of a "
+                    "hold-out share); none of them is trained on.")
+    seed: int = opt(1729, "Validation seed",
+                    "Chooses the held-out images and each one's fixed noise, independent of the training seed.",
+                    ge=0, le=2**32 - 1, advanced=True)
+    timesteps: int = opt(4, "Timesteps per image",
+                         "Fixed timesteps, spread over the sampled range, at which each image's loss is measured.",
+                         ge=1, le=64, advanced=True)
+    every_n_steps: int = opt(0, "Validate every N steps",
+                             "Also measure between saves (0 = at each save and at the end only).", ge=0,
+                             le=1_000_000, advanced=True)
+
+    @property
+    def enabled(self) -> bool:
+        return self.split > 0 or bool(self.path)
+
+
 GROUPS: dict[str, str] = {
     "model": "Model", "dataset": "Dataset", "network": "Network", "optimizer": "Optimizer",
     "schedule": "Schedule", "noise": "Noise & loss", "precision": "Precision & memory",
-    "sampling": "Previews", "saving": "Saving",
+    "sampling": "Previews", "saving": "Saving", "validation": "Validation",
 }
 
 
@@ -250,6 +284,7 @@ class TrainConfig(BaseModel):
     precision: PrecisionSection = Field(default_factory=PrecisionSection)
     sampling: SamplingSection = Field(default_factory=SamplingSection)
     saving: SavingSection = Field(default_factory=SavingSection)
+    validation: ValidationSection = Field(default_factory=ValidationSection)
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
@@ -262,6 +297,8 @@ class TrainConfig(BaseModel):
             raise ValueError("network.loftq needs network.quantize_base = 'nf4'")
         if not (self.network.train_unet or self.network.train_text_encoder):
             raise ValueError("network: train_unet or train_text_encoder must be on")
+        if self.validation.split > 0 and self.validation.path:
+            raise ValueError("validation: set split (a share of the dataset) or path (a separate folder), not both")
         from trainer.adapter.rules import network_problems, schedule_problems
 
         problems = network_problems(self.network) + schedule_problems(self.network, self.schedule.max_train_steps)

@@ -58,12 +58,14 @@ def progress_html(state: str, view: RunView | None) -> str:
 
 
 def loss_rows(view: RunView) -> list[tuple[int, float, str]]:
-    """(step, loss, series) for the loss plot: the raw curve and its moving average."""
+    """(step, loss, series) for the loss plot: the raw curve, its moving average and the validation loss
+    (measured at each save, on held-out images: not smoothed, it is the same draw every time)."""
     rows, avg = [], None
     for step, loss in view.losses:
         avg = loss if avg is None else LOSS_SMOOTHING * avg + (1 - LOSS_SMOOTHING) * loss
         rows.append((step, loss, "raw"))
         rows.append((step, avg, "smoothed"))
+    rows.extend((step, loss, "validation") for step, loss in view.val_losses)
     return rows
 
 

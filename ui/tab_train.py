@@ -73,10 +73,11 @@ def check_base(studio: Studio, text: str) -> str:
 
 def check_extra_paths(studio: Studio, cfg) -> None:
     """The form's other path fields stay inside the studio's folders too: a VAE and a start-from adapter in
-    the models folders (or a run's adapter), regularisation images in the datasets folder or among the
-    project's bundled datasets."""
+    the models folders (or a run's adapter), regularisation and validation images in the datasets folder or
+    among the project's bundled datasets."""
     roots = {"model.vae": studio.model_roots, "network.init_weights": [*studio.model_roots, studio.dirs.runs],
-             "dataset.reg_path": [studio.dirs.datasets, BUNDLED_DATASETS]}
+             "dataset.reg_path": [studio.dirs.datasets, BUNDLED_DATASETS],
+             "validation.path": [studio.dirs.datasets, BUNDLED_DATASETS]}
     for key, allowed in roots.items():
         section, name = key.split(".")
         text = getattr(getattr(cfg, section), name).strip()
@@ -201,7 +202,8 @@ def _layout_live(w: SimpleNamespace) -> None:
         w.open_export = gr.Button("Open in Export", elem_id="train-open-export", size="sm")
     w.problems = gr.Markdown(elem_id="train-problems")
     w.loss_plot = gr.LinePlot(x="step", y="loss", color="curve", title="Loss (smoothed; raw faint)", height=200,
-                              color_map={"smoothed": "#4f46e5", "raw": "#c7d2fe"}, elem_id="train-loss")
+                              color_map={"smoothed": "#4f46e5", "raw": "#c7d2fe", "validation": "#ea580c"},
+                              elem_id="train-loss")
     w.previews = gr.Gallery(label="Previews (base | adapter at the same seed)", columns=2, height=260,
                             elem_id="train-previews")
     w.saves = gr.Markdown(elem_id="train-saves")

@@ -83,11 +83,15 @@ def _thumbnail(samples_dir: Path) -> bytes | None:
         return buf.getvalue()
 
 
-def export_adapter(cfg, facts: RunFacts, base, network, out_dir: Path, stem: str) -> Path:
-    from trainer.formats.metadata import build_metadata
+def export_adapter(cfg, facts: RunFacts, base, network, out_dir: Path, stem: str, ema: dict | None = None) -> Path:
+    """The adapter in `base` as <stem>.safetensors (or a free variant of the name) in out_dir. ema: the
+    moving average's settings when the weights in `base` are the EMA (the metadata says so)."""
+    from trainer.formats.metadata import build_metadata, mark_ema
     from trainer.formats.save import save_adapter
 
     metadata = build_metadata(cfg, facts.for_metadata(), minimal=cfg.saving.minimal_metadata)
+    if ema is not None:
+        metadata = mark_ema(metadata, ema, minimal=cfg.saving.minimal_metadata)
     path = free_path(out_dir, stem)
     result = save_adapter(path, base, network, metadata, SAVE_DTYPES[cfg.saving.precision])
     return Path(result.path)

@@ -227,6 +227,22 @@ def build_metadata(cfg, facts: dict, minimal: bool = False) -> dict[str, str]:
     return md
 
 
+EMA_KEY = "ss_atelier_ema"  # on an EMA adapter: {"decay": d, "start_step": s} of the moving average
+
+
+def mark_ema(metadata: dict[str, str], ema: dict, minimal: bool = False) -> dict[str, str]:
+    """The header of an adapter holding the exponential moving average of the trained weights: its
+    ModelSpec title and description say so, and (unless minimal) EMA_KEY holds the average's settings."""
+    out = dict(metadata)
+    title = out.get("modelspec.title", "")
+    out["modelspec.title"] = f"{title} (EMA)" if title else "EMA"
+    note = f"Exponential moving average of the trained weights (decay {ema['decay']}, from step {ema['start_step']})."
+    out["modelspec.description"] = f"{out['modelspec.description']} {note}" if out.get("modelspec.description") else note
+    if not minimal:
+        out[EMA_KEY] = _json({k: ema[k] for k in ("decay", "start_step")})
+    return out
+
+
 _ABS_PATH = re.compile(r"""(?:^|[\s"'=:,(\[{])(?:/[^/\s"']+){2,}|(?:^|[^A-Za-z])[A-Za-z]:[\\/][^\s"']|\\\\[^\s\\]+\\|~[/\\]""")
 
 

@@ -50,8 +50,16 @@ EVENTS: dict[str, EventType] = {
                       ("step", "max_steps", "loss", "lr", "batch", "epoch", "it_s", "eta_s")),
     "sample": EventType("a preview PNG (path relative to the run folder); kind 'base' is drawn with the "
                         "adapter switched off", ("step", "path", "prompt", "seed", "kind", "index")),
-    "checkpoint": EventType("a resumable state and an adapter were saved (paths relative to the run folder)",
-                            ("step", "state", "adapter")),
+    "checkpoint": EventType("a resumable state and an adapter were saved (paths relative to the run folder); "
+                            "ema_adapter: the weights' moving average saved beside it (optimizer.ema on)",
+                            ("step", "state", "adapter"), ("ema_adapter",)),
+    "validation": EventType("the validation loss at step (trainer.train.validation): the plain MSE on the held-out "
+                            "images at fixed timesteps and noise, so steps compare on the same draw; loss is the "
+                            "mean over images × timesteps, per_timestep the mean at each of timesteps; ema_loss the "
+                            "same for the EMA weights once they average; after a save, state / adapter / "
+                            "ema_adapter name the checkpoint it measured (also in <state>/validation.json)",
+                            ("step", "loss", "images", "timesteps", "per_timestep", "seconds"),
+                            ("ema_loss", "state", "adapter", "ema_adapter")),
     "control": EventType("the trainer took a control request (command: stop | sample_now | save_now)",
                          ("command", "request")),
     "warning": EventType("something the user should know; training goes on", ("message",),
@@ -137,6 +145,8 @@ class RunView:
     max_steps: int | None = None
     loss: float | None = None
     losses: list[tuple[int, float]] = field(default_factory=list)
+    val_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss)
+    validations: list[dict] = field(default_factory=list)  # the validation events
     last_step: dict = field(default_factory=dict)
     phase: dict | None = None  # the latest phase event, until the next step
     samples: list[dict] = field(default_factory=list)
@@ -200,6 +210,10 @@ class RunView:
                 self.losses.append((self.step, self.loss))
         elif t == "sample":
             self.samples.append(ev)
+        elif t == "validation":
+            self.validations.append(ev)
+            if ev.get("loss") is not None:
+                self.val_losses.append((int(ev.get("step") or 0), float(ev["loss"])))
         elif t == "checkpoint":
             self.checkpoints.append(ev)
             self.adapter = ev.get("adapter") or self.adapter

@@ -1,7 +1,8 @@
 """Resumable training state without pickle: tensors in safetensors, everything else in JSON.
 
 A state is a folder checkpoints/step-NNNNNNNN/ holding adapter.safetensors (trainable weights, fp32),
-optimizer.safetensors + state.json (optimizer scalars, LR schedule, RNG, step, data position). It is
+optimizer.safetensors + state.json (optimizer scalars, LR schedule, RNG, step, data position), and optional
+extras (ema.safetensors: the weights' moving average; validation.json: the validation loss there). It is
 written under a temporary name, fsynced and renamed; checkpoints/latest is written last, so a crash at
 any point leaves the previous state whole and a half-written one is never picked up.
 """
@@ -66,7 +67,8 @@ def _fsync_tree(path: Path) -> None:
 
 
 def save_state(ckpt_dir: Path, step: int, adapter: dict[str, torch.Tensor], optimizer, lr_scheduler,
-               info: dict, keep_last: int) -> Path:
+               info: dict, keep_last: int, extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write the state folder; `extra_tensors` {name: tensors} become <name>.safetensors beside the weights."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     crash_point("enospc", step)
     name = f"step-{step:08d}"
@@ -85,6 +87,9 @@ def save_state(ckpt_dir: Path, step: int, adapter: dict[str, torch.Tensor], opti
         rng[f"gen_{k}"] = v
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     save_file(rng, str(tmp / "rng.safetensors"))
+    for extra, tensors in (extra_tensors or {}).items():
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()},
+                  str(tmp / f"{extra}.safetensors"))
     meta = {"step": step, "optimizer": opt_meta, "lr_scheduler": lr_scheduler.state_dict(), **info}
     (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
     _fsync_tree(tmp)
@@ -137,3 +142,9 @@ def load_state(state_dir: Path) -> tuple[dict, dict, dict, dict]:
     opt = _unflatten_optimizer(load_file(str(state_dir / "optimizer.safetensors")), meta.pop("optimizer"))
     rng = load_file(str(state_dir / "rng.safetensors"))
     return adapter, opt, rng, meta
+
+
+def load_extra_tensors(state_dir: Path, name: str) -> dict[str, torch.Tensor] | None:
+    """The state's <name>.safetensors (see save_state's extra_tensors), or None when it has none."""
+    path = state_dir / f"{name}.safetensors"
+    return load_file(str(path)) if path.is_file() else None

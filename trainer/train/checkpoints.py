@@ -10,7 +10,7 @@ import torch
 from trainer.formats.export import RunFacts, export_adapter
 from trainer.run.faults import crash_point
 from trainer.run.folder import RunFolder
-from trainer.run.state import latest_state, load_state, save_state
+from trainer.run.state import latest_state, load_extra_tensors, load_state, save_state
 from trainer.train.setup import TrainingError
 from trainer.train.timing import Progress
 
@@ -44,23 +44,26 @@ def restore(state_dir: Path, params: dict[str, torch.Tensor], optimizer, lr_sche
 
 class Resumable:
     """What a run saves and resumes from: the trainable weights, optimizer, LR schedule, noise generator and
-    data position, in the run folder's checkpoints; the kohya adapter is written after each state."""
+    data position (and the weights' EMA, when on), in the run folder's checkpoints; the kohya adapter (and
+    its EMA twin) is written after each state."""
 
     def __init__(self, paths: RunFolder, cfg, base, network, optimizer, lr_scheduler, noise_gen: torch.Generator,
-                 progress: Progress):
+                 progress: Progress, ema=None):
         self.paths, self.cfg, self.base, self.network = paths, cfg, base, network
         self.optimizer, self.lr_scheduler, self.noise_gen, self.progress = optimizer, lr_scheduler, noise_gen, progress
+        self.ema = ema  # trainer.train.ema.EMA or None
 
-    def save(self, facts: RunFacts, final: bool) -> tuple[Path, Path]:
-        """(state folder, adapter file). A failed save (disk full…) leaves the previous ones intact and raises
-        TrainingError with the reason."""
+    def save(self, facts: RunFacts, final: bool) -> tuple[Path, Path, Path | None]:
+        """(state folder, adapter file, EMA adapter file or None). A failed save (disk full…) leaves the
+        previous ones intact and raises TrainingError with the reason."""
         p = self.progress
         try:
             state_dir = save_state(self.paths.checkpoints, p.step, trainable_state(self.base), self.optimizer,
                                    self.lr_scheduler,
                                    {"epoch": p.epoch, "batch_in_epoch": p.batch_in_epoch,
                                     "generators": {"noise": self.noise_gen.get_state()}},
-                                   self.cfg.saving.keep_last)
+                                   self.cfg.saving.keep_last,
+                                   extra_tensors={"ema": self.ema.state()} if self.ema is not None else None)
             crash_point("adapter", p.step)
             facts.steps, facts.epochs = p.step, p.epoch
             name = self.cfg.saving.output_name
@@ -68,10 +71,15 @@ class Resumable:
             taken = (self.paths.output / f"{name}.safetensors").exists()
             path = export_adapter(self.cfg, facts, self.base, self.network, self.paths.output,
                                   name if final and not taken else f"{name}-step{p.step:06d}")
+            ema_path = None
+            if self.ema is not None:  # the same file format, named after the raw adapter
+                with self.ema.swapped_in():
+                    ema_path = export_adapter(self.cfg, facts, self.base, self.network, self.paths.output,
+                                              f"{path.stem}-ema", ema=self.ema.describe())
         except OSError as e:
             raise TrainingError(f"saving at step {p.step} failed ({e.strerror or e}); the previous adapter and "
                                 "state are intact") from None
-        return state_dir, path
+        return state_dir, path, ema_path
 
     def restore(self) -> Path | None:
         """Put the latest saved state back; the state folder, or None when there is none."""
@@ -79,4 +87,13 @@ class Resumable:
         if state_dir is not None:
             restore(state_dir, trainable_state(self.base), self.optimizer, self.lr_scheduler, self.noise_gen,
                     self.progress)
+            if self.ema is not None:
+                saved = load_extra_tensors(state_dir, "ema")
+                if saved is None:  # EMA switched on at this resume: it starts from the restored weights
+                    self.ema.load(trainable_state(self.base))
+                else:
+                    try:
+                        self.ema.load(saved)
+                    except ValueError as e:
+                        raise TrainingError(f"{state_dir.name}: {e}") from None
         return state_dir

@@ -8,9 +8,11 @@ resumed ends with the same adapter as one that never stopped.
 from __future__ import annotations
 
 import hashlib
+import json
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -18,17 +20,20 @@ import torch
 from trainer.config import TrainConfig, save_config
 from trainer.formats.export import RunFacts
 from trainer.models.checks import launch_warnings
+from trainer.run.atomic import atomic_write_text
 from trainer.run.events import ControlPoller, EventWriter, nothing_to_resume
 from trainer.run.folder import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_STOPPED, RunFolder
 from trainer.run.faults import crash_point
 from trainer.run.state import clean_partial
 from trainer.train import checkpoints, setup
 from trainer.train.conditioning import encode_text
+from trainer.train.ema import EMA
 from trainer.train.loss import diffusion_loss, draw_noise, prediction_target
 from trainer.train.previews import Previews
 from trainer.train.processes import Processes
 from trainer.train.setup import TrainingError, autocast_for  # noqa: F401 (TrainingError: part of this API)
 from trainer.train.timing import Progress, StepDisplay, Timing
+from trainer.train.validation import Validation, fixed_timesteps
 
 EXIT_BY_STATUS = {"finished": EXIT_OK, "failed": EXIT_FAILED, "stopped": EXIT_STOPPED}
 
@@ -48,6 +53,8 @@ class Trainer:
         self.stop_requested = False
         self.display = None
         self.cache_stats: dict = {}
+        self.validation: Validation | None = None
+        self.ema: EMA | None = None
 
     def run(self) -> int:
         """Train; the exit code says how it ended (EXIT_BY_STATUS), the events say why."""
@@ -96,6 +103,8 @@ class Trainer:
         self.display = StepDisplay(self.paths.root, cfg.schedule.max_train_steps, self.progress.step,
                                    terminal=sys.stderr.isatty() and not self.quiet and self.procs.is_main)
         self.previews.at_start(self.progress.step)
+        if self.progress.step == 0:
+            self._validate()  # the base's loss: where the curve starts
         status = self._loop()
         self.display.close()
         self.procs.report(self.paths.root, checkpoints.trainable_state(self.base))
@@ -124,7 +133,7 @@ class Trainer:
         for message in launch_warnings(cfg):  # settings that do not fit the base (read from its header)
             self._warn(message)
         # data first: a bad dataset should fail in seconds, not after loading a 7 GB model
-        self.dataset = setup.load_data(cfg, root)
+        self.dataset, self.val_dataset = setup.load_data(cfg, root, self._warn)
         for p in self.dataset.problems:
             self._warn(f"{p.file}: {p.reason}", file=p.file, severity=p.severity)
         if cfg.noise.masked_loss and not self.dataset.num_masked_images:
@@ -140,11 +149,14 @@ class Trainer:
             self._prepare_caches()
         self.optimizer, self.lr_scheduler = setup.build_optimizer_and_schedule(cfg, self.network)
         self.noise_gen = torch.Generator(device="cpu").manual_seed(cfg.schedule.seed + 7919 * self.procs.rank)
+        o = cfg.optimizer
+        if o.ema:
+            self.ema = EMA(checkpoints.trainable_state(self.base), o.ema_decay, o.ema_start_step, o.ema_on_cpu)
         self.unet_fwd = self.procs.wrap(self.base.unet)
         self.te_fwd = [self.procs.wrap(te) if i in self.network.text_encoders else te
                        for i, te in enumerate(self.base.text_encoders)]
         self.resumable = checkpoints.Resumable(self.paths, cfg, self.base, self.network, self.optimizer,
-                                               self.lr_scheduler, self.noise_gen, self.progress)
+                                               self.lr_scheduler, self.noise_gen, self.progress, self.ema)
         if self.resume:
             state_dir = self.resumable.restore()
             if state_dir is None:
@@ -155,11 +167,19 @@ class Trainer:
                                      self.paths.samples)
         self.previews = Previews(cfg, self.base, self.paths.samples, self.events, self.device, self.dtype,
                                  self._warn, enabled=self.procs.is_main)
+        if self.val_dataset is not None and self.procs.is_main:  # rank 0 alone validates, on the bare modules
+            v = cfg.validation
+            self.validation = Validation(
+                self.val_dataset, v.seed, fixed_timesteps(v.timesteps, cfg.noise.min_timestep, cfg.noise.max_timestep),
+                cfg.dataset.batch_size, [self.base.unet, *self.base.text_encoders], self._latents,
+                partial(self._predict, unet=self.base.unet, text_encoders=self.base.text_encoders))
 
     def _prepare_caches(self) -> None:
         self.cache_stats = setup.prepare_caches(
             self.cfg, self.dataset, self.base, self.encoders, self._warn, self._log,
             lambda done, total: self.events.emit("phase", phase="caching", done=done, total=total))
+        if self.val_dataset is not None:
+            setup.prepare_caches(self.cfg, self.val_dataset, self.base, self.encoders, self._warn, self._log)
 
     # ---- the loop
     def _loop(self) -> str:
@@ -225,13 +245,28 @@ class Trainer:
     def _loss(self, batch: dict) -> torch.Tensor:
         """One micro-batch, as in the diffusers example: latents, noise, noisy latents, conditioning,
         the UNet's prediction, the loss against the target."""
-        cfg, base, dev, dtype = self.cfg, self.base, self.device, self.dtype
-        latents = batch.get("latents")
-        latents = (latents if latents is not None else self.encoders.pixels(batch["pixels"])).to(dev, torch.float32)
+        cfg, base = self.cfg, self.base
+        latents = self._latents(batch)
         noise, timesteps = draw_noise(latents, cfg.noise, self.noise_gen)
+        pred, target = self._predict(batch, latents, noise, timesteps)
+        # regularisation images carry the prior-loss weight; masked images their mask (masked loss)
+        return diffusion_loss(pred, target, timesteps, base.scheduler, cfg.noise, base.is_v, batch["loss_weights"],
+                              masks=batch.get("masks"))
+
+    def _latents(self, batch: dict) -> torch.Tensor:
+        latents = batch.get("latents")
+        return (latents if latents is not None else self.encoders.pixels(batch["pixels"])).to(self.device,
+                                                                                              torch.float32)
+
+    def _predict(self, batch: dict, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+                 unet=None, text_encoders=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the UNet's prediction on the noised latents, its target); by default through the wrapped
+        modules that train (validation passes the bare ones: rank 0 alone runs it)."""
+        cfg, base, dev, dtype = self.cfg, self.base, self.device, self.dtype
+        unet = self.unet_fwd if unet is None else unet
         noisy = base.scheduler.add_noise(latents, noise, timesteps)
         cond = batch.get("text") or encode_text(base, batch["captions"], cfg.model.clip_skip, dev,
-                                                encoders=self.te_fwd)
+                                                encoders=self.te_fwd if text_encoders is None else text_encoders)
         cond = {k: v.to(dev) for k, v in cond.items()}
         kwargs = {}
         if base.is_sdxl:
@@ -240,17 +275,16 @@ class Trainer:
             kwargs["added_cond_kwargs"] = {"text_embeds": cond["text_embeds"].to(dtype),
                                            "time_ids": time_ids.to(dev, dtype)}
         with autocast_for(dev, dtype):
-            pred = self.unet_fwd(noisy.to(dtype), timesteps, cond["encoder_hidden_states"].to(dtype), **kwargs).sample
-        target = prediction_target(base.scheduler, latents, noise, timesteps, base.is_v)
-        # regularisation images carry the prior-loss weight; masked images their mask (masked loss)
-        return diffusion_loss(pred, target, timesteps, base.scheduler, cfg.noise, base.is_v, batch["loss_weights"],
-                              masks=batch.get("masks"))
+            pred = unet(noisy.to(dtype), timesteps, cond["encoder_hidden_states"].to(dtype), **kwargs).sample
+        return pred, prediction_target(base.scheduler, latents, noise, timesteps, base.is_v)
 
     def _optimizer_step(self) -> None:
         if self.cfg.optimizer.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.network.all_params(), self.cfg.optimizer.max_grad_norm)
         self.optimizer.step()
         self.network.after_step(self.progress.step + 1)  # e.g. AdaLoRA's rank reallocation, before grads are cleared
+        if self.ema is not None:
+            self.ema.update(self.progress.step + 1)
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -269,7 +303,9 @@ class Trainer:
         """Saves and previews due at this step (on schedule, or asked for from the GUI): save first."""
         step, cfg = self.progress.step, self.cfg
         if "save_now" in commands or (cfg.saving.every_n_steps and step % cfg.saving.every_n_steps == 0):
-            self._save(final=False)
+            self._save(final=False)  # validates too
+        elif cfg.validation.every_n_steps and step % cfg.validation.every_n_steps == 0:
+            self._validate()
         if "sample_now" in commands or (cfg.sampling.every_n_steps and step % cfg.sampling.every_n_steps == 0):
             self.previews.round(step)
 
@@ -279,11 +315,36 @@ class Trainer:
         if not self.procs.is_main:
             return None
         with self.timing.measure("save"):
-            state_dir, path = self.resumable.save(self.facts, final)
-        adapter = str(path.relative_to(self.paths.root))
-        self.events.emit("checkpoint", step=self.progress.step, state=str(state_dir.relative_to(self.paths.root)),
-                         adapter=adapter)
+            state_dir, path, ema_path = self.resumable.save(self.facts, final)
+        rel = lambda p: str(p.relative_to(self.paths.root))  # noqa: E731
+        adapter, ema = rel(path), {"ema_adapter": rel(ema_path)} if ema_path else {}
+        self.events.emit("checkpoint", step=self.progress.step, state=rel(state_dir), adapter=adapter, **ema)
+        self._validate(state_dir, {"state": rel(state_dir), "adapter": adapter, **ema})
         return adapter
+
+    def _validate(self, state_dir: Path | None = None, checkpoint: dict | None = None) -> None:
+        """The validation loss of the weights now (and of their EMA, once it averages): an event, a
+        TensorBoard scalar and, after a save, validation.json in the state folder. An extra: a failure is a
+        warning, never the run."""
+        if self.validation is None:
+            return
+        step = self.progress.step
+        try:
+            with self.timing.measure("validate"):
+                record = {**self.validation.record(step, self.ema), **(checkpoint or {})}
+        except Exception as e:
+            self._warn(f"validation at step {step} failed ({type(e).__name__}: {e}); training goes on", step=step)
+            return
+        if state_dir is not None:
+            try:
+                atomic_write_text(state_dir / "validation.json", json.dumps(record, indent=1))
+            except OSError as e:
+                self._warn(f"could not write {state_dir.name}/validation.json ({e.strerror or e})")
+        self.events.emit("validation", **record)
+        if self.display is not None:
+            self.display.scalar("loss/validation", record["loss"], step)
+            if "ema_loss" in record:
+                self.display.scalar("loss/validation_ema", record["ema_loss"], step)
 
 
 def stop_on_signals(trainer: Trainer) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -57,20 +58,26 @@ def generate_batch(base, specs: list[SampleSpec],
     pipe = base.pipeline(scheduler=make_scheduler(first.sampler, base.scheduler))
     gens = [torch.Generator(device="cpu").manual_seed(s.seed) for s in specs]
     negatives = [s.negative for s in specs]
-    modules = [base.unet, *base.text_encoders]
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
+    with in_eval_mode([base.unet, *base.text_encoders]):
         out = pipe(prompt=[s.prompt for s in specs], negative_prompt=negatives if any(negatives) else None,
                    num_inference_steps=first.steps, guidance_scale=first.guidance_scale, width=first.width,
                    height=first.height, generator=gens, output_type="pil",
                    **({"guidance_rescale": first.guidance_rescale} if first.guidance_rescale else {}),
                    **({"callback_on_step_end": _step_callback(on_step)} if on_step else {}))
+    return out.images
+
+
+@contextmanager
+def in_eval_mode(modules: list[torch.nn.Module]):
+    """The modules in eval mode (dropout off) for the duration; each one's own mode back afterwards."""
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
     finally:
         for m, was in zip(modules, modes):
             m.train(was)
-    return out.images
 
 
 def _step_callback(on_step: Callable[[int], None]):

@@ -51,10 +51,12 @@ def autocast_for(device: str, dtype: torch.dtype):
 
 # ---------------------------------------------------------------- data and model
 
-def load_data(cfg: TrainConfig, root: Path):
-    """The training dataset (and its problems); fails in seconds on a bad folder, before the model loads."""
+def load_data(cfg: TrainConfig, root: Path, warn: Warn | None = None):
+    """(training dataset, validation dataset or None); fails in seconds on a bad folder, before the model
+    loads. The validation images (a held-out share, or a separate folder) are never in the training set."""
     from trainer.data.dataset import TrainDataset
     from trainer.data.scan import DatasetError, scan_dataset
+    from trainer.train.validation import hold_out, validation_scan, without
 
     def resolve(p: str) -> Path:
         path = Path(p).expanduser()
@@ -67,9 +69,24 @@ def load_data(cfg: TrainConfig, root: Path):
         reg = None
         if cfg.dataset.reg_path:
             reg = scan_dataset(resolve(cfg.dataset.reg_path), cfg.dataset.caption_extension, 1, is_reg=True)
-    except DatasetError as e:
+        val = cfg.validation
+        scan, held = hold_out(scan, val.split, val.seed)
+        if val.path:
+            held = scan_dataset(resolve(val.path), cfg.dataset.caption_extension, 1)
+            scan, dropped = without(scan, held)
+            if dropped and warn is not None:
+                warn(f"{dropped} training image(s) are also in the validation folder: they are not trained on")
+            if not scan.items:
+                raise TrainingError(f"every image of {cfg.dataset.path} is in the validation folder {val.path}: "
+                                    "nothing left to train on")
+    except (DatasetError, ValueError) as e:
         raise TrainingError(str(e)) from None
-    return TrainDataset(scan, cfg.dataset, cfg.schedule.seed, reg_scan=reg, masked_loss=cfg.noise.masked_loss)
+    train = TrainDataset(scan, cfg.dataset, cfg.schedule.seed, reg_scan=reg, masked_loss=cfg.noise.masked_loss)
+    if held is None:
+        return train, None
+    # measured as they are: no flip, tag shuffle or caption dropout (a fixed caption each)
+    plain = cfg.dataset.model_copy(update={"flip": False, "shuffle_caption": False, "caption_dropout": 0.0})
+    return train, TrainDataset(validation_scan(held), plain, val.seed)
 
 
 def load_model(cfg: TrainConfig):

@@ -5,7 +5,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-ACTIVITIES = ("cache", "data", "sample", "save")
+ACTIVITIES = ("cache", "data", "sample", "save", "validate")
 
 
 @dataclass
@@ -54,8 +54,12 @@ class Timing:
         return self.seconds[activity] / self.counts[activity] if self.counts[activity] else 0.0
 
     def saves_left(self, step: int, max_steps: int, cfg) -> float:
-        """Seconds of the saves still due after `step`, at the pace of those made (0 before the first)."""
-        return due_after(step, max_steps, cfg.saving.every_n_steps) * self.mean("save")
+        """Seconds of the saves still due after `step`, at the pace of those made (0 before the first), and
+        of the validations that follow them (and those due between saves), at the pace of those measured."""
+        saves = due_after(step, max_steps, cfg.saving.every_n_steps)
+        validations = saves + (due_after(step, max_steps, cfg.validation.every_n_steps) - 1
+                               if cfg.validation.every_n_steps else 0)
+        return saves * self.mean("save") + validations * self.mean("validate")
 
     def report(self, progress: Progress) -> dict:
         return {k: round(v, 3) for k, v in {**self.seconds, "steps": sum(progress.step_times)}.items()}
@@ -85,6 +89,11 @@ class StepDisplay:
         if self.bar:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        """Another curve beside the loss (e.g. loss/validation)."""
+        if self.tb:
+            self.tb.add_scalar(tag, value, step)
 
     def close(self) -> None:
         if self.bar:
