@@ -1,0 +1,148 @@
+"""`python -m trainer queue add|list|run`: queue runs for the night and run them one after another.
+
+The queue is the run store's table (trainer/run/store.py) in a data folder, by default the studio's: runs
+queued here show in the studio's Runs tab, and the studio's queue and `queue run` never start the same
+run (each start is a claim in one SQLite transaction). Each run is `python -m trainer train` in a
+subprocess writing its own run folder; its exit code is recorded there (exit.json) and in the store.
+Ctrl-C asks the current run to stop gracefully (it saves, then exits) and leaves the rest queued."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from trainer.config import REPO_ROOT, ConfigError, load_config, load_preset, save_config
+from trainer.run.atomic import atomic_write_text
+from trainer.run.events import run_view
+from trainer.run.folder import EXIT_CONFIG, EXIT_STATES, RunFolder
+from trainer.run.store import DB_NAME, RunStore
+
+DEFAULT_DATA_DIR = REPO_ROOT / "data"  # the studio's default data folder (ui/launch.py)
+
+
+def _store(data_dir: str) -> tuple[RunStore, Path]:
+    root = Path(data_dir).expanduser().resolve()
+    return RunStore(root / DB_NAME), root / "runs"
+
+
+def _add(a) -> int:
+    try:
+        cfg = load_preset(a.config, a.overrides) if a.preset else load_config(a.config, a.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    store, runs = _store(a.data_dir)
+    name = a.name or cfg.saving.output_name
+    run_id = store.new_id(name)
+    folder = RunFolder(Path(a.run_dir).expanduser().resolve() if a.run_dir else runs / run_id)
+    if folder.config.exists() or folder.events.exists():
+        print(f"error: {folder.root} already holds a run; give another --run-dir", file=sys.stderr)
+        return EXIT_CONFIG
+    if cfg.dataset.path:  # the run is started from another folder later: its dataset by absolute path
+        cfg.dataset.path = str(Path(cfg.dataset.path).expanduser().resolve())
+    save_config(cfg, folder.config)
+    store.add(run_id, name, cfg.model.base, a.config if a.preset else "", folder.root, queued=True)
+    print(f"queued {run_id} ({folder.root})")
+    return 0
+
+
+def _list(a) -> int:
+    store, _ = _store(a.data_dir)
+    queued = store.queued()
+    others = [r for r in store.list() if r["state"] not in ("queued", "created")]
+    for n, r in enumerate(queued, 1):
+        print(f"{n:3d}  queued    {r['id']}  {r['folder']}")
+    for r in others[:a.finished]:
+        print(f"  -  {r['state']:<9} {r['id']}  steps {r['steps']}")
+    if not queued:
+        print("the queue is empty")
+    return 0
+
+
+class _Interrupt:
+    """Ctrl-C while a run trains: the first asks it to stop gracefully (one SIGINT to its own process group,
+    so the terminal's signal does not reach it twice), a second gives up on the save; no run starts after."""
+
+    def __init__(self):
+        self.proc: subprocess.Popen | None = None
+        self.count = 0
+
+    def __call__(self, signum, frame):
+        self.count += 1
+        if self.proc is not None and self.proc.poll() is None:
+            print("\nqueue: stopping the current run (it saves first); the rest stays queued", file=sys.stderr,
+                  flush=True)
+            try:
+                os.killpg(self.proc.pid, signal.SIGINT)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _run_one(store: RunStore, row: dict, interrupt: _Interrupt, python: str) -> int:
+    folder = RunFolder(Path(row["folder"]))
+    for stale in (folder.exit, folder.pid):
+        stale.unlink(missing_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+    with open(folder.log, "ab") as log:
+        proc = subprocess.Popen([python, "-m", "trainer", "train", str(folder.config)], cwd=str(REPO_ROOT),
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+    interrupt.proc = proc
+    atomic_write_text(folder.pid, str(proc.pid))  # the studio sees it running, as one it started itself
+    store.update(row["id"], state="running")
+    code = proc.wait()
+    interrupt.proc = None
+    atomic_write_text(folder.exit, json.dumps({"code": code, "time": time.time()}))
+    state = EXIT_STATES.get(code, "stopped" if interrupt.count and code < 0 else "failed")
+    view = run_view(folder.root)
+    store.update(row["id"], state=state, steps=view.step, adapter=view.adapter)
+    return code
+
+
+def _run(a) -> int:
+    store, runs = _store(a.data_dir)
+    interrupt = _Interrupt()
+    previous = signal.signal(signal.SIGINT, interrupt)
+    ran, failed = 0, 0
+    try:
+        while not interrupt.count:
+            row = store.claim_next()
+            if row is None:
+                break
+            print(f"queue: starting {row['id']}", flush=True)
+            code = _run_one(store, row, interrupt, a.python)
+            state = store.get(row["id"])["state"]
+            print(f"queue: {row['id']} {state} (exit code {code})", flush=True)
+            ran += 1
+            failed += state == "failed"  # a failed run does not stop the queue
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    left = len(store.queued())
+    print(f"queue: {ran} run(s), {failed} failed; {left} still queued", flush=True)
+    return 130 if interrupt.count else (1 if failed else 0)
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m trainer queue", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR),
+                    help="the data folder whose queue to use (default: the studio's, so both see one queue)")
+    sub = ap.add_subparsers(dest="command", required=True)
+    add = sub.add_parser("add", help="queue a run (its settings are checked now)")
+    add.add_argument("config", help="config.toml (full config) or a preset name/path with --preset")
+    add.add_argument("--preset", action="store_true", help="treat CONFIG as a partial preset over the defaults")
+    add.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override an option, e.g. --set network.rank=8 (repeatable)")
+    add.add_argument("--run-dir", help="the run's folder (default: a new folder in the data folder's runs/)")
+    add.add_argument("--name", help="the run's name in the list (default: saving.output_name)")
+    lst = sub.add_parser("list", help="the queued runs in order, then the latest ended ones")
+    lst.add_argument("--finished", type=int, default=10, help="how many ended runs to list (default 10)")
+    run = sub.add_parser("run", help="run the queued runs one after another until the queue is empty")
+    run.add_argument("--python", default=sys.executable, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    return {"add": _add, "list": _list, "run": _run}[a.command](a)
