@@ -130,19 +130,20 @@ def _run(a) -> int:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m trainer queue", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR),
-                    help="the data folder whose queue to use (default: the studio's, so both see one queue)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR),
+                        help="the data folder whose queue to use (default: the studio's, so both see one queue)")
     sub = ap.add_subparsers(dest="command", required=True)
-    add = sub.add_parser("add", help="queue a run (its settings are checked now)")
+    add = sub.add_parser("add", parents=[common], help="queue a run (its settings are checked now)")
     add.add_argument("config", help="config.toml (full config) or a preset name/path with --preset")
     add.add_argument("--preset", action="store_true", help="treat CONFIG as a partial preset over the defaults")
     add.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override an option, e.g. --set network.rank=8 (repeatable)")
     add.add_argument("--run-dir", help="the run's folder (default: a new folder in the data folder's runs/)")
     add.add_argument("--name", help="the run's name in the list (default: saving.output_name)")
-    lst = sub.add_parser("list", help="the queued runs in order, then the latest ended ones")
+    lst = sub.add_parser("list", parents=[common], help="the queued runs in order, then the latest ended ones")
     lst.add_argument("--finished", type=int, default=10, help="how many ended runs to list (default 10)")
-    run = sub.add_parser("run", help="run the queued runs one after another until the queue is empty")
+    run = sub.add_parser("run", parents=[common], help="run the queued runs one after another until the queue is empty")
     run.add_argument("--python", default=sys.executable, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     return {"add": _add, "list": _list, "run": _run}[a.command](a)
