@@ -146,3 +146,26 @@ def test_a_restarted_studio_continues_the_queue_and_frees_a_dead_claim(studio, t
     _wait_ended(again, [b])
     assert runs.queue_step(again) is None
     assert {s.state for s in runs.summaries(again)} == {"finished"}
+
+
+def test_the_studio_waits_while_the_command_line_queue_holds_the_device(studio, tmp_path):
+    """`trainer queue run` names its run in active.json like the studio does (its folder may be anywhere):
+    the studio's queue starts nothing until that process has ended."""
+    import subprocess
+
+    from trainer.run.device import device_lock, hold
+
+    elsewhere = tmp_path / "cli-run"
+    elsewhere.mkdir()
+    held = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(elsewhere)])
+    try:
+        with device_lock(studio.dirs.root):
+            hold(studio.dirs.root, "cli-run", elsewhere, held.pid)
+        rid = runs.add_to_queue(studio, load_preset("tiny-test"), "waits", "cats")
+        assert studio.runner.active() == "cli-run"
+        assert runs.queue_step(studio) is None and studio.store.get(rid)["state"] == "queued"
+    finally:
+        held.kill()
+        held.wait()
+    assert runs.queue_step(studio) == rid
+    _wait_ended(studio, [rid])

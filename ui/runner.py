@@ -2,7 +2,6 @@
 app processes: the check-and-start runs under an exclusive file lock, and the active run is a file."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -10,39 +9,20 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from trainer.run.atomic import atomic_write_text
 from trainer.config import REPO_ROOT
 from trainer.run.events import clear_requests, pending_requests, request, run_view
+from trainer.run.device import active_run, device_lock, hold, pid_alive, read_json
 from trainer.run.folder import EXIT_CONFIG, EXIT_STATES, FINAL_STATES, RunFolder
 
 from ui.paths import DataDirs
 from ui.store import RunStore
 
-ACTIVE_FILE = "active.json"
-LOCK_FILE = "train.lock"
-
 
 class RunnerBusy(RuntimeError):
     """Another training holds the device."""
-
-
-def _pid_alive(pid: int, run_dir: Path) -> bool:
-    """True while `pid` is a live trainer for run_dir (a reused pid of another program is not)."""
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
-                return False
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True  # no /proc (macOS): trust the signal check
-    return str(run_dir).encode() in cmd
 
 
 def _mtime(path: Path) -> float:
@@ -50,13 +30,6 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 def _note_failure(run_dir: Path, message: str) -> None:
@@ -88,9 +61,9 @@ def resolve_state(run_dir: Path) -> dict:
         pid = int(folder.pid.read_text().strip())
     except (OSError, ValueError):
         pid = None
-    exit_info = _read_json(folder.exit)
+    exit_info = read_json(folder.exit)
     stop_requested = view.stop_taken or "stop" in pending_requests(run_dir)
-    alive = bool(pid) and not exit_info and _pid_alive(int(pid), run_dir)
+    alive = bool(pid) and not exit_info and pid_alive(int(pid), run_dir)
     info["pid"] = pid if alive else None
     if alive:
         info["state"] = "stopping" if stop_requested else "running"
@@ -122,28 +95,13 @@ class Runner:
         self.stop_grace_s, self.term_grace_s = stop_grace_s, term_grace_s
         self._procs: dict[str, subprocess.Popen] = {}
 
-    @contextmanager
     def _device_lock(self):
-        with open(self.dirs.root / LOCK_FILE, "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        return device_lock(self.dirs.root)
 
     def active(self) -> str | None:
-        """The run now training on this device, if any."""
-        act = _read_json(self.dirs.root / ACTIVE_FILE)
-        run_id, pid = act.get("run_id"), act.get("pid")
-        if not run_id or not pid:
-            return None
-        try:
-            run_dir = self.dirs.run_dir(run_id)
-        except ValueError:
-            return None
-        if _pid_alive(int(pid), run_dir) and not RunFolder(run_dir).exit.exists():
-            return run_id
-        return None
+        """The run now training on this device, if any (started by any studio or by `trainer queue run`)."""
+        act = active_run(self.dirs.root)
+        return act[0] if act else None
 
     def start(self, run_id: str, resume: bool = False, overrides: list[str] | None = None) -> int:
         """Launch `python -m trainer train` on the run's config (the one it last ran with, on a resume);
@@ -202,8 +160,7 @@ class Runner:
         finally:
             log.close()
         atomic_write_text(folder.pid, str(proc.pid))
-        atomic_write_text(self.dirs.root / ACTIVE_FILE,
-                          json.dumps({"run_id": run_id, "pid": proc.pid, "started": time.time()}))
+        hold(self.dirs.root, run_id, run_dir, proc.pid)
         return proc
 
     def _started(self, run_id: str, proc: subprocess.Popen) -> int:
@@ -251,6 +208,6 @@ class Runner:
             # a trainer still writing events (taking the stop, saving, finishing) is working, not hung: its
             # grace runs from its latest event too, so a slow step or save is never cut short by SIGKILL
             while time.monotonic() < deadline or time.time() - _mtime(RunFolder(run_dir).events) < grace:
-                if not _pid_alive(pid, run_dir):
+                if not pid_alive(pid, run_dir):
                     return
                 time.sleep(0.2)

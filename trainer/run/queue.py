@@ -18,16 +18,19 @@ from pathlib import Path
 
 from trainer.config import REPO_ROOT, ConfigError, load_config, load_preset, save_config
 from trainer.run.atomic import atomic_write_text
-from trainer.run.events import run_view
+from trainer.run.device import active_run, device_lock, hold
+from trainer.run.events import clear_requests, run_view
 from trainer.run.folder import EXIT_CONFIG, EXIT_STATES, RunFolder
 from trainer.run.store import DB_NAME, RunStore
 
 DEFAULT_DATA_DIR = REPO_ROOT / "data"  # the studio's default data folder (ui/launch.py)
+WAIT_S = 5.0  # how often a queue kept waiting by the studio's run looks again
 
 
 def _store(data_dir: str) -> tuple[RunStore, Path]:
+    """The data folder's run store, and the folder."""
     root = Path(data_dir).expanduser().resolve()
-    return RunStore(root / DB_NAME), root / "runs"
+    return RunStore(root / DB_NAME), root
 
 
 def _add(a) -> int:
@@ -36,10 +39,10 @@ def _add(a) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    store, runs = _store(a.data_dir)
+    store, root = _store(a.data_dir)
     name = a.name or cfg.saving.output_name
     run_id = store.new_id(name)
-    folder = RunFolder(Path(a.run_dir).expanduser().resolve() if a.run_dir else runs / run_id)
+    folder = RunFolder(Path(a.run_dir).expanduser().resolve() if a.run_dir else root / "runs" / run_id)
     if folder.config.exists() or folder.events.exists():
         print(f"error: {folder.root} already holds a run; give another --run-dir", file=sys.stderr)
         return EXIT_CONFIG
@@ -83,42 +86,62 @@ class _Interrupt:
                 pass
 
 
-def _run_one(store: RunStore, row: dict, interrupt: _Interrupt, python: str) -> int:
+def _launch(store: RunStore, root: Path, row: dict, python: str) -> subprocess.Popen:
+    """Start a claimed run's trainer (the caller holds the device lock); the studio sees it as its own."""
     folder = RunFolder(Path(row["folder"]))
     for stale in (folder.exit, folder.pid):
         stale.unlink(missing_ok=True)
+    clear_requests(folder.root)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
     with open(folder.log, "ab") as log:
         proc = subprocess.Popen([python, "-m", "trainer", "train", str(folder.config)], cwd=str(REPO_ROOT),
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)
-    interrupt.proc = proc
-    atomic_write_text(folder.pid, str(proc.pid))  # the studio sees it running, as one it started itself
+    atomic_write_text(folder.pid, str(proc.pid))
+    hold(root, row["id"], folder.root, proc.pid)
     store.update(row["id"], state="running")
+    return proc
+
+
+def _finish(store: RunStore, row: dict, proc: subprocess.Popen, interrupt: _Interrupt) -> str:
+    """Wait for the run's trainer; record its exit code in its folder and its end in the store."""
+    interrupt.proc = proc
     code = proc.wait()
     interrupt.proc = None
+    folder = RunFolder(Path(row["folder"]))
     atomic_write_text(folder.exit, json.dumps({"code": code, "time": time.time()}))
     state = EXIT_STATES.get(code, "stopped" if interrupt.count and code < 0 else "failed")
     view = run_view(folder.root)
     store.update(row["id"], state=state, steps=view.step, adapter=view.adapter)
-    return code
+    print(f"queue: {row['id']} {state} (exit code {code})", flush=True)
+    return state
 
 
 def _run(a) -> int:
-    store, runs = _store(a.data_dir)
+    store, root = _store(a.data_dir)
     interrupt = _Interrupt()
     previous = signal.signal(signal.SIGINT, interrupt)
-    ran, failed = 0, 0
+    ran, failed, waiting = 0, 0, None
     try:
         while not interrupt.count:
-            row = store.claim_next()
-            if row is None:
-                break
-            print(f"queue: starting {row['id']}", flush=True)
-            code = _run_one(store, row, interrupt, a.python)
-            state = store.get(row["id"])["state"]
-            print(f"queue: {row['id']} {state} (exit code {code})", flush=True)
+            # the check, the claim and the launch are one step for every process on this data folder
+            with device_lock(root):
+                busy = active_run(root)
+                if busy is None:
+                    store.release_stale_claims(lambda r: RunFolder(Path(r["folder"])).pid.exists())
+                    row = store.claim_next()
+                    if row is None:
+                        break
+                    proc = _launch(store, root, row, a.python)
+            if busy is not None:  # a run the studio started holds the device: the queue waits for it
+                if waiting != busy[0]:
+                    print(f"queue: waiting for run {busy[0]} to end", flush=True)
+                    waiting = busy[0]
+                time.sleep(WAIT_S)
+                continue
+            print(f"queue: started {row['id']}", flush=True)
+            state = _finish(store, row, proc, interrupt)
             ran += 1
             failed += state == "failed"  # a failed run does not stop the queue
     finally:
