@@ -38,3 +38,10 @@ def test_queue_add_twice_then_run_trains_both_in_order(tmp_path):
     started = [json.loads(line)["time"] for row in rows
                for line in (open(f"{row['folder']}/events.jsonl").readlines()[:1])]
     assert started[0] < started[1]
+    # the studio on the same data folder lists the run in its runs/ as finished, and leaves the one queued
+    # with its own --run-dir alone (it never reads a folder elsewhere as its run's)
+    from ui import runs
+    from ui.workspace import Studio
+
+    assert [(s.name, s.state, s.step) for s in runs.summaries(Studio.create(home))] == [("first", "finished", 1)]
+    assert store.get(rows[1]["id"])["state"] == "finished"

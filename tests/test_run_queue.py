@@ -169,3 +169,58 @@ def test_the_studio_waits_while_the_command_line_queue_holds_the_device(studio, 
         held.wait()
     assert runs.queue_step(studio) == rid
     _wait_ended(studio, [rid])
+
+
+SIGINT_TRAINER = """#!{python}
+# stands in for `python -m trainer train CONFIG`: trains until SIGINT, then saves and exits as stopped (3)
+import json, os, signal, sys, time
+from pathlib import Path
+run = Path(sys.argv[-1]).parent
+stop = []
+signal.signal(signal.SIGINT, lambda *a: stop.append(1))
+def emit(**ev):
+    with open(run / "events.jsonl", "a") as f:
+        f.write(json.dumps({{"pid": os.getpid(), "time": time.time(), **ev}}) + "\\n")
+emit(type="started", max_steps=1000)
+while not stop:
+    time.sleep(0.1)
+emit(type="finished", status="stopped", step=1)
+sys.exit(3)
+"""
+
+
+def test_ctrl_c_stops_the_current_run_gracefully_and_leaves_the_rest_queued(tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    from tests.helpers import REPO, write_config
+
+    fake = tmp_path / "fake-python"
+    fake.write_text(SIGINT_TRAINER.format(python=sys.executable))
+    fake.chmod(0o755)
+    home = tmp_path / "data"
+    cfg = write_config(tmp_path / "cfg")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for name in ("now", "later"):
+        add = subprocess.run([sys.executable, "-m", "trainer", "queue", "add", str(cfg), "--name", name,
+                              "--data-dir", str(home)], cwd=REPO, env=env, capture_output=True, text=True)
+        assert add.returncode == 0, add.stderr
+    store = RunStore(home / "runs.sqlite")
+    now, later = (r["id"] for r in store.queued())
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", "queue", "run", "--data-dir", str(home),
+                             "--python", str(fake)], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (home / "runs" / now / "events.jsonl").exists():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C (a terminal sends it to the queue's process group)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out
+    assert json.loads((home / "runs" / now / "exit.json").read_text())["code"] == 3
+    assert store.get(now)["state"] == "stopped"
+    assert [r["id"] for r in store.queued()] == [later], out
+    assert "1 still queued" in out

@@ -304,6 +304,8 @@ def summaries(studio: Studio) -> list[RunSummary]:
     out = []
     for row in studio.store.list():
         try:
+            if row["folder"] != str(studio.run_dir(row["id"])):
+                continue  # queued from the command line with its own --run-dir: `trainer queue run` runs it
             s = summary(studio, row)
         except (UnsafePath, OSError):
             continue

@@ -46,8 +46,12 @@ def _add(a) -> int:
     if folder.config.exists() or folder.events.exists():
         print(f"error: {folder.root} already holds a run; give another --run-dir", file=sys.stderr)
         return EXIT_CONFIG
-    if cfg.dataset.path:  # the run is started from another folder later: its dataset by absolute path
-        cfg.dataset.path = str(Path(cfg.dataset.path).expanduser().resolve())
+    # the run starts later, in the repository folder: a dataset named relative to here is written absolute
+    # (one that is not here stays as it is: the trainer looks for it in the repository, as `train` does)
+    for key in ("path", "reg_path"):
+        text = getattr(cfg.dataset, key)
+        if text and Path(text).expanduser().exists():
+            setattr(cfg.dataset, key, str(Path(text).expanduser().resolve()))
     save_config(cfg, folder.config)
     store.add(run_id, name, cfg.model.base, a.config if a.preset else "", folder.root, queued=True)
     print(f"queued {run_id} ({folder.root})")
@@ -129,6 +133,8 @@ def _run(a) -> int:
             with device_lock(root):
                 busy = active_run(root)
                 if busy is None:
+                    if interrupt.count:  # Ctrl-C came while waiting for the lock: start nothing more
+                        break
                     store.release_stale_claims(lambda r: RunFolder(Path(r["folder"])).pid.exists())
                     row = store.claim_next()
                     if row is None:
