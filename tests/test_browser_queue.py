@@ -130,5 +130,8 @@ def test_queue_three_runs_reorder_remove_and_restart_the_studio(tmp_path):
     started = {n: json.loads((data / "runs" / rows[n]["id"] / "events.jsonl").read_text().splitlines()[0])["time"]
                for n in ("long", "q1", "q2", "q3")}
     assert started["long"] < started["q1"] < started["q3"] < started["q2"]
+    # one at a time across the restart: the new studio started q2 only once q3 (re-attached) had ended
+    ended_q3 = json.loads((data / "runs" / rows["q3"]["id"] / "events.jsonl").read_text().splitlines()[-1])
+    assert ended_q3["type"] == "finished" and ended_q3["time"] < started["q2"]
     assert not list((data / "runs").glob("*-q4-*"))  # removed before it started: its folder went too
     assert not list((data / "runs").glob("*/samples/*.png"))  # previews were off
