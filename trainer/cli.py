@@ -1,4 +1,4 @@
-"""`python -m trainer <command>`: train, options, check, generate, meta, merge, resize, doctor, calibrate."""
+"""`python -m trainer <command>`: train, options, check, generate, meta, merge, resize, doctor, calibrate, queue."""
 from __future__ import annotations
 
 import argparse
@@ -90,6 +90,7 @@ COMMANDS = {
     "generate": _lazy("trainer.tools.generate"),
     "doctor": _lazy("trainer.data.doctor_cli"),
     "calibrate": _lazy("trainer.calibrate"),
+    "queue": _lazy("trainer.run.queue"),
 }
 
 

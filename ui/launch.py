@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     limits = Limits(max_file_bytes=min(50, a.max_upload_mb) * 2**20, max_zip_total_bytes=2 * 2**30)
     studio = Studio.create(data_dir, a.models_dir, limits)
     studio.calibration.refresh(busy=studio.runner.active() is not None)  # ready by the first estimate
+    from ui.runs import QueueWorker
+
+    QueueWorker(studio).start()  # continues the queue left by an earlier studio, if any
     demo = build_app(studio)
     demo.queue(default_concurrency_limit=4)
     print(f"LoRA Atelier: data in {data_dir}", flush=True)

@@ -5,18 +5,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+from trainer.run.store import DB_NAME, safe_name  # one rule for names, shared with the trainer's queue
+
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 
 
 class UnsafePath(ValueError):
     """A name or path that would leave the studio's data folder."""
-
-
-def safe_name(text: str, fallback: str = "untitled", max_len: int = 48) -> str:
-    """A file-system-safe name: letters, digits, '-' and '_' only (so no '..', no '/', no drive)."""
-    name = _UNSAFE.sub("-", (text or "").strip()).strip("-_")[:max_len].strip("-_")
-    return name or fallback
 
 
 def inside(root: Path, *parts: str | Path) -> Path:
@@ -73,7 +68,7 @@ class DataDirs:
 
     @property
     def db(self) -> Path:
-        return self.root / "runs.sqlite"
+        return self.root / DB_NAME
 
     def run_dir(self, run_id: str) -> Path:
         if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):

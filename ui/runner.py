@@ -2,7 +2,6 @@
 app processes: the check-and-start runs under an exclusive file lock, and the active run is a file."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -10,39 +9,20 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from trainer.run.atomic import atomic_write_text
 from trainer.config import REPO_ROOT
 from trainer.run.events import clear_requests, pending_requests, request, run_view
-from trainer.run.folder import EXIT_STATES, FINAL_STATES, RunFolder
+from trainer.run.device import active_run, device_lock, hold, pid_alive, read_json
+from trainer.run.folder import EXIT_CONFIG, EXIT_STATES, FINAL_STATES, RunFolder
 
 from ui.paths import DataDirs
 from ui.store import RunStore
 
-ACTIVE_FILE = "active.json"
-LOCK_FILE = "train.lock"
-
 
 class RunnerBusy(RuntimeError):
     """Another training holds the device."""
-
-
-def _pid_alive(pid: int, run_dir: Path) -> bool:
-    """True while `pid` is a live trainer for run_dir (a reused pid of another program is not)."""
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
-                return False
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True  # no /proc (macOS): trust the signal check
-    return str(run_dir).encode() in cmd
 
 
 def _mtime(path: Path) -> float:
@@ -52,11 +32,15 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def _read_json(path: Path) -> dict:
+def _note_failure(run_dir: Path, message: str) -> None:
+    """A run that never started: why, in its log, and an exit code, so its folder says failed too."""
+    folder = RunFolder(run_dir)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
+        with open(folder.log, "a", encoding="utf-8") as f:
+            f.write(message + "\n")
+        atomic_write_text(folder.exit, json.dumps({"code": EXIT_CONFIG, "time": time.time()}))
+    except OSError:
+        pass
 
 
 def _with_log(message: str, folder: RunFolder) -> str:
@@ -77,9 +61,9 @@ def resolve_state(run_dir: Path) -> dict:
         pid = int(folder.pid.read_text().strip())
     except (OSError, ValueError):
         pid = None
-    exit_info = _read_json(folder.exit)
+    exit_info = read_json(folder.exit)
     stop_requested = view.stop_taken or "stop" in pending_requests(run_dir)
-    alive = bool(pid) and not exit_info and _pid_alive(int(pid), run_dir)
+    alive = bool(pid) and not exit_info and pid_alive(int(pid), run_dir)
     info["pid"] = pid if alive else None
     if alive:
         info["state"] = "stopping" if stop_requested else "running"
@@ -111,59 +95,75 @@ class Runner:
         self.stop_grace_s, self.term_grace_s = stop_grace_s, term_grace_s
         self._procs: dict[str, subprocess.Popen] = {}
 
-    @contextmanager
     def _device_lock(self):
-        with open(self.dirs.root / LOCK_FILE, "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        return device_lock(self.dirs.root)
 
     def active(self) -> str | None:
-        """The run now training on this device, if any."""
-        act = _read_json(self.dirs.root / ACTIVE_FILE)
-        run_id, pid = act.get("run_id"), act.get("pid")
-        if not run_id or not pid:
-            return None
-        try:
-            run_dir = self.dirs.run_dir(run_id)
-        except ValueError:
-            return None
-        if _pid_alive(int(pid), run_dir) and not RunFolder(run_dir).exit.exists():
-            return run_id
-        return None
+        """The run now training on this device, if any (started by any studio or by `trainer queue run`)."""
+        act = active_run(self.dirs.root)
+        return act[0] if act else None
 
     def start(self, run_id: str, resume: bool = False, overrides: list[str] | None = None) -> int:
         """Launch `python -m trainer train` on the run's config (the one it last ran with, on a resume);
         RunnerBusy if another run holds the device. Returns the pid."""
+        with self._device_lock():
+            busy = self.active()
+            if busy:
+                raise RunnerBusy(f"Run {busy} is training on this device; wait for it or stop it first.")
+            proc = self._launch(run_id, resume, overrides)
+        return self._started(run_id, proc)
+
+    def start_next_queued(self) -> str | None:
+        """The queue's step: when no run holds the device, claim the first queued run and start it. The
+        device lock makes the check, the claim and the launch one step for every studio on this data folder;
+        the claim is an SQLite transaction, so `python -m trainer queue run` never gets the same run either.
+        A queued run that cannot start (its config is gone) is marked failed and the next one is tried.
+        Returns the started run's id, or None."""
+        with self._device_lock():
+            if self.active():
+                return None
+            # a claim whose process died before launching it (no pid file) goes back to its place
+            self.store.release_stale_claims(lambda row: RunFolder(Path(row["folder"])).pid.exists())
+            while (row := self.store.claim_next(under=self.dirs.runs)) is not None:
+                try:
+                    proc = self._launch(row["id"])
+                except (OSError, ValueError) as e:  # a missing or unreadable config, a bad id
+                    self.store.update(row["id"], state="failed")
+                    _note_failure(Path(row["folder"]), f"the queued run could not start: {e}")
+                    continue
+                break
+            else:
+                return None
+        self._started(row["id"], proc)
+        return row["id"]
+
+    def _launch(self, run_id: str, resume: bool = False, overrides: list[str] | None = None) -> subprocess.Popen:
+        """Start the trainer process; the caller holds the device lock and has checked it is free."""
         run_dir = self.dirs.run_dir(run_id)
         folder = RunFolder(run_dir)
         config = folder.effective_config
         if not config.exists():
             raise FileNotFoundError(f"{folder.config}: missing")
-        with self._device_lock():
-            busy = self.active()
-            if busy:
-                raise RunnerBusy(f"Run {busy} is training on this device; wait for it or stop it first.")
-            for stale in (folder.exit, folder.pid):
-                stale.unlink(missing_ok=True)
-            clear_requests(run_dir)  # a stop left from an earlier process must not stop the new one
-            args = [self.python, "-m", "trainer", "train", str(config)]
-            if resume:
-                args.append("--resume")
-            args += [f"--set={o}" for o in overrides or []]  # `=`: a value can never turn into an option
-            env = dict(os.environ, PYTHONUNBUFFERED="1")
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
-            log = open(folder.log, "ab")
-            try:
-                proc = subprocess.Popen(args, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-            finally:
-                log.close()
-            atomic_write_text(folder.pid, str(proc.pid))
-            atomic_write_text(self.dirs.root / ACTIVE_FILE,
-                              json.dumps({"run_id": run_id, "pid": proc.pid, "started": time.time()}))
+        for stale in (folder.exit, folder.pid):
+            stale.unlink(missing_ok=True)
+        clear_requests(run_dir)  # a stop left from an earlier process must not stop the new one
+        args = [self.python, "-m", "trainer", "train", str(config)]
+        if resume:
+            args.append("--resume")
+        args += [f"--set={o}" for o in overrides or []]  # `=`: a value can never turn into an option
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+        log = open(folder.log, "ab")
+        try:
+            proc = subprocess.Popen(args, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        finally:
+            log.close()
+        atomic_write_text(folder.pid, str(proc.pid))
+        hold(self.dirs.root, run_id, run_dir, proc.pid)
+        return proc
+
+    def _started(self, run_id: str, proc: subprocess.Popen) -> int:
         self._procs[run_id] = proc
         self.store.update(run_id, state="running")
         threading.Thread(target=self._watch, args=(run_id, proc), daemon=True, name=f"watch-{run_id}").start()
@@ -180,9 +180,7 @@ class Runner:
         """Re-read the run folder and bring the store's row up to date."""
         run_dir = self.dirs.run_dir(run_id)
         info = resolve_state(run_dir)
-        if self.store.get(run_id):
-            self.store.update(run_id, state=info["state"], steps=int(info.get("step") or 0),
-                              adapter=info.get("adapter"))
+        self.store.sync(run_id, info["state"], int(info.get("step") or 0), info.get("adapter"))
         return info
 
     def stop(self, run_id: str, wait: bool = False) -> str:
@@ -210,6 +208,6 @@ class Runner:
             # a trainer still writing events (taking the stop, saving, finishing) is working, not hung: its
             # grace runs from its latest event too, so a slow step or save is never cut short by SIGKILL
             while time.monotonic() < deadline or time.time() - _mtime(RunFolder(run_dir).events) < grace:
-                if not _pid_alive(pid, run_dir):
+                if not pid_alive(pid, run_dir):
                     return
                 time.sleep(0.2)

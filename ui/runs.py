@@ -5,6 +5,8 @@ A RunRefused is a refusal to show the user as-is: it names what is wrong and wha
 from __future__ import annotations
 
 import shutil
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ from ui import dataset_files as df
 from ui.workspace import Studio
 from ui.paths import UnsafePath, inside
 from ui.runner import RunnerBusy, resolve_state
+from ui.store import QUEUE_STATES, QUEUED, QueueRefused, shown_state
 
 # the datasets that ship with the project (the demo's concept and regularisation images): read-only to the
 # studio, named repository-relative ("datasets/zkq-stripes") as the bundled presets name them
@@ -86,14 +89,11 @@ def run_config(studio: Studio, run_id: str) -> TrainConfig:
     return load_config(RunFolder(studio.run_dir(run_id)).effective_config)
 
 
-def start_new(studio: Studio, cfg: TrainConfig, name: str, dataset: str, preset: str = "") -> str:
-    """Create a run (a snapshot of the dataset, its config, a store row) and start it. Returns its id."""
+def _create(studio: Studio, cfg: TrainConfig, name: str, dataset: str, preset: str, queued: bool) -> str:
+    """A run folder as Train and the queue make it: a snapshot of the dataset, its config, a store row."""
     src = dataset_folder(studio, dataset)
     if not df.list_images(src):
         raise RunRefused(f"Dataset {dataset}: no images. Upload images in the Dataset tab first.")
-    busy = studio.runner.active()
-    if busy:
-        raise RunRefused(f"Run `{busy}` is training on this device: stop it or wait for it.")
     name = (name or "").strip() or "run"
     run_id = studio.store.new_id(name)
     folder = RunFolder(studio.run_dir(run_id))
@@ -102,14 +102,107 @@ def start_new(studio: Studio, cfg: TrainConfig, name: str, dataset: str, preset:
     cfg = cfg.model_copy(deep=True)
     cfg.dataset.path = str(folder.dataset)
     save_config(cfg, folder.config)
-    studio.store.add(run_id, name, cfg.model.base, preset or "", folder.root, 0, dataset=dataset)
+    studio.store.add(run_id, name, cfg.model.base, preset or "", folder.root, 0, dataset=dataset, queued=queued)
+    return run_id
+
+
+def _discard(studio: Studio, run_id: str) -> None:
+    studio.store.delete(run_id)
+    shutil.rmtree(studio.run_dir(run_id), ignore_errors=True)
+
+
+def start_new(studio: Studio, cfg: TrainConfig, name: str, dataset: str, preset: str = "") -> str:
+    """Create a run (a snapshot of the dataset, its config, a store row) and start it. Returns its id."""
+    busy = studio.runner.active()
+    if busy:
+        raise RunRefused(f"Run `{busy}` is training on this device: stop it or wait for it.")
+    run_id = _create(studio, cfg, name, dataset, preset, queued=False)
     try:
         studio.runner.start(run_id)
     except RunnerBusy as e:  # another session won the race for the device
-        studio.store.delete(run_id)
-        shutil.rmtree(folder.root, ignore_errors=True)
+        _discard(studio, run_id)
         raise RunRefused(str(e)) from None
     return run_id
+
+
+# ---------------------------------------------------------------- the queue
+
+def add_to_queue(studio: Studio, cfg: TrainConfig, name: str, dataset: str, preset: str = "") -> str:
+    """Create a run exactly as Train does, but queued: it starts when the runs before it have ended.
+    Returns its id; the queue worker starts it (at once when the device is free)."""
+    return _create(studio, cfg, name, dataset, preset, queued=True)
+
+
+def edit_queued(studio: Studio, run_id: str, cfg: TrainConfig) -> str:
+    """Replace a queued run's settings (validated already: a TrainConfig); it keeps its dataset snapshot.
+    Refused once the run has started (the store is held while the file is replaced, so it cannot start
+    in between)."""
+    folder = RunFolder(studio.run_dir(run_id))
+    cfg = cfg.model_copy(deep=True)
+    cfg.dataset.path = str(folder.dataset)
+    try:
+        with studio.store.while_queued(run_id) as db:
+            save_config(cfg, folder.config)  # atomic: the worker reads the old file or the new one
+            db.execute("UPDATE runs SET base = ? WHERE id = ?", (cfg.model.base, run_id))
+    except QueueRefused as e:
+        raise RunRefused(str(e)) from None
+    return f"Saved the settings of queued run `{run_id}`."
+
+
+def move_queued(studio: Studio, run_id: str, delta: int) -> str:
+    try:
+        studio.store.move(run_id, delta)
+    except QueueRefused as e:
+        raise RunRefused(str(e)) from None
+    return f"Moved `{run_id}` {'up' if delta < 0 else 'down'}."
+
+
+def remove_queued(studio: Studio, run_id: str) -> str:
+    """Take a run out of the queue; its folder goes too (it never started: nothing of it is lost)."""
+    run_dir = studio.run_dir(run_id)
+    try:
+        with studio.store.while_queued(run_id) as db:
+            db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+    except QueueRefused as e:
+        raise RunRefused(str(e)) from None
+    folder = RunFolder(run_dir)
+    if not (folder.events.exists() or folder.pid.exists()):  # never started: only its config and snapshot
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return f"Removed `{run_id}` from the queue."
+
+
+def queue_step(studio: Studio) -> str | None:
+    """One turn of the queue: start the first queued run if the device is free. Returns the started id."""
+    return studio.runner.start_next_queued()
+
+
+class QueueWorker:
+    """The studio's queue, worked in a daemon thread: every `interval` s, when no run holds the device,
+    the first queued run starts. A failed or stopped run does not stop the queue; the queue is in the store,
+    so a restarted studio continues it (a run still training is waited for, one that died is not re-run)."""
+
+    def __init__(self, studio: Studio, interval: float = 2.0):
+        self.studio, self.interval = studio, interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "QueueWorker":
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="run-queue")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                queue_step(self.studio)
+            except Exception as e:  # a bad row or a full disk must not end the queue for the night
+                print(f"queue: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            self._stop.wait(self.interval)
 
 
 def stop(studio: Studio, run_id: str) -> str:
@@ -137,6 +230,8 @@ def resume(studio: Studio, run_id: str, total_steps: int | None = None) -> str:
     info = resolve_state(studio.run_dir(run_id))
     if info["state"] in LIVE_STATES:
         raise RunRefused(f"Run `{run_id}` is already running.")
+    if (studio.store.get(run_id) or {}).get("state") in QUEUE_STATES:
+        raise RunRefused(f"Run `{run_id}` is queued: it starts when the runs before it have ended.")
     cfg = run_config(studio, run_id)
     overrides = []
     trained = int(info.get("step") or 0)
@@ -155,8 +250,11 @@ def resume(studio: Studio, run_id: str, total_steps: int | None = None) -> str:
 
 
 def delete(studio: Studio, run_id: str) -> str:
-    if not studio.store.get(run_id):
+    row = studio.store.get(run_id)
+    if not row:
         raise RunRefused("Pick a run.")
+    if row["state"] == QUEUED:
+        return remove_queued(studio, run_id)
     info = studio.runner.refresh(run_id)
     if info["state"] in LIVE_STATES:
         raise RunRefused(f"Run `{run_id}` is training: stop it first.")
@@ -182,6 +280,7 @@ class RunSummary:
     seconds: float
     final_loss: float | None
     thumbnail: Path | None
+    position: int | None = None  # its place in the queue, while queued
 
 
 def summary(studio: Studio, row: dict) -> RunSummary:
@@ -205,13 +304,17 @@ def summaries(studio: Studio) -> list[RunSummary]:
     out = []
     for row in studio.store.list():
         try:
+            if row["folder"] != str(studio.run_dir(row["id"])):
+                continue  # queued from the command line with its own --run-dir: `trainer queue run` runs it
             s = summary(studio, row)
         except (UnsafePath, OSError):
             continue
         if s.state != row["state"] or s.step != row["steps"]:
-            studio.store.update(row["id"], state=s.state, steps=s.step)
+            studio.store.sync(row["id"], s.state, s.step)
+        s.state, s.position = shown_state(row["state"], s.state), row.get("position")
         out.append(s)
-    return out
+    # the queue first, in the order it runs; then every other run, newest first
+    return sorted(out, key=lambda s: (s.position is None or s.state != QUEUED, s.position or 0))
 
 
 def fmt_duration(seconds: float) -> str:

@@ -19,11 +19,13 @@ def _thumb(s: runs.RunSummary) -> str:
 
 
 def table(studio: Studio) -> list[list]:
-    rows = []
-    for s in runs.summaries(studio):
+    rows, listed = [], runs.summaries(studio)
+    queued = [s.id for s in listed if s.state == runs.QUEUED]
+    for s in listed:
         steps = f"{s.step}/{s.max_steps}" if s.max_steps else str(s.step)
         loss = f"{s.final_loss:.4f}" if s.final_loss is not None else "–"
-        rows.append([_thumb(s), s.name, s.state, steps, runs.fmt_duration(s.seconds) if s.seconds else "–",
+        state = f"queued #{queued.index(s.id) + 1}" if s.state == runs.QUEUED else s.state
+        rows.append([_thumb(s), s.name, state, steps, runs.fmt_duration(s.seconds) if s.seconds else "–",
                      s.dataset or "–", loss, s.base, runs.created_text(s.created), s.id])
     return rows
 
@@ -40,6 +42,13 @@ def build(studio: Studio, run_state: gr.State, tabs: gr.Tabs) -> dict:
         confirm_md = gr.Markdown(elem_id="runs-confirm-text")
         confirm = gr.Button("Yes, delete it", variant="stop", elem_id="runs-delete-confirm", scale=0)
         cancel = gr.Button("Keep it", elem_id="runs-delete-cancel", scale=0)
+    with gr.Row():
+        up = gr.Button("Move up", size="sm", elem_id="runs-queue-up")
+        down = gr.Button("Move down", size="sm", elem_id="runs-queue-down")
+        remove = gr.Button("Remove from queue", size="sm", elem_id="runs-queue-remove")
+    gr.Markdown("Queued runs start one after another (the first when the device is free). A failed or stopped "
+                "run does not stop the queue. To change a queued run's settings, open it in the Train tab and "
+                "press **Save to queued run**.")
     msg = gr.Markdown(elem_id="runs-msg")
     timer = gr.Timer(2.0)  # steps and states move while a run trains
 
@@ -49,7 +58,7 @@ def build(studio: Studio, run_state: gr.State, tabs: gr.Tabs) -> dict:
     refresh.click(on_refresh, None, [runs_df, pick])
 
     def on_tick():
-        if not studio.runner.active():
+        if not studio.runner.active() and not studio.store.queued():
             return gr.skip()
         return table(studio)
 
@@ -92,4 +101,29 @@ def build(studio: Studio, run_state: gr.State, tabs: gr.Tabs) -> dict:
         return table(studio), gr.update(choices=studio.run_choices(), value=None), text, gr.update(visible=False)
 
     confirm.click(on_delete, pick, [runs_df, pick, msg, confirm_row])
+
+    def queue_action(action):
+        def handler(run_id):
+            if not run_id or not studio.store.get(run_id):
+                return gr.skip(), gr.skip(), "Pick a queued run."
+            try:
+                text = action(run_id)
+            except (runs.RunRefused, UnsafePath) as e:
+                return gr.skip(), gr.skip(), f"**Refused:** {e}"
+            return table(studio), gr.update(choices=studio.run_choices()), text
+        handler.__name__ = f"on_{action.__name__}"
+        return handler
+
+    def queue_up(run_id):
+        return runs.move_queued(studio, run_id, -1)
+
+    def queue_down(run_id):
+        return runs.move_queued(studio, run_id, +1)
+
+    def queue_remove(run_id):
+        return runs.remove_queued(studio, run_id)
+
+    up.click(queue_action(queue_up), pick, [runs_df, pick, msg])
+    down.click(queue_action(queue_down), pick, [runs_df, pick, msg])
+    remove.click(queue_action(queue_remove), pick, [runs_df, pick, msg])
     return {"table": runs_df, "pick": pick, "refresh": on_refresh, "open": open_btn}

@@ -20,6 +20,7 @@ from ui.calibration import describe as describe_speed
 from ui.live import loss_rows, preview_pairs, progress_html
 from ui.paths import UnsafePath, inside, safe_name
 from ui.runner import resolve_state
+from ui.store import shown_state
 
 BUILTIN_BASES = [("Demo base (bundled shapes model)", "builtin:shapes"), ("Tiny random SD1 (tests)", "tiny:sd1")]
 MODEL_SUFFIXES = (".safetensors", ".ckpt")
@@ -188,6 +189,9 @@ def _layout_live(w: SimpleNamespace) -> None:
         w.start = gr.Button("Train", variant="primary", elem_id="train-start")
         w.stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
     with gr.Row():
+        w.enqueue = gr.Button("Add to queue", elem_id="train-enqueue", size="sm")
+        w.save_queued = gr.Button("Save to queued run", elem_id="train-save-queued", size="sm")
+    with gr.Row():
         w.sample_now = gr.Button("Sample now", elem_id="train-sample-now", size="sm")
         w.save_now = gr.Button("Save now", elem_id="train-save-now", size="sm")
         w.resume = gr.Button("Resume", elem_id="train-resume", size="sm")
@@ -334,6 +338,37 @@ def _wire_steering(studio: Studio, w: SimpleNamespace, run_state: gr.State) -> N
 
     w.start.click(on_start, [w.dataset, w.run_name, w.preset, w.base, *w.comps], [run_state, w.status])
 
+    def on_enqueue(ds, name, preset_name, base_value, *values):
+        """The same checks as Train; the run waits in the queue (it starts at once if the device is free)."""
+        try:
+            cfg = config_from_form(studio, w.keys, base_value, values)
+        except ConfigError as e:
+            return f"**Settings problem:** {e}"
+        cfg.saving.output_name = safe_name(name, "my-lora")
+        try:
+            run_id = runs.add_to_queue(studio, cfg, name, ds, preset_name or "")
+        except runs.RunRefused as e:
+            return f"**Refused:** {e}"
+        return f"Queued run `{run_id}` (the Runs tab lists the queue)."
+
+    w.enqueue.click(on_enqueue, [w.dataset, w.run_name, w.preset, w.base, *w.comps], w.status)
+
+    def on_save_queued(run_id, name, base_value, *values):
+        """The form's settings into the queued run shown here (opened from the Runs tab)."""
+        if not run_id:
+            return "Open a queued run from the Runs tab first."
+        try:
+            cfg = config_from_form(studio, w.keys, base_value, values)
+        except ConfigError as e:
+            return f"**Settings problem:** {e}"
+        cfg.saving.output_name = safe_name(name, "my-lora")
+        try:
+            return runs.edit_queued(studio, run_id, cfg)
+        except (runs.RunRefused, UnsafePath) as e:
+            return f"**Refused:** {e}"
+
+    w.save_queued.click(on_save_queued, [run_state, w.run_name, w.base, *w.comps], w.status)
+
     def steer(action):
         @functools.wraps(action)  # keeps the handler's name (on_stop, …) for Gradio's API and the tests
         def handler(run_id, *args):
@@ -386,7 +421,8 @@ def render(studio: Studio, run_id):
     rows = loss_rows(view)
     loss = pd.DataFrame(rows, columns=["step", "loss", "curve"]) if rows else empty
     row = studio.store.get(run_id)
-    label = f"Run **{row['name'] if row else run_id}** · `{run_id}` · {info['state']}"
+    state = shown_state(row["state"], info["state"]) if row else info["state"]  # a queued run: "queued"
+    label = f"Run **{row['name'] if row else run_id}** · `{run_id}` · {state}"
     if row and row.get("dataset"):
         label += f" · dataset `{row['dataset']}`"
     saved = [f"step {step}" for step, _ in view.adapters()]
