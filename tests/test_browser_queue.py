@@ -65,8 +65,10 @@ def test_queue_three_runs_reorder_remove_and_restart_the_studio(tmp_path):
         page.locator("#cfg-sampling-prompts textarea").fill("")  # previews off
         # a long run holds the device (the queue starts it at once) while four tiny ones wait behind it
         _queue(page, "long", 5000)
-        for name in ("q1", "q2", "q3", "q4"):
-            _queue(page, name, 2)
+        # q3 is the run the studio restarts under: enough steps that even a fast machine cannot finish it
+        # during the restart (its steps alone take ~20 s here, and the restart happens as soon as it starts)
+        for name, steps in (("q1", 2), ("q2", 2), ("q3", 60), ("q4", 2)):
+            _queue(page, name, steps)
 
         open_tab(page, "Runs")
         _pick(page, "q3")
@@ -118,7 +120,7 @@ def test_queue_three_runs_reorder_remove_and_restart_the_studio(tmp_path):
                 page.wait_for_timeout(1000)
                 return table.inner_text().count("finished") == 3
 
-            _wait("all three finished", all_finished)
+            _wait("all three finished", all_finished, timeout=600)
             assert "stopped" in table.inner_text()
             page.context.close()
         browser.close()

@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 
-import pytest
 from safetensors import safe_open
 
 from tests.helpers import REPO, events, make_dataset, write_config

@@ -1,5 +1,4 @@
 """A run stopped at step k and resumed ends with the same adapter as one that never stopped."""
-import torch
 
 from tests.helpers import make_dataset, write_config
 from trainer.config import load_config

@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import json
 import urllib.parse
-from pathlib import Path
 
 import pytest
 from PIL import Image

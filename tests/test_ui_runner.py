@@ -3,7 +3,6 @@ graceful stop → stopped, a config error → failed with the trainer's message,
 import threading
 import time
 
-import pytest
 from PIL import Image
 
 from trainer.config import load_preset, save_config

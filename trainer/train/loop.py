@@ -7,8 +7,6 @@ resumed ends with the same adapter as one that never stopped.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import signal
 import sys
 import time
@@ -20,7 +18,6 @@ import torch
 from trainer.config import TrainConfig, save_config
 from trainer.formats.export import RunFacts
 from trainer.models.checks import launch_warnings
-from trainer.run.atomic import atomic_write_text
 from trainer.run.events import ControlPoller, EventWriter, nothing_to_resume
 from trainer.run.folder import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_STOPPED, RunFolder
 from trainer.run.faults import crash_point
@@ -33,7 +30,7 @@ from trainer.train.previews import Previews
 from trainer.train.processes import Processes
 from trainer.train.setup import TrainingError, autocast_for  # noqa: F401 (TrainingError: part of this API)
 from trainer.train.timing import Progress, StepDisplay, Timing
-from trainer.train.validation import Validation, fixed_timesteps
+from trainer.train.validation import Validation
 
 EXIT_BY_STATUS = {"finished": EXIT_OK, "failed": EXIT_FAILED, "stopped": EXIT_STOPPED}
 
@@ -136,9 +133,6 @@ class Trainer:
         self.dataset, self.val_dataset = setup.load_data(cfg, root, self._warn)
         for p in self.dataset.problems:
             self._warn(f"{p.file}: {p.reason}", file=p.file, severity=p.severity)
-        if cfg.noise.masked_loss and not self.dataset.num_masked_images:
-            self._warn("masked loss is on but no training image has a mask (<name>_mask.png beside it, or "
-                       "transparency): every pixel is trained")
         self.base = setup.load_model(cfg)
         setup.place_model(self.base, self.device, self.dtype)
         self.network = setup.build_adapter(self.base, cfg, self._warn)
@@ -168,11 +162,8 @@ class Trainer:
         self.previews = Previews(cfg, self.base, self.paths.samples, self.events, self.device, self.dtype,
                                  self._warn, enabled=self.procs.is_main)
         if self.val_dataset is not None and self.procs.is_main:  # rank 0 alone validates, on the bare modules
-            v = cfg.validation
-            self.validation = Validation(
-                self.val_dataset, v.seed, fixed_timesteps(v.timesteps, cfg.noise.min_timestep, cfg.noise.max_timestep),
-                cfg.dataset.batch_size, [self.base.unet, *self.base.text_encoders], self._latents,
-                partial(self._predict, unet=self.base.unet, text_encoders=self.base.text_encoders))
+            self.validation = Validation.of_run(cfg, self.val_dataset, self.base, self._latents, partial(
+                self._predict, unet=self.base.unet, text_encoders=self.base.text_encoders))
 
     def _prepare_caches(self) -> None:
         self.cache_stats = setup.prepare_caches(
@@ -289,14 +280,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
 
     def _report_step(self, loss: float, keys: list[str]) -> None:
-        p, max_steps = self.progress, self.cfg.schedule.max_train_steps
+        p, max_steps, lr = self.progress, self.cfg.schedule.max_train_steps, self.lr_scheduler.get_last_lr()[0]
         extra = self.previews.seconds_left(p.step, max_steps) + self.timing.saves_left(p.step, max_steps, self.cfg)
-        dt, lr, eta = p.step_times[-1], self.lr_scheduler.get_last_lr()[0], p.eta(max_steps, extra)
-        # batch: a short fingerprint of what the step trained on, so a resumed run's data order can be checked
-        self.events.emit("step", step=p.step, max_steps=max_steps, loss=round(loss, 6), lr=lr,
-                         batch=hashlib.sha256("|".join(keys).encode()).hexdigest()[:12],
-                         epoch=p.epoch, it_s=round(1 / dt, 3) if dt > 0 else None,
-                         eta_s=round(eta, 1) if eta is not None else None)
+        self.events.emit("step", **p.step_fields(max_steps, loss, lr, keys, extra))
         self.display.update(p.step, loss, lr)
 
     def _between_steps(self, commands: set[str]) -> None:
@@ -323,28 +309,11 @@ class Trainer:
         return adapter
 
     def _validate(self, state_dir: Path | None = None, checkpoint: dict | None = None) -> None:
-        """The validation loss of the weights now (and of their EMA, once it averages): an event, a
-        TensorBoard scalar and, after a save, validation.json in the state folder. An extra: a failure is a
-        warning, never the run."""
-        if self.validation is None:
-            return
-        step = self.progress.step
-        try:
+        """The validation loss of the weights now (and of their EMA, once it averages): trainer.train.validation."""
+        if self.validation is not None:
             with self.timing.measure("validate"):
-                record = {**self.validation.record(step, self.ema), **(checkpoint or {})}
-        except Exception as e:
-            self._warn(f"validation at step {step} failed ({type(e).__name__}: {e}); training goes on", step=step)
-            return
-        if state_dir is not None:
-            try:
-                atomic_write_text(state_dir / "validation.json", json.dumps(record, indent=1))
-            except OSError as e:
-                self._warn(f"could not write {state_dir.name}/validation.json ({e.strerror or e})")
-        self.events.emit("validation", **record)
-        if self.display is not None:
-            self.display.scalar("loss/validation", record["loss"], step)
-            if "ema_loss" in record:
-                self.display.scalar("loss/validation_ema", record["ema_loss"], step)
+                self.validation.report(self.progress.step, self.ema, self.events, self.display, self._warn,
+                                       state_dir, checkpoint)
 
 
 def stop_on_signals(trainer: Trainer) -> None:

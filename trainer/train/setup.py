@@ -82,6 +82,9 @@ def load_data(cfg: TrainConfig, root: Path, warn: Warn | None = None):
     except (DatasetError, ValueError) as e:
         raise TrainingError(str(e)) from None
     train = TrainDataset(scan, cfg.dataset, cfg.schedule.seed, reg_scan=reg, masked_loss=cfg.noise.masked_loss)
+    if cfg.noise.masked_loss and not train.num_masked_images and warn is not None:
+        warn("masked loss is on but no training image has a mask (<name>_mask.png beside it, or transparency): "
+             "every pixel is trained")
     if held is None:
         return train, None
     # measured as they are: no flip, tag shuffle or caption dropout (a fixed caption each)

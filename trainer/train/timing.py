@@ -1,6 +1,7 @@
 """Where a run is (step, epoch, position in the epoch) and where its wall time goes."""
 from __future__ import annotations
 
+import hashlib
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +24,14 @@ class Progress:
             return None
         recent = self.step_times[-20:]
         return (max_steps - self.step) * sum(recent) / len(recent) + extra_s
+
+    def step_fields(self, max_steps: int, loss: float, lr: float, keys: list[str], extra_s: float) -> dict:
+        """The step event's fields for the step just taken; extra_s: the previews and saves still due."""
+        dt, eta = self.step_times[-1], self.eta(max_steps, extra_s)
+        # batch: a short fingerprint of what the step trained on, so a resumed run's data order can be checked
+        return dict(step=self.step, max_steps=max_steps, loss=round(loss, 6), lr=lr,
+                    batch=hashlib.sha256("|".join(keys).encode()).hexdigest()[:12], epoch=self.epoch,
+                    it_s=round(1 / dt, 3) if dt > 0 else None, eta_s=round(eta, 1) if eta is not None else None)
 
 
 def due_after(step: int, max_steps: int, every: int) -> int:

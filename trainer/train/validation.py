@@ -17,14 +17,17 @@ number means the same whatever those settings are.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from trainer.data.scan import Scan
+from trainer.run.atomic import atomic_write_text
 from trainer.train.sampling import in_eval_mode
 
 
@@ -77,6 +80,13 @@ class Validation:
         self.batch_size, self.modules = max(1, batch_size), modules
         self.latents_of, self.predict = latents_of, predict
 
+    @classmethod
+    def of_run(cls, cfg, dataset, base, latents_of: Callable, predict: Callable) -> "Validation":
+        """The run's validation (cfg: the TrainConfig) on the base's bare modules."""
+        v, n = cfg.validation, cfg.noise
+        return cls(dataset, v.seed, fixed_timesteps(v.timesteps, n.min_timestep, n.max_timestep),
+                   cfg.dataset.batch_size, [base.unet, *base.text_encoders], latents_of, predict)
+
     @property
     def num_images(self) -> int:
         return len(self.dataset.items)
@@ -118,3 +128,23 @@ class Validation:
                 rec["ema_loss"] = round(self.measure()["loss"], 6)
         rec["seconds"] = round(time.time() - t0, 3)
         return rec
+
+    def report(self, step: int, ema, events, display, warn, state_dir: Path | None = None,
+               checkpoint: dict | None = None) -> None:
+        """Measure at `step` and tell it: the validation event, TensorBoard scalars (display) and, after a
+        save, validation.json in the state folder. An extra: a failure is a warning, never the run."""
+        try:
+            record = {**self.record(step, ema), **(checkpoint or {})}
+        except Exception as e:
+            warn(f"validation at step {step} failed ({type(e).__name__}: {e}); training goes on", step=step)
+            return
+        if state_dir is not None:
+            try:
+                atomic_write_text(state_dir / "validation.json", json.dumps(record, indent=1))
+            except OSError as e:
+                warn(f"could not write {state_dir.name}/validation.json ({e.strerror or e})")
+        events.emit("validation", **record)
+        if display is not None:
+            display.scalar("loss/validation", record["loss"], step)
+            if "ema_loss" in record:
+                display.scalar("loss/validation_ema", record["ema_loss"], step)
