@@ -112,6 +112,10 @@ def test_queue_three_runs_reorder_remove_and_restart_the_studio(tmp_path):
 
         with studio_server(data) as url:
             page = open_page({"browser": browser, "url": url}, 1500, 1100)
+            if resolve_state(data / "runs" / second)["state"] == "running":
+                # the page's load re-attaches to the run training now and shows the Train tab: let it land
+                # first, or it switches away from the Runs tab opened meanwhile
+                page.get_by_role("tab", name="Train", selected=True).wait_for()
             open_tab(page, "Runs")
             table = page.locator("#runs-table")
 
