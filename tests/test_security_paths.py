@@ -412,7 +412,9 @@ def _get(host: str, port: int, path: str) -> tuple[int, bytes]:
 
 @pytest.fixture(scope="module")
 def server(world):
-    with studio_server(world["data"]) as url:
+    # --no-queue: the handler test queues runs with payload names in this data folder; this server must not
+    # train them (a real trainer per queued run, one after another, for the rest of the module)
+    with studio_server(world["data"], "--no-queue") as url:
         u = urllib.parse.urlsplit(url)
         yield u.hostname, u.port
 

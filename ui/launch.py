@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models-dir", action="append", default=[],
                     help="extra folder the base-model picker may read checkpoints from (repeatable)")
     ap.add_argument("--max-upload-mb", type=int, default=200, help="largest single upload (zip or image)")
+    ap.add_argument("--no-queue", action="store_true",
+                    help="this studio queues runs but does not start them (`python -m trainer queue run` or "
+                         "another studio on the same data folder works the queue)")
     a = ap.parse_args(argv)
     try:
         auth = parse_auth(a.auth)
@@ -77,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     studio.calibration.refresh(busy=studio.runner.active() is not None)  # ready by the first estimate
     from ui.runs import QueueWorker
 
-    QueueWorker(studio).start()  # continues the queue left by an earlier studio, if any
+    if not a.no_queue:
+        QueueWorker(studio).start()  # continues the queue left by an earlier studio, if any
     demo = build_app(studio)
     demo.queue(default_concurrency_limit=4)
     print(f"LoRA Atelier: data in {data_dir}", flush=True)
