@@ -14,7 +14,7 @@ from pathlib import Path
 from trainer.run.atomic import atomic_write_text
 from trainer.config import REPO_ROOT
 from trainer.run.events import clear_requests, pending_requests, request, run_view
-from trainer.run.device import active_run, device_lock, hold, pid_alive, read_json
+from trainer.run.device import active_run, device_lock, exited_unreaped, hold, pid_alive, read_json
 from trainer.run.folder import EXIT_CONFIG, EXIT_STATES, FINAL_STATES, RunFolder
 
 from ui.paths import DataDirs
@@ -64,6 +64,9 @@ def resolve_state(run_dir: Path) -> dict:
     exit_info = read_json(folder.exit)
     stop_requested = view.stop_taken or "stop" in pending_requests(run_dir)
     alive = bool(pid) and not exit_info and pid_alive(int(pid), run_dir)
+    if pid and not exit_info and not alive and exited_unreaped(int(pid)):
+        # it has just exited and the watcher is about to record its exit code: not "failed without one" yet
+        alive = True
     info["pid"] = pid if alive else None
     if alive:
         info["state"] = "stopping" if stop_requested else "running"

@@ -19,6 +19,16 @@ ACTIVE_FILE = "active.json"
 LOCK_FILE = "train.lock"
 
 
+def exited_unreaped(pid: int) -> bool:
+    """True while `pid` has exited but its parent has not collected its exit status yet (a zombie): the
+    studio's watcher records the exit code a moment later."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
+
+
 def pid_alive(pid: int, run_dir: Path) -> bool:
     """True while `pid` is a live trainer for run_dir (a reused pid of another program is not)."""
     try:
