@@ -323,13 +323,18 @@ def _wire_dataset_and_estimate(studio: Studio, w: SimpleNamespace, ds_name: gr.D
 
 def _wire_steering(studio: Studio, w: SimpleNamespace, run_state: gr.State) -> None:
     """Train, stop, sample now, save now, resume."""
+    def run_config(name, base_value, values):
+        """The form's config for a run called `name` (raises ConfigError naming the field)."""
+        cfg = config_from_form(studio, w.keys, base_value, values)
+        cfg.saving.output_name = safe_name(name, "my-lora")  # the adapter is named after its run
+        return cfg
+
     def on_start(ds, name, preset_name, base_value, *values):
         # refused: the panel shows the run training now, if any, never an earlier run's end
         try:
-            cfg = config_from_form(studio, w.keys, base_value, values)
+            cfg = run_config(name, base_value, values)
         except ConfigError as e:
             return studio.runner.active(), f"**Settings problem:** {e}"
-        cfg.saving.output_name = safe_name(name, "my-lora")  # the adapter is named after its run
         try:
             run_id = runs.start_new(studio, cfg, name, ds, preset_name or "")
         except runs.RunRefused as e:
@@ -341,10 +346,9 @@ def _wire_steering(studio: Studio, w: SimpleNamespace, run_state: gr.State) -> N
     def on_enqueue(ds, name, preset_name, base_value, *values):
         """The same checks as Train; the run waits in the queue (it starts at once if the device is free)."""
         try:
-            cfg = config_from_form(studio, w.keys, base_value, values)
+            cfg = run_config(name, base_value, values)
         except ConfigError as e:
             return f"**Settings problem:** {e}"
-        cfg.saving.output_name = safe_name(name, "my-lora")
         try:
             run_id = runs.add_to_queue(studio, cfg, name, ds, preset_name or "")
         except runs.RunRefused as e:
@@ -358,10 +362,9 @@ def _wire_steering(studio: Studio, w: SimpleNamespace, run_state: gr.State) -> N
         if not run_id:
             return "Open a queued run from the Runs tab first."
         try:
-            cfg = config_from_form(studio, w.keys, base_value, values)
+            cfg = run_config(name, base_value, values)
         except ConfigError as e:
             return f"**Settings problem:** {e}"
-        cfg.saving.output_name = safe_name(name, "my-lora")
         try:
             return runs.edit_queued(studio, run_id, cfg)
         except (runs.RunRefused, UnsafePath) as e:
