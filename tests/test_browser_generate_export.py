@@ -186,10 +186,17 @@ def open_export(page, world):
 
 def save_metadata(page, title, trigger, description):
     fields = {"exp-title": title, "exp-trigger": trigger, "exp-description": description}
+    boxes = {elem_id: page.locator(f"#{elem_id} textarea, #{elem_id} input").first for elem_id in fields}
+    # Choosing the run may answer twice under load (selection, then blur); a late answer refills the fields with
+    # the run's own values, as it would under an artist typing fast. Fill again until the values stay put.
+    for _ in range(5):
+        for elem_id, value in fields.items():
+            boxes[elem_id].fill(value)
+        page.wait_for_timeout(2000)
+        if all(boxes[e].input_value() == v for e, v in fields.items()):
+            break
     for elem_id, value in fields.items():
-        page.locator(f"#{elem_id} textarea, #{elem_id} input").first.fill(value)
-    for elem_id, value in fields.items():
-        expect(page.locator(f"#{elem_id} textarea, #{elem_id} input").first).to_have_value(value)
+        expect(boxes[elem_id]).to_have_value(value)
     page.locator("#exp-meta-save").click()
     page.get_by_text("Saved metadata").wait_for(timeout=120_000)
 
