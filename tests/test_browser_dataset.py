@@ -3,7 +3,6 @@ and the caption editor (large view, previous/next, no lost edits, exclude/delete
 from __future__ import annotations
 
 import io
-import os
 import re
 import shutil
 import time
@@ -13,14 +12,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.browser.studio_server import ACTION_TIMEOUT_MS, CHROMIUM_ARGS, REPO, Shots, choose, studio_server
+from tests.browser.studio_server import ACTION_TIMEOUT_MS, CHROMIUM_ARGS, Shots, choose, doc_screen, studio_server
 
 pytestmark = pytest.mark.browser
 playwright = pytest.importorskip("playwright.sync_api")
 
 UNICODE_NAME = "ünïcødé 猫 🐱.png"
 # ATELIER_UPDATE_SCREENS=1 also writes the caption editor's screenshots to docs/screens/ (the README links them)
-DOC_SCREENS = REPO / "docs" / "screens" if os.environ.get("ATELIER_UPDATE_SCREENS") else None
 
 
 def picture(path: Path, color=(200, 80, 40), size=(96, 96), fmt: str | None = None) -> Path:
@@ -233,10 +231,7 @@ def artwork(path: Path, i: int) -> Path:
 
 
 def doc_shot(page, shot: Shots, name: str) -> None:
-    path = shot(name)
-    if DOC_SCREENS is not None:
-        DOC_SCREENS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(DOC_SCREENS / f"dataset-{name}.png"))  # the 1440×900 viewport, as a user sees it
+    doc_screen(page, shot, name, f"dataset-{name}.png")
 
 
 def value(page, elem_id: str) -> str:

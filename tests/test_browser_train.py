@@ -8,11 +8,12 @@ import time
 import pytest
 from PIL import Image
 
-from tests.browser.studio_server import (CHROMIUM_ARGS, choose, loss_curves, open_page, open_tab, progress,
-                                         set_number, Shots, studio_server, wait_progress)
+from tests.browser.studio_server import (CHROMIUM_ARGS, choose, doc_screen, loss_curves, open_page, open_tab,
+                                         progress, set_number, Shots, studio_server, wait_progress)
 
 pytestmark = pytest.mark.browser
 playwright = pytest.importorskip("playwright.sync_api")
+expect = playwright.expect
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +73,12 @@ def adapter_steps(page) -> list[int]:
     return sorted({int(m) for m in re.findall(r"step (\d+) · adapter", text_of(page, "train-previews"))})
 
 
-def start_quiet_run(page, world, name: str, steps: int) -> None:
+def start_quiet_run(page, world, name: str, steps: int, prompts: list[str] | None = None) -> None:
     """Upload the cats, then train `steps` steps with no scheduled previews (only those asked for)."""
     upload_cats(page, world)
     name_run(page, name)
+    if prompts:
+        page.locator("#cfg-sampling-prompts textarea").fill("\n".join(prompts))
     set_number(page, "cfg-schedule-max_train_steps", steps)
     set_number(page, "cfg-sampling-every_n_steps", 0)
     page.locator("#cfg-sampling-at_start input").uncheck()
@@ -85,7 +88,7 @@ def start_quiet_run(page, world, name: str, steps: int) -> None:
 def test_sample_now_and_save_now_pressed_twice_give_two_each(world):
     page = new_page(world)
     shot = Shots(page, "train_steering")
-    start_quiet_run(page, world, "steered", 100000)
+    start_quiet_run(page, world, "steered", 100000, prompts=["a photo of a sks cat", "a sks cat on a sofa"])
     # what the trainer is doing shows before step 1 (loading, encoding images), then steps move
     wait_text(page, "train-progress-box", lambda t: "loading the base model" in t or "encoding images" in t
               or progress(page)["step"] >= 1, what="said what the trainer does")
@@ -257,7 +260,36 @@ def test_try_the_demo_and_the_runs_tab(world):
     page.wait_for_function("document.querySelector('#cfg-schedule-max_train_steps input').value == '7'",
                            timeout=60_000)
 
+    # the sample browser: the steered run's previews, rows = steps, columns = prompts, moved with the keys
     open_tab(page, "Runs")
+    choose(page, "runs-pick", "steered")
+    grid = page.locator("#samples-grid[data-run*='-steered-']")  # not the grid of the run picked before
+    grid.wait_for(timeout=60_000)
+    assert grid.locator("thead th[scope=col]").count() == 2
+    rows = [int(r.removeprefix("step ")) for r in grid.locator("tbody th[scope=row]").all_inner_texts()]
+    assert len(rows) == 2 and rows[0] < rows[1], rows  # the two Sample now rounds, oldest first
+    assert grid.locator("td.sample-cell img").count() == 4
+    grid.locator("td[data-r='0'][data-c='0']").click()  # a click shows it full size with its parameters
+    full = page.locator("#samples-full")
+    expect(full).to_be_visible()
+    assert "a photo of a sks cat" in page.locator("#samples-full-params").inner_text()
+    assert f"step {rows[0]} · prompt 1" in page.locator("#samples-full-label").inner_text()
+    page.keyboard.press("ArrowRight")  # next prompt, same step; the open view follows
+    expect(page.locator("#samples-full-label")).to_contain_text(f"step {rows[0]} · prompt 2")
+    assert "a sks cat on a sofa" in page.locator("#samples-full-params").inner_text()
+    page.keyboard.press("ArrowDown")  # next step, same prompt
+    expect(page.locator("#samples-full-label")).to_contain_text(f"step {rows[1]} · prompt 2")
+    assert grid.locator("td.sel").get_attribute("data-step") == str(rows[1])
+    page.keyboard.press("ArrowDown")  # no row below the last: stays
+    assert grid.locator("td.sel").get_attribute("data-step") == str(rows[1])
+    page.keyboard.press("Escape")
+    expect(full).to_be_hidden()
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("Enter")
+    expect(page.locator("#samples-full-label")).to_contain_text(f"step {rows[1]} · prompt 1")
+    grid.scroll_into_view_if_needed()
+    doc_screen(page, Shots(page, "runs_samples"), "sample-browser", "runs-samples.png")
+
     choose(page, "runs-pick", "broken")
     page.locator("#runs-delete").click()
     page.locator("#runs-confirm-text").get_by_text("cannot be undone").wait_for(timeout=30_000)

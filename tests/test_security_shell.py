@@ -26,7 +26,7 @@ def shell_payloads(marker: Path | str) -> list[str]:
         f"|| touch {m(6)}", f"a\ntouch {m(7)}", f"a\r\ntouch {m(8)}", f"'; touch {m(9)}; '", f'"; touch {m(10)}; "',
         f"> {m(11)}", f">> {m(12)}", f"< /etc/passwd > {m(13)}", f"${{IFS}}touch${{IFS}}{m(14)}",
         f"& touch {m(15)} &", f"$( touch {m(16)} )", f"<(touch {m(17)})", f"%0atouch {m(18)}",
-        f"--set=saving.output_name=../../{m(19).name}", f"--set saving.output_name=x --resume", "--resume",
+        f"--set=saving.output_name=../../{m(19).name}", "--set saving.output_name=x --resume", "--resume",
         "--", "-- --help", "-h", "--help", "-rf", "-rf /", f"--run-dir={m(20)}", f"--out={m(21)}",
         f"--out {m(22)}", f"--adapter={m(23)}", "--json", "-1", "-", "*", "?", "[a-z]*", "~/*", "{a,b}",
         "!!", "$HOME", "${PATH}", f"\\; touch {m(24)}", f"\x00; touch {m(25)}", "%s%s%s%n", "' OR 1=1 --",

@@ -7,6 +7,7 @@ import html
 import gradio as gr
 
 from ui import runs
+from ui.sample_browser import KEYS_JS as SAMPLE_KEYS_JS, grid_html
 from ui.workspace import Studio
 from ui.paths import UnsafePath
 
@@ -50,12 +51,22 @@ def build(studio: Studio, run_state: gr.State, tabs: gr.Tabs) -> dict:
                 "run does not stop the queue. To change a queued run's settings, open it in the Train tab and "
                 "press **Save to queued run**.")
     msg = gr.Markdown(elem_id="runs-msg")
+    with gr.Accordion("Samples of the picked run", open=True, elem_id="runs-samples-box"):
+        samples = gr.HTML("<p id='samples-none'>Pick a run to see its previews.</p>", js_on_load=SAMPLE_KEYS_JS,
+                          elem_id="runs-samples")
     timer = gr.Timer(2.0)  # steps and states move while a run trains
+
+    def samples_of(run_id):
+        return grid_html(studio.run_dir(run_id) if run_id and studio.store.get(run_id) else None)
 
     def on_refresh():
         return table(studio), gr.update(choices=studio.run_choices())
 
-    refresh.click(on_refresh, None, [runs_df, pick])
+    def on_refresh_button(run_id):
+        return *on_refresh(), samples_of(run_id)
+
+    refresh.click(on_refresh_button, pick, [runs_df, pick, samples])
+    pick.change(samples_of, pick, samples)
 
     def on_tick():
         if not studio.runner.active() and not studio.store.queued():

@@ -74,6 +74,20 @@ class Shots:
         return path
 
 
+# ATELIER_UPDATE_SCREENS=1: the browser tests also write the README's screenshots to docs/screens/
+DOC_SCREENS = REPO / "docs" / "screens" if os.environ.get("ATELIER_UPDATE_SCREENS") else None
+
+
+def doc_screen(page, shot: Shots, label: str, name: str) -> None:
+    """A numbered test artifact, and with ATELIER_UPDATE_SCREENS the README's screenshot `name` (the viewport,
+    as a user sees it)."""
+    path = shot(label)
+    if DOC_SCREENS:
+        DOC_SCREENS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(DOC_SCREENS / name))
+    assert path.is_file()
+
+
 def choose(page, elem_id: str, option: str) -> None:
     """Pick an option of a Gradio dropdown."""
     box = page.locator(f"#{elem_id} input").first
