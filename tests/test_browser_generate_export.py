@@ -1,14 +1,14 @@
 """Generate / compare and Export in a real Chromium against a real server, on a run trained once by the real
 trainer CLI (the bundled demo base and concept, a checkpoint at step 15 and the final adapter at step 30)."""
 import io
-import os
 import shutil
 import zipfile
 
 import pytest
 from PIL import Image
 
-from tests.browser.studio_server import CHROMIUM_ARGS, REPO, choose, open_page, open_tab, Shots, studio_server
+from tests.browser.studio_server import (CHROMIUM_ARGS, REPO, choose, doc_screen, open_page, open_tab, Shots,
+                                         studio_server)
 from tests.helpers import run_in_process, write_config
 
 pytestmark = pytest.mark.browser
@@ -17,7 +17,6 @@ expect = playwright.expect
 
 PROMPTS = ["a zkq pattern", "a red zkq pattern on a white background"]
 # ATELIER_UPDATE_SCREENS=1 also writes the screenshots to docs/screens/ (the new user's path in the docs)
-DOC_SCREENS = REPO / "docs" / "screens" if os.environ.get("ATELIER_UPDATE_SCREENS") else None
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +64,6 @@ def world(tmp_path_factory):
 
 def new_page(world):
     return open_page(world, downloads=True)
-
-
-def doc_screen(page, shot: Shots, label: str, name: str) -> None:
-    path = shot(label)
-    if DOC_SCREENS:
-        DOC_SCREENS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(DOC_SCREENS / name))  # the viewport, as a user sees it at 1440x900
-    assert path.is_file()
 
 
 def grid_headers(page) -> tuple[list[str], list[str]]:
@@ -178,6 +169,10 @@ def open_export(page, world):
     choose(page, "exp-run", "gridrun")
     info = page.locator("#exp-info")
     info.get_by_text("Adapter:").wait_for(timeout=30_000)
+    # the demo preset holds out images for validation: Export suggests a checkpoint (saves at 15 and 30) and says why
+    expect(page.locator("#exp-suggestion")).to_contain_text("Suggested: step", timeout=30_000)
+    picked = page.locator("#exp-ckpt input").first.input_value()
+    assert picked.startswith("step ") and picked.endswith("· suggested"), picked
     page.get_by_text("Metadata", exact=True).first.click()  # its accordion starts closed
     # the run's current title is filled in (the edited file's, or the output name)
     expect(page.locator("#exp-title textarea, #exp-title input").first).not_to_have_value("", timeout=30_000)

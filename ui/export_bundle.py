@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 import zipfile
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from trainer.data.images import IMAGE_EXTENSIONS
 from trainer.data.masks import is_mask_file
 from trainer.formats import infotext
 from trainer.models.spec import display_name
+from trainer.run.atomic import atomic_write_text
+from trainer.run.best import Suggestion, suggest
 from trainer.run.events import run_view
 from trainer.run.folder import RunFolder
 from trainer.formats.safetensors_io import SafetensorsError, read_header
@@ -27,15 +30,14 @@ def run_config(run_dir: Path) -> TrainConfig:
     return load_config(RunFolder(run_dir).effective_config)  # the settings it really trained with
 
 
-def adapter_path(run_dir: Path) -> Path | None:
-    """The run's newest adapter: an edited copy if the metadata editor wrote one, else the trainer's output."""
-    cfg = run_config(run_dir)
-    edited = run_dir / "export" / f"{cfg.saving.output_name}.safetensors"
-    if edited.is_file():
-        return edited
+CHOICE_FILE = "choice.json"  # in export/: the checkpoint the user picked, and the source of the edited copy
+
+
+def _final(run_dir: Path) -> Path | None:
+    """The trainer's newest adapter (the final one once the run finished)."""
     final = run_view(run_dir).adapter
     candidates = [final] if final else []
-    candidates.append(f"output/{cfg.saving.output_name}.safetensors")
+    candidates.append(f"output/{run_config(run_dir).saving.output_name}.safetensors")
     for rel in candidates:
         try:
             p = inside(run_dir, rel)
@@ -46,31 +48,83 @@ def adapter_path(run_dir: Path) -> Path | None:
     return None
 
 
+def read_choice(run_dir: Path) -> dict:
+    try:
+        data = json.loads((run_dir / "export" / CHOICE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_choice(run_dir: Path, **fields: str) -> None:
+    atomic_write_text(run_dir / "export" / CHOICE_FILE, json.dumps({**read_choice(run_dir), **fields}, indent=1))
+
+
+def suggestion(run_dir: Path) -> Suggestion:
+    """The checkpoint trainer.run.best suggests publishing (validation loss and prior drift), with its reason."""
+    return suggest(run_dir, run_config(run_dir).saving.trigger_phrase)
+
+
+def chosen_source(run_dir: Path) -> Path | None:
+    """The trainer's file Export gives: the one the user picked, else the suggested one, else the newest."""
+    picked = read_choice(run_dir).get("adapter")
+    if not picked:
+        pick = suggestion(run_dir).pick
+        picked = pick.adapter if pick else None
+    if picked:
+        try:
+            p = inside(run_dir, str(picked))
+        except UnsafePath:
+            p = None
+        if p is not None and p.is_file():
+            return p
+    return _final(run_dir)
+
+
+def adapter_path(run_dir: Path) -> Path | None:
+    """The file Download and the bundle give: the edited copy the metadata editor wrote from the chosen
+    checkpoint, else the chosen checkpoint itself (trainer's output, never changed)."""
+    src = chosen_source(run_dir)
+    edited = run_dir / "export" / f"{run_config(run_dir).saving.output_name}.safetensors"
+    if edited.is_file():
+        final = _final(run_dir)
+        edited_from = read_choice(run_dir).get("edited_from") or (  # older runs: edits were of the final one
+            str(final.relative_to(run_dir)) if final else None)
+        if src is None or edited_from == str(src.relative_to(run_dir)):
+            return edited
+    return src
+
+
 @dataclass(frozen=True)
 class SavedAdapter:
     step: int
     path: Path
     final: bool
+    ema: bool = False
 
     @property
     def label(self) -> str:
-        """How comparison grids name the row: by training step."""
-        return f"step {self.step}" + (" (final)" if self.final else "")
+        """How comparison grids and pickers name it: by training step."""
+        return f"step {self.step}" + (" EMA" if self.ema else "") + (" (final)" if self.final else "")
 
 
-def checkpoint_adapters(run_dir: Path) -> list[SavedAdapter]:
-    """Every saved adapter of the run (checkpoints and the final one), oldest first."""
+def checkpoint_adapters(run_dir: Path, ema: bool = True) -> list[SavedAdapter]:
+    """Every saved adapter of the run (checkpoints and the final one; with ema, their moving averages
+    saved beside them), oldest first."""
     view = run_view(run_dir)
     final = view.adapter if view.state == "finished" else None
     out: dict[Path, SavedAdapter] = {}
-    for step, rel in view.adapters():
-        try:
-            p = inside(run_dir, rel)
-        except UnsafePath:
-            continue
-        if p.is_file():
-            out[p] = SavedAdapter(step, p, rel == final)
-    return list(out.values())
+    for ev in view.checkpoints:
+        step = int(ev.get("step") or 0)
+        for key in ("adapter", "ema_adapter") if ema else ("adapter",):
+            rel = ev.get(key)
+            try:
+                p = inside(run_dir, rel) if rel else None
+            except UnsafePath:
+                continue
+            if p is not None and p.is_file():
+                out[p] = SavedAdapter(step, p, ev.get("adapter") == final, key == "ema_adapter")
+    return sorted(out.values(), key=lambda a: (a.step, a.ema))
 
 
 def edited_card_fields(cfg: TrainConfig, adapter: Path) -> TrainConfig:
@@ -141,7 +195,9 @@ def build_bundle(run_dir: Path, max_previews: int = 8) -> Path:
     cfg = edited_card_fields(run_config(run_dir), adapter)
     name = adapter.stem
     view = run_view(run_dir)
-    samples, steps = view.adapter_samples(), view.step
+    source = chosen_source(run_dir)
+    steps = next((a.step for a in checkpoint_adapters(run_dir) if a.path == source), view.step)
+    samples = [ev for ev in view.adapter_samples() if int(ev.get("step") or 0) <= steps]  # none from later on
     out = run_dir / "export" / f"{name}-civitai.zip"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{time.time_ns()}.tmp")

@@ -12,7 +12,8 @@ from trainer.formats.verdicts import verdict_html
 from trainer.run.events import run_view
 
 from ui.workspace import Studio
-from ui.export_bundle import adapter_path, build_bundle, edited_card_fields, run_config
+from ui.export_bundle import (adapter_path, build_bundle, checkpoint_adapters, chosen_source, edited_card_fields,
+                              run_config, suggestion, write_choice)
 from ui.paths import UnsafePath, inside
 from ui.trainer_cli import run_trainer
 
@@ -47,6 +48,20 @@ def adapter_info(run_dir) -> str:
     return text
 
 
+def checkpoint_picker(run_dir) -> tuple:
+    """The checkpoint dropdown (every saved file, the suggested one marked) and the suggestion's reason."""
+    saved = list(reversed(checkpoint_adapters(run_dir)))  # newest first
+    if not saved:
+        return gr.update(choices=[], value=None), ""
+    rel = lambda p: str(p.relative_to(run_dir))  # noqa: E731
+    s = suggestion(run_dir)
+    picked = s.pick.adapter if s.pick else None
+    choices = [(a.label + (" · suggested" if rel(a.path) == picked else ""), rel(a.path)) for a in saved]
+    source = chosen_source(run_dir)
+    text = f"**Suggested:** {html.escape(s.reason)}" if s.pick else f"No suggestion yet. {html.escape(s.reason)}"
+    return gr.update(choices=choices, value=rel(source) if source else None), text
+
+
 def select_run(studio: Studio, run_id: str | None) -> list:
     """Updates for build(...)["select_outputs"] that open `run_id` here (for "Open in Export" from another tab);
     the picker's change event then fills in the label, metadata and thumbnails."""
@@ -76,6 +91,10 @@ def build(studio: Studio) -> dict:
         # value=None: a preselected first choice would show a run whose details were never filled in
         run = gr.Dropdown(choices=studio.run_choices(), value=None, label="Run", elem_id="exp-run", scale=3)
         refresh = gr.Button("Refresh runs", scale=1)
+    with gr.Row():
+        ckpt = gr.Dropdown(choices=[], value=None, label="Checkpoint to export", elem_id="exp-ckpt", scale=2,
+                           info="Download, the bundle and the metadata editor use this file.")
+        why = gr.Markdown(elem_id="exp-suggestion")
     info = gr.Markdown(elem_id="exp-info")
     with gr.Row():
         dl_btn = gr.Button("Download adapter", variant="primary", elem_id="exp-download")
@@ -93,19 +112,39 @@ def build(studio: Studio) -> dict:
 
     refresh.click(lambda: gr.update(choices=studio.run_choices()), None, run)
 
-    def on_run(run_id):
-        if not run_id or not studio.store.get(run_id):
-            return "", "", "", "", gr.update(choices=[])
-        run_dir = studio.run_dir(run_id)
+    def fields_of(run_dir):
+        """The label and the metadata fields of the file Export gives now."""
         cfg, p = run_config(run_dir), adapter_path(run_dir)
         if p is not None:  # an edited copy's title and trigger words, not the ones the run started with
             cfg = edited_card_fields(cfg, p)
+        return adapter_info(run_dir), cfg.saving.title or cfg.saving.output_name, cfg.saving.trigger_phrase, \
+            cfg.saving.description
+
+    def on_run(run_id):
+        if not run_id or not studio.store.get(run_id):
+            return gr.update(choices=[], value=None), "", "", "", "", "", gr.update(choices=[])
+        run_dir = studio.run_dir(run_id)
         thumbs = [s["path"] for s in run_view(run_dir).adapter_samples() if s.get("path")]
-        return (adapter_info(run_dir), cfg.saving.title or cfg.saving.output_name, cfg.saving.trigger_phrase,
-                cfg.saving.description,
+        return (*checkpoint_picker(run_dir), *fields_of(run_dir),
                 gr.update(choices=thumbs, value=thumbs[-1] if thumbs else None))
 
-    run.change(on_run, run, [info, title, trigger, description, thumb])
+    run.change(on_run, run, [ckpt, why, info, title, trigger, description, thumb])
+
+    def on_ckpt(run_id, rel):
+        """The user picked another checkpoint: remembered in the run's export/ folder, label and fields follow."""
+        if not run_id or not studio.store.get(run_id) or not rel:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        run_dir = studio.run_dir(run_id)
+        try:
+            if not inside(run_dir, rel).is_file():
+                raise UnsafePath(f"{rel}: not a saved adapter of this run")
+        except UnsafePath as e:
+            raise gr.Error(str(e))
+        if rel != str(chosen_source(run_dir).relative_to(run_dir)):
+            write_choice(run_dir, adapter=rel)
+        return fields_of(run_dir)
+
+    ckpt.input(on_ckpt, [run, ckpt], [info, title, trigger, description])
     dl_btn.click(lambda r: [str(_adapter(studio, r))], run, files)
 
     def on_bundle(run_id):
@@ -140,6 +179,7 @@ def build(studio: Studio) -> dict:
         if res.code != 0:
             raise gr.Error(f"metadata edit failed: {res.message}")
         tmp.replace(out)
+        write_choice(run_dir, edited_from=str(chosen_source(run_dir).relative_to(run_dir)))
         return f"Saved metadata: downloads now give `{out.name}` with the new title and trigger words."
 
     # the label follows the file: after an edit it names the edited copy and its new title

@@ -146,7 +146,9 @@ def _outputs(comp: Comparison, what: str):
 
 
 def default_rows(saved: list[SavedAdapter]) -> list[SavedAdapter]:
-    """Up to DEFAULT_ROWS saved adapters spread over the run, always ending with the newest."""
+    """Up to DEFAULT_ROWS saved adapters spread over the run, always ending with the newest (the raw
+    weights: their EMA files are there to pick)."""
+    saved = [a for a in saved if not a.ema]
     if len(saved) <= DEFAULT_ROWS:
         return saved
     idx = sorted({round(i * (len(saved) - 1) / (DEFAULT_ROWS - 1)) for i in range(DEFAULT_ROWS)})
@@ -306,7 +308,7 @@ def _wire_grids(studio: Studio, w: SimpleNamespace) -> None:
         if not run_id or not studio.store.get(run_id):
             raise gr.Error("Pick a run.")
         run_dir = studio.run_dir(run_id)
-        saved = checkpoint_adapters(run_dir)
+        saved = checkpoint_adapters(run_dir, ema=False)
         if not saved:
             raise gr.Error("This run has no saved checkpoints.")
         cfg = run_config(run_dir)
