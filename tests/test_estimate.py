@@ -136,7 +136,8 @@ def test_a_measured_speed_scales_the_compute_and_the_run_counts_caching_and_save
     for part in ("train_seconds", "preview_seconds", "cache_seconds"):
         assert fast[part] == pytest.approx(nominal[part] / 2, rel=0.02), part
     assert fast["save_seconds"] == nominal["save_seconds"] > 0
-    parts = ("train_seconds", "preview_seconds", "cache_seconds", "save_seconds", "loftq_setup_seconds")
+    parts = ("train_seconds", "preview_seconds", "cache_seconds", "save_seconds", "loftq_setup_seconds",
+             "validation_seconds")
     assert nominal["total_seconds"] == pytest.approx(sum(nominal[p] for p in parts))
     # caching grows with the images, and is skipped when latents are not cached
     assert estimate(cfg(**sd), num_images=80, device="cpu")["cache_seconds"] == pytest.approx(2 * nominal["cache_seconds"])
@@ -146,6 +147,28 @@ def test_a_measured_speed_scales_the_compute_and_the_run_counts_caching_and_save
     assert save_count(cfg(**{**sd, "saving.every_n_steps": 250})) == 4  # 250, 500, 750, end
     assert save_count(cfg(**{**sd, "saving.every_n_steps": 300})) == 4  # 300, 600, 900, end
     assert "in all with encoding and saving" in format_estimate(nominal)
+
+
+def test_validation_is_counted_at_step_0_each_save_and_every_n_steps_between():
+    from trainer.estimate import validation_count, validation_images
+
+    sd = {"model.base": "random:sd1", "dataset.resolution": 512, "schedule.max_train_steps": 1000,
+          "saving.every_n_steps": 250}
+    off = estimate(cfg(**sd), num_images=40, device="cpu")
+    assert off["validations"] == 0 and off["validation_seconds"] == 0
+    on = estimate(cfg(**sd, **{"validation.split": 0.2}), num_images=40, device="cpu")
+    assert validation_count(cfg(**sd, **{"validation.split": 0.2})) == on["validations"] == 5  # 0, 250, …, end
+    assert validation_images(cfg(**sd, **{"validation.split": 0.2}), 40) == 8
+    # 5 validations × 8 images × 4 timesteps, a forward each (a third of a step's time per image of its batch)
+    per_image = on["seconds_per_step"] / cfg(**sd).dataset.batch_size
+    assert on["validation_seconds"] == pytest.approx(5 * 8 * 4 * per_image / 3)
+    assert on["total_seconds"] == pytest.approx(off["total_seconds"] + on["validation_seconds"])
+    assert "saving and validation" in format_estimate(on)
+    # every 100 steps as well: 100, 200, 300, 400, 600, … (not 500: a save step measures anyway)
+    every = cfg(**sd, **{"validation.split": 0.2, "validation.every_n_steps": 100})
+    assert validation_count(every) == 1 + 4 + 9 - 1
+    ema = estimate(cfg(**sd, **{"validation.split": 0.2, "optimizer.ema": "true"}), num_images=40, device="cpu")
+    assert ema["validation_seconds"] == pytest.approx(2 * on["validation_seconds"])  # the EMA's weights too
 
 
 def test_the_time_left_counts_the_previews_and_saves_still_due():

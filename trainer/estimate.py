@@ -86,6 +86,8 @@ CPU_DECODE_GFLOP_PER_IMAGE_PX = {"sd1": 7.2e-3, "sd2": 7.2e-3, "sdxl": 7.2e-3, "
 NOMINAL_CPU_GFLOPS = 36.0
 # a save: the resumable state (adapter + optimizer moments) and the adapter file, written and fsynced
 SAVE_FIXED_S = 0.2
+# a validation folder's size is not known before the run reads it: taken as a typical hold-out
+VALIDATION_FOLDER_IMAGES = 4
 SAVE_BYTES_PER_S = 200e6
 CPU_CALIBRATION = ("memory measured on this project's 2-core machines; speed for an idle machine of that kind "
                    "(not measured on this one: a busy machine is several times slower)")
@@ -210,6 +212,31 @@ def save_count(cfg) -> int:
     return due_after(0, cfg.schedule.max_train_steps, cfg.saving.every_n_steps)
 
 
+def validation_count(cfg) -> int:
+    """How many times a run measures its validation loss (trainer.train.validation): at step 0, at each save
+    (the last one at the end), and every validation.every_n_steps that is no save step; 0 when it is off."""
+    from math import lcm
+
+    v, steps, save_every = cfg.validation, cfg.schedule.max_train_steps, cfg.saving.every_n_steps
+    if not v.enabled:
+        return 0
+    extra = 0
+    if v.every_n_steps:
+        extra = (steps - 1) // v.every_n_steps - ((steps - 1) // lcm(v.every_n_steps, save_every) if save_every else 0)
+    return 1 + save_count(cfg) + extra
+
+
+def validation_images(cfg, num_images: int | None) -> int:
+    """Held-out images (validation.split of the dataset; a validation folder counts as VALIDATION_FOLDER_IMAGES
+    when its size is not known here)."""
+    v = cfg.validation
+    if v.path:
+        return VALIDATION_FOLDER_IMAGES
+    if v.split <= 0 or not num_images:
+        return 0
+    return min(num_images - 1, max(1, round(v.split * num_images)))
+
+
 def loftq_setup_seconds(cfg, family: str) -> float:
     """Seconds LoftQ spends before step 1 (0 without it): every adapted 4-bit Linear's randomised SVD."""
     net = cfg.network
@@ -321,6 +348,12 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
     cache_s = cache_seconds(cfg, fam, dev, num_images, cpu_gflops)
     saves = save_count(cfg)
     save_s = saves * (SAVE_FIXED_S + n_train * (FP32 + opt_bytes + 2) / SAVE_BYTES_PER_S)
+    # each validation: a forward (no backward: a third of a step) per held-out image and timestep, twice
+    # once the EMA's weights are measured too
+    forward_s = s / sch.grad_accum / batch / 3
+    validations = validation_count(cfg)
+    validation_s = (validations * validation_images(cfg, num_images) * cfg.validation.timesteps * forward_s
+                    * (2 if cfg.optimizer.ema else 1))
     calibration = (f"memory measured on this project's machines; speed from this machine's {cpu_gflops:.1f} "
                    f"GFLOP/s, measured now") if calibrated else CPU_CALIBRATION if measured else CUDA_CALIBRATION
     return {
@@ -331,7 +364,8 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
         "memory_breakdown": {k: int(v) for k, v in breakdown.items()},
         "seconds_per_step": s, "train_seconds": s * steps, "previews": n_previews, "preview_seconds": preview_s,
         "loftq_setup_seconds": loftq_s, "cache_seconds": cache_s, "saves": saves, "save_seconds": save_s,
-        "total_seconds": s * steps + preview_s + loftq_s + cache_s + save_s,
+        "validations": validations, "validation_seconds": validation_s,
+        "total_seconds": s * steps + preview_s + loftq_s + cache_s + save_s + validation_s,
         "measured": measured, "calibrated": calibrated, "calibration": calibration,
     }
 
@@ -348,7 +382,9 @@ def format_estimate(e: dict) -> str:
     flag = "" if e["measured"] else " (GPU figures unmeasured)"
     kind = "VRAM" if e["memory_kind"] == "vram" else "RAM"
     previews = f" + {e['previews']} previews ≈ {_span(e['preview_seconds'])}" if e.get("previews") else ""
-    extra = e.get("cache_seconds", 0) + e.get("save_seconds", 0) + e.get("loftq_setup_seconds", 0)
-    total = f"; ≈ {_span(e['total_seconds'])} in all with encoding and saving" if extra >= 1 else ""
+    extra = (e.get("cache_seconds", 0) + e.get("save_seconds", 0) + e.get("loftq_setup_seconds", 0)
+             + e.get("validation_seconds", 0))
+    what = "encoding, saving and validation" if e.get("validations") else "encoding and saving"
+    total = f"; ≈ {_span(e['total_seconds'])} in all with {what}" if extra >= 1 else ""
     return (f"≈ {e['peak_memory_bytes'] / 1e9:.1f} GB {kind}, {e['seconds_per_step']:.2f} s/step, "
             f"{e['steps']} steps ≈ {_span(e['train_seconds'])}{previews}{total}{epochs}{flag}")
