@@ -1,5 +1,6 @@
 """The demo's promise: training presets/demo.toml through the CLI teaches the shapes base the zkq
-stripes (concept score ≥ 0.8 on trigger prompts) while prompts without the trigger stay as they were."""
+stripes (concept score ≥ 0.8 on trigger prompts) while prompts without the trigger stay as they were, and
+the checkpoint suggested for publishing is one that does."""
 import subprocess
 import sys
 
@@ -7,6 +8,7 @@ import pytest
 
 from tests.helpers import REPO
 from trainer.demo import evaluate
+from trainer.run.best import suggest
 
 
 @pytest.mark.slow
@@ -18,8 +20,12 @@ def test_demo_preset_teaches_the_concept_and_keeps_the_prior(tmp_path):
                         "--set", "sampling.at_start=false"],
                        capture_output=True, text=True, cwd=str(REPO), timeout=2700)
     assert r.returncode == 0, r.stderr[-3000:]
-    adapter = run / "output" / "zkq-stripes.safetensors"
-    assert adapter.is_file()
+    assert (run / "output" / "zkq-stripes.safetensors").is_file()
+    # the checkpoint Export suggests publishing (validation loss; previews are off here, so no drift reading:
+    # bench/best_checkpoint.py measures the suggestion with them) is the one that must keep the promise
+    suggestion = suggest(run, "zkq pattern")
+    assert suggestion.pick is not None and len(suggestion.candidates) == 3, suggestion  # saves at 100, 200, 300
+    adapter = run / suggestion.pick.adapter
 
     base = evaluate.load_pipeline()
     adapted = evaluate.load_adapter(evaluate.load_pipeline(), adapter)
