@@ -29,6 +29,7 @@ class _Stop:
 
     @classmethod
     def install(cls) -> None:
+        cls.requested = False
         signal.signal(signal.SIGTERM, lambda *_: setattr(cls, "requested", True))
 
 

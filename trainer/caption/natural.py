@@ -9,7 +9,7 @@ from PIL import Image
 from trainer.caption.settings import LENGTH_TOKENS, CaptionSettings
 from trainer.config import ConfigError
 
-NEEDS = ("config.json", "preprocessor_config.json")
+NEEDS = ("config.json",)  # and the processor's files: preprocessor_config.json or processor_config.json, the tokenizer's
 
 
 class Blip:
