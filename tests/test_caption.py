@@ -186,3 +186,17 @@ def test_no_model_offline_names_the_field_and_how_to_add_one(tmp_path, monkeypat
         assert "Captioner model (--model)" in err and "--local-dir" in err
         assert ("selected_tags.csv" in err) == (backend == "tags")
         assert _events(job)[-1]["status"] == "failed"
+
+
+def test_sigterm_stops_after_the_image_it_is_on(tmp_path, tagger):
+    ds, job = _dataset(tmp_path / "ds", n_red=3, n_blue=0), tmp_path / "job"
+    (ds / "2_things" / "broken.png").unlink()
+    # the studio's Stop is a SIGTERM to the process group; here it arrives while red_1 is captioned
+    r = run_trainer("caption", str(ds), f"--model={tagger}", "--images=all", f"--job-dir={job}",
+                    env={"ATELIER_FAULT": "caption-sigterm@1"}, timeout=300)
+    assert r.returncode == 3, r.stdout + r.stderr  # EXIT_STOPPED
+    caps = _captions(ds)
+    assert sorted(caps) == ["2_things/blue_0.txt", "2_things/red_0.txt", "2_things/red_1.txt"]  # not red_2
+    assert caps["2_things/red_1.txt"] == "long hair, watermark, ^_^, solo\n"  # the image it was on: whole
+    last = _events(job)[-1]
+    assert (last["type"], last["status"], last["done"], last["total"]) == ("finished", "stopped", 2, 3)

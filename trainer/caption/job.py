@@ -102,6 +102,7 @@ def run(root: Path, s: cs.CaptionSettings, events: CaptionEventWriter, say=print
         if _Stop.requested:
             break
         crash_point("caption", i)
+        crash_point("caption-sigterm", i)
         dest = caption_path(root, it)
         old = read_caption(dest)[0] if dest.is_file() else ""
         if s.mode == "skip" and old.strip():
