@@ -151,16 +151,19 @@ def build(studio: Studio, w: SimpleNamespace, view_of, in_order: dict) -> None:
     view_of(name, pick) gives the tab's outputs `w.outs` (its view of the dataset), refreshed once a job ends
     so the new captions show, in the tab's queue `in_order` (after any edit made before it)."""
     defaults = CaptionSettings()
-    with gr.Accordion("Captioner", open=False, elem_id="ds-captioner"):
+    with gr.Accordion("Captioner", open=False, elem_id="ds-captioner") as panel:
         models = found_models(studio)
         model = gr.Dropdown(choices=models, value=models[0][1] if models else None, allow_custom_value=True,
                             label="Captioner model", elem_id="cap-model",
                             info="A tagger or BLIP folder in the models folder, or a hub id (online).")
         gr.Markdown("" if models else HOW_TO_ADD.format(models=studio.dirs.models), elem_id="cap-how-to-add")
         widgets: dict[str, gr.components.Component] = {}
-        with gr.Row(equal_height=False):
-            for key, finfo in CaptionSettings.model_fields.items():
-                if key not in OWN:
+        fields = [(k, f) for k, f in CaptionSettings.model_fields.items() if k not in OWN]
+        # checkboxes in a row of their own, as in the training form: mixed with text fields they get squeezed
+        for group in ([kf for kf in fields if kf[1].annotation is not bool],
+                      [kf for kf in fields if kf[1].annotation is bool]):
+            with gr.Row(equal_height=False):
+                for key, finfo in group:
                     widgets[key] = _widget(f"caption.{key}", finfo, finfo.annotation, getattr(defaults, key))
         selection = gr.Dropdown(choices=[], multiselect=True, label="Selection", elem_id="cap-selection",
                                 info="With Which images = selection: the images to caption.")
@@ -174,30 +177,35 @@ def build(studio: Studio, w: SimpleNamespace, view_of, in_order: dict) -> None:
         timer = gr.Timer(1.0)
     keys = list(widgets)
 
-    def on_start(name, model_text, picked, *values):
+    def on_caption_start(name, model_text, picked, *values):
         try:
             s = validate({**dict(zip(keys, values)), "model": _model_arg(studio, model_text)})
             return start(studio, name, s, list(picked or []))
         except (ConfigError, UnsafePath) as e:
             raise gr.Error(str(e))
 
-    start_btn.click(on_start, [w.ds_name, model, selection, *widgets.values()], msg)
-    stop_btn.click(lambda name: stop(job_dir(studio, name)), w.ds_name, msg)
+    start_btn.click(on_caption_start, [w.ds_name, model, selection, *widgets.values()], msg)
+    def on_caption_stop(name):
+        return stop(job_dir(studio, name))
 
-    def on_tick(name, last, ended):
+    stop_btn.click(on_caption_stop, w.ds_name, msg)
+
+    def on_caption_tick(name, last, ended):
         try:
             job = job_dir(studio, name)
         except UnsafePath:
-            return gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         state, view, why = job_state(job)
         key = [name, view.count, state]
         if key == last:
-            return gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         # a job has just ended: bump `ended`, whose change refreshes the tab's view of the dataset once
-        just_ended = last is not None and last[0] == name and last[2] == "running" and state != "running"
-        return progress_html(state, view, why), key, (ended or 0) + 1 if just_ended else gr.skip()
+        # (a short job can start and end between two ticks: any new end seen on this dataset counts)
+        just_ended = last is not None and last[0] == name and state in FINAL_STATES
+        return (progress_html(state, view, why), key, (ended or 0) + 1 if just_ended else gr.skip(),
+                gr.Accordion(open=True) if state == "running" else gr.skip())  # a reloaded page shows a running job
 
-    timer.tick(on_tick, [w.ds_name, seen, ended], [progress, seen, ended], show_progress="hidden")
+    timer.tick(on_caption_tick, [w.ds_name, seen, ended], [progress, seen, ended, panel], show_progress="hidden")
     ended.change(view_of, [w.ds_name, w.image_pick], w.outs, show_progress="hidden", **in_order)
     # the images a selection can name: the dataset's, in the tab's order (its `rels` follow every change)
     w.rels.change(lambda order: gr.update(choices=list(order or []), value=[]), w.rels, selection,
