@@ -22,7 +22,7 @@ SIDE = 16
 
 
 def make_tagger(folder: Path) -> Path:
-    """model.onnx (input [batch, 16, 16, 3] BGR 0-255 → mean per channel → linear → sigmoid) + selected_tags.csv."""
+    """model.onnx (input [batch, 16, 16, 3] BGR 0-255 → mean per channel → linear → sigmoid), selected_tags.csv."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 

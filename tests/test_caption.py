@@ -144,7 +144,8 @@ def test_killed_mid_way_every_caption_is_old_or_new(tmp_path, tagger):
     args = [f"--model={tagger}", "--images=all", "--trigger=zq"]
     assert run_trainer("caption", str(done), *args, timeout=300).returncode == 0
     new = _captions(done)
-    # killed (SIGKILL) with the fourth image's (red_0: blue_0, blue_1, broken.png come first) new caption written to its temp file, not yet renamed into place
+    # killed (SIGKILL) with the fourth image's new caption (red_0's: blue_0, blue_1, broken.png come first)
+    # written to its temp file, not yet renamed into place
     r = run_trainer("caption", str(ds), *args, env={"ATELIER_FAULT": "caption-rename@3"}, timeout=300)
     assert r.returncode == -signal.SIGKILL
     now = _captions(ds)
@@ -200,3 +201,7 @@ def test_sigterm_stops_after_the_image_it_is_on(tmp_path, tagger):
     assert caps["2_things/red_1.txt"] == "long hair, watermark, ^_^, solo\n"  # the image it was on: whole
     last = _events(job)[-1]
     assert (last["type"], last["status"], last["done"], last["total"]) == ("finished", "stopped", 2, 3)
+    # run again into the same job folder (the CLI appends to its events): the view counts the new job only
+    assert run_in_process("caption", str(ds), f"--model={tagger}", f"--job-dir={job}").returncode == 0
+    view = CaptionView(job).update()
+    assert (view.state, view.done, view.total, view.written, view.file) == ("finished", 1, 1, 1, "2_things/red_2.png")

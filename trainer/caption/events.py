@@ -52,8 +52,9 @@ class CaptionView:
         for ev in new:
             self.count += 1
             t = ev.get("type")
-            if t == "started":
+            if t == "started":  # a job run again in the same folder (the CLI appends) starts its counts afresh
                 self.state, self.total = "running", int(ev.get("total") or 0)
+                self.done, self.written, self.file, self.errors = 0, 0, "", []
             elif t == "progress":
                 self.done, self.total, self.file = int(ev["done"]), int(ev["total"]), str(ev["file"])
                 self.written += ev.get("result") == "written"

@@ -9,7 +9,9 @@ from PIL import Image
 from trainer.caption.settings import LENGTH_TOKENS, CaptionSettings
 from trainer.config import ConfigError
 
-NEEDS = ("config.json",)  # and the processor's files: preprocessor_config.json or processor_config.json, the tokenizer's
+# and the processor's files (preprocessor_config.json or processor_config.json, the tokenizer's): from_pretrained
+# names what is missing
+NEEDS = ("config.json",)
 
 
 class Blip:

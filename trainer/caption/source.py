@@ -45,6 +45,7 @@ def resolve(spec: str, backend: str, needs: tuple[str, ...]) -> Path:
         # offline, this finds a copy downloaded earlier; online it downloads what is missing, with progress
         folder = Path(snapshot_download(spec, local_files_only=_offline()))
     except Exception as e:  # not cached offline, no such repo, no network: all mean "no model here"
-        why = "the hub is offline (HF_HUB_OFFLINE) and it was never downloaded" if _offline() else f"{type(e).__name__}: {e}"
+        why = ("the hub is offline (HF_HUB_OFFLINE) and it was never downloaded" if _offline()
+               else f"{type(e).__name__}: {e}")
         raise ConfigError(f"{FIELD}: {spec}: {why}; {how_to_add(backend, needs)}") from None
     return resolve(str(folder), backend, needs)
