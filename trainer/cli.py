@@ -1,4 +1,4 @@
-"""`python -m trainer <command>`: train, options, check, generate, meta, merge, resize, doctor, calibrate, queue."""
+"""`python -m trainer <command>`: train, options, check, generate, meta, merge, resize, doctor, calibrate, queue, caption."""
 from __future__ import annotations
 
 import argparse
@@ -91,6 +91,7 @@ COMMANDS = {
     "doctor": _lazy("trainer.data.doctor_cli"),
     "calibrate": _lazy("trainer.calibrate"),
     "queue": _lazy("trainer.run.queue"),
+    "caption": _lazy("trainer.caption.job"),
 }
 
 

@@ -48,6 +48,46 @@ def _with_log(message: str, folder: RunFolder) -> str:
     return message + (f":\n{tail}" if tail else "")
 
 
+def process_status(run_dir: Path) -> tuple[int | None, bool, dict]:
+    """(pid from the folder's pid file, whether that process still runs, the exit code the watcher recorded
+    ({} until then)) of the process started for run_dir (a training run or a caption job)."""
+    folder = RunFolder(run_dir)
+    try:
+        pid = int(folder.pid.read_text().strip())
+    except (OSError, ValueError):
+        pid = None
+    exit_info = read_json(folder.exit)
+    alive = bool(pid) and not exit_info and pid_alive(int(pid), run_dir)
+    if pid and not exit_info and not alive and exited_unreaped(int(pid)):
+        # it has just exited and the watcher is about to record its exit code: not "failed without one" yet
+        alive = True
+    return pid, alive, exit_info
+
+
+def spawn(args: list[str], run_dir: Path) -> subprocess.Popen:
+    """Start `python -m trainer …` (an argument list, never a shell) in a session of its own (a stop signals
+    its whole group), output into the folder's log, its pid into the pid file."""
+    folder = RunFolder(run_dir)
+    for stale in (folder.exit, folder.pid):
+        stale.unlink(missing_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+    log = open(folder.log, "ab")
+    try:
+        proc = subprocess.Popen(args, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    finally:
+        log.close()
+    atomic_write_text(folder.pid, str(proc.pid))
+    return proc
+
+
+def record_exit(proc: subprocess.Popen, run_dir: Path) -> None:
+    """Wait for the process and write its exit code into the folder (exit.json)."""
+    code = proc.wait()
+    atomic_write_text(RunFolder(run_dir).exit, json.dumps({"code": code, "time": time.time()}))
+
+
 def resolve_state(run_dir: Path) -> dict:
     """The run's state from its folder: the events (read incrementally by the shared view), the pid file,
     the exit code the watcher recorded. The exit code wins over events: a process that failed is never
@@ -57,16 +97,8 @@ def resolve_state(run_dir: Path) -> dict:
     view = run_view(run_dir)
     info = {"state": view.state, "step": view.step, "max_steps": view.max_steps, "loss": view.loss,
             "error": view.error, "adapter": view.adapter, "warnings": list(view.warnings)}
-    try:
-        pid = int(folder.pid.read_text().strip())
-    except (OSError, ValueError):
-        pid = None
-    exit_info = read_json(folder.exit)
+    pid, alive, exit_info = process_status(run_dir)
     stop_requested = view.stop_taken or "stop" in pending_requests(run_dir)
-    alive = bool(pid) and not exit_info and pid_alive(int(pid), run_dir)
-    if pid and not exit_info and not alive and exited_unreaped(int(pid)):
-        # it has just exited and the watcher is about to record its exit code: not "failed without one" yet
-        alive = True
     info["pid"] = pid if alive else None
     if alive:
         info["state"] = "stopping" if stop_requested else "running"
@@ -147,22 +179,12 @@ class Runner:
         config = folder.effective_config
         if not config.exists():
             raise FileNotFoundError(f"{folder.config}: missing")
-        for stale in (folder.exit, folder.pid):
-            stale.unlink(missing_ok=True)
         clear_requests(run_dir)  # a stop left from an earlier process must not stop the new one
         args = [self.python, "-m", "trainer", "train", str(config)]
         if resume:
             args.append("--resume")
         args += [f"--set={o}" for o in overrides or []]  # `=`: a value can never turn into an option
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
-        log = open(folder.log, "ab")
-        try:
-            proc = subprocess.Popen(args, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-        finally:
-            log.close()
-        atomic_write_text(folder.pid, str(proc.pid))
+        proc = spawn(args, run_dir)
         hold(self.dirs.root, run_id, run_dir, proc.pid)
         return proc
 
@@ -173,9 +195,7 @@ class Runner:
         return proc.pid
 
     def _watch(self, run_id: str, proc: subprocess.Popen) -> None:
-        code = proc.wait()
-        run_dir = self.dirs.run_dir(run_id)
-        atomic_write_text(RunFolder(run_dir).exit, json.dumps({"code": code, "time": time.time()}))
+        record_exit(proc, self.dirs.run_dir(run_id))
         self._procs.pop(run_id, None)
         self.refresh(run_id)
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from ui import dataset_files as df
+from ui import dataset_files as df, panel_captioner
 from ui.workspace import Studio
 from ui.paths import UnsafePath, safe_name
 
@@ -233,6 +233,7 @@ def build(studio: Studio) -> dict:
     _layout_upload(w, dataset_names(studio))
     _layout_editor(w)
     _layout_tools(w)
+    panel_captioner.build(studio, w, lambda name, pick: _view(studio, name, pick), IN_ORDER)
 
     def on_doctor(name):
         try:

@@ -40,13 +40,18 @@ def _publish(path: Path, data: bytes, publish: Callable[[str, Path], None]) -> N
     fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace `path` atomically (temp file + fsync + rename)."""
-    _publish(path, data, os.replace)
+def atomic_write_bytes(path: Path, data: bytes, before_replace: Callable[[], None] | None = None) -> None:
+    """Replace `path` atomically (temp file + fsync + rename). before_replace runs once the temp file is
+    written, just before the rename (the crash tests kill the process there)."""
+    def replace(tmp: str, dest: Path) -> None:
+        if before_replace is not None:
+            before_replace()
+        os.replace(tmp, dest)
+    _publish(path, data, replace)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str, before_replace: Callable[[], None] | None = None) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), before_replace)
 
 
 def atomic_write_many(files: Iterable[tuple[Path, bytes]], workers: int = 8) -> None:

@@ -73,6 +73,8 @@ COMMANDS = ("stop", "sample_now", "save_now")
 
 
 class EventWriter:
+    schema: dict[str, EventType] = EVENTS  # the event types this writer may emit (the captioner has its own)
+
     def __init__(self, run_dir: Path, enabled: bool = True):
         self.path = RunFolder(run_dir).events
         self.enabled = enabled
@@ -82,7 +84,7 @@ class EventWriter:
             self._seq = len(tail.poll())
 
     def emit(self, type: str, **data: Any) -> dict:
-        spec = EVENTS.get(type)
+        spec = self.schema.get(type)
         if spec is None:
             raise ValueError(f"unknown event type {type!r}")
         missing = [f for f in spec.required if f not in data]
