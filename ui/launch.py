@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
                 # generate/: the Generate tab's grids drawn from adapter files (a run's grids stay in its folder)
                 allowed_paths=[str(studio.dirs.runs), str(studio.dirs.datasets), str(studio.dirs.root / "generate")],
                 blocked_paths=[str(data_dir / "runs.sqlite"), str(data_dir / "presets")],
-                max_file_size=f"{a.max_upload_mb}mb", css=CSS, footer_links=[])
+                max_file_size=f"{a.max_upload_mb}mb", css=CSS, footer_links=[],
+                # Gradio's own start-up check gives the new server one 3-second HEAD request and aborts the
+                # launch if it times out: on a busy machine (a run training beside the studio) it did, about
+                # 4 starts in 10. The server is up either way; the page loads when the machine catches up.
+                _frontend=False)
     return 0
 
