@@ -502,11 +502,11 @@ def bulk_edit(root: Path, op: str, a: str = "", b: str = "") -> int:
     return len(plan)
 
 
-def tag_frequency(root: Path) -> list[tuple[str, int]]:
+def tag_frequency(root: Path, view: Scan | None = None) -> list[tuple[str, int]]:
     """(tag, images whose caption has it), most frequent first: the trainer's count (ss_tag_frequency),
-    summed over folders."""
+    summed over folders. view: `dataset_view(root)` when the caller has it already."""
     total: Counter = Counter()
-    for counts in dataset_view(root).tag_frequency.values():
+    for counts in (view or dataset_view(root)).tag_frequency.values():
         total.update(counts)
     return total.most_common()
 
