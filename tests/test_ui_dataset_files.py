@@ -285,7 +285,8 @@ def test_an_uploaded_mask_stays_paired_with_its_renamed_image(tmp_path):
     second = df.import_uploads([write(up / "cat_mask.png", png_bytes((255, 255, 255))),
                                 write(up / "cat.png", png_bytes((1, 2, 3))), write(up / "cat.txt", b"second")], root)
     assert sorted(second.added) == ["images/cat-1.png", "images/cat-1.txt", "images/cat-1_mask.png"]
-    assert any("cat_mask.png: renamed to cat-1_mask.png (follows its image" in c for c in second.changed), second.changed
+    said = "cat_mask.png: renamed to cat-1_mask.png (follows its image"
+    assert any(said in c for c in second.changed), second.changed
     view = {it.rel: it.mask_file for it in df.dataset_view(root).items}
     assert view == {"images/cat.png": "images/cat_mask.png", "images/cat-1.png": "images/cat-1_mask.png"}
     assert Image.open(root / "images/cat_mask.png").getpixel((0, 0)) == (9, 9, 9)  # the first mask is untouched

@@ -23,10 +23,12 @@ def layout(w: SimpleNamespace) -> None:
     with gr.Accordion("Tag editor", open=False, elem_id="ds-tagedit") as w.te_acc:
         gr.Markdown(HELP)
         with gr.Row():
-            w.te_has = gr.Dropdown(choices=[], value=[], multiselect=True, label="Images with all of these tags",
-                                   elem_id="ds-te-has", scale=3)
-            w.te_none = gr.Dropdown(choices=[], value=[], multiselect=True, label="… and none of these",
-                                    elem_id="ds-te-none", scale=3)
+            # allow_custom_value on the pickers: an event may carry a tag (an image) an edit has just renamed
+            # away; Gradio would refuse the whole event, here it simply matches nothing
+            w.te_has = gr.Dropdown(choices=[], value=[], multiselect=True, allow_custom_value=True,
+                                   label="Images with all of these tags", elem_id="ds-te-has", scale=3)
+            w.te_none = gr.Dropdown(choices=[], value=[], multiselect=True, allow_custom_value=True,
+                                    label="… and none of these", elem_id="ds-te-none", scale=3)
             w.te_keep = gr.Number(value=0, precision=0, minimum=0, maximum=100, label="Keep first N tags in place",
                                   info="The run's keep_tokens (1 for a trigger word).", elem_id="ds-te-keep", scale=2)
         w.te_sel = gr.Markdown(elem_id="ds-te-selected")
@@ -48,7 +50,8 @@ def layout(w: SimpleNamespace) -> None:
                 w.te_counts = gr.Dataframe(headers=["tag", "images"], interactive=False, max_height=440,
                                            label="Tags (click one to pick its images)", elem_id="ds-te-counts")
             with gr.Column(scale=3, min_width=300):
-                w.te_image = gr.Dropdown(choices=[], label="Image of the selection", elem_id="ds-te-image")
+                w.te_image = gr.Dropdown(choices=[], allow_custom_value=True, label="Image of the selection",
+                                         elem_id="ds-te-image")
                 w.te_big = gr.Image(type="filepath", interactive=False, height=400, show_label=False,
                                     buttons=["fullscreen"], elem_id="ds-te-big")
             with gr.Column(scale=3, min_width=300):
@@ -57,6 +60,9 @@ def layout(w: SimpleNamespace) -> None:
                                          info="Saved as you change them.", elem_id="ds-te-chips")
                 w.te_image_msg = gr.Markdown(elem_id="ds-te-image-msg")
     w.te_undo = gr.State(None)  # (dataset, CaptionUndo) of the last tag edit
+    # {"rel", "caption"}: the caption the chips were made from; chips are saved only over that same caption, so
+    # chips shown before an edit elsewhere (the caption editor) never write the older tags back
+    w.te_base = gr.State(None)
 
 
 def _choices(counts: list[tuple[str, int]]) -> list[tuple[str, str]]:
@@ -65,8 +71,9 @@ def _choices(counts: list[tuple[str, int]]) -> list[tuple[str, str]]:
 
 def wire(studio, w: SimpleNamespace, tab: SimpleNamespace) -> None:
     """tab: the Dataset tab's `root(studio, name)`, `view(studio, name, pick, msg=)` (its outputs `w.outs`),
-    `autosave(studio, ed, text)`, `then_doctor(event)` and `in_order` (its event queue)."""
-    sel_outs = [w.te_sel, w.te_image, w.te_big, w.te_chips]
+    `tags(root)` (its tag table `w.tags`), `autosave(studio, ed, text)`, `then_doctor(event)` and `in_order`
+    (its event queue)."""
+    sel_outs = [w.te_sel, w.te_image, w.te_big, w.te_chips, w.te_base]
     panel_outs = [w.te_counts, w.te_has, w.te_none, w.te_tag, *sel_outs]
 
     def root_of(name):
@@ -76,13 +83,15 @@ def wire(studio, w: SimpleNamespace, tab: SimpleNamespace) -> None:
             raise gr.Error(str(e))
 
     def image_view(root, rel, choices=None):
-        """(large preview, its tags as chips) of one image; choices: the chips' suggestions, when they changed."""
+        """(large preview, its tags as chips, te_base) of one image; choices: the chips' suggestions, when they
+        changed."""
         more = {} if choices is None else {"choices": choices}
         if not rel:
-            return gr.update(value=None, label="Image"), gr.update(value=[], **more)
+            return gr.update(value=None, label="Image"), gr.update(value=[], **more), None
         big, _skip = df.preview(root, rel, df.LARGE_SIDE)
-        return (gr.update(value=str(big), label=rel),
-                gr.update(value=split_tags(df.read_caption(root / rel)), **more))
+        caption = df.read_caption(root / rel)
+        return (gr.update(value=str(big), label=rel), gr.update(value=split_tags(caption), **more),
+                {"rel": rel, "caption": caption})
 
     def selection(root, has, none, current=None, choices=None, view=None):
         """sel_outs for the images with all of `has` and none of `none`."""
@@ -133,32 +142,45 @@ def wire(studio, w: SimpleNamespace, tab: SimpleNamespace) -> None:
         root = root_of(name)
         try:
             df.dataset_image(root, rel)
-        except ValueError as e:
+        except (UnsafePath, ValueError) as e:
             raise gr.Error(str(e))
         return image_view(root, rel)
 
-    w.te_image.input(on_image, [w.ds_name, w.te_image], [w.te_big, w.te_chips], **tab.in_order)
+    w.te_image.input(on_image, [w.ds_name, w.te_image], [w.te_big, w.te_chips, w.te_base], **tab.in_order)
 
-    def on_chips(name, rel, chips, ed):
+    chips_wrote: dict[tuple[str, str], str] = {}  # (dataset, image) -> the caption the chips saved last
+
+    def on_chips(name, rel, chips, base, ed):
         """Save the chips as the image's caption (atomically); the caption editor's box follows when it shows
         the same image, so its save-on-switch cannot write the old text back."""
         root = root_of(name)
         try:
             img = df.dataset_image(root, rel)
-            tags = list({te.key(t): te.check_tag(t) for t in reversed(chips or [])}.values())[::-1]
-        except ValueError as e:
+            tags, seen = [], set()
+            for t in chips or []:  # a tag typed twice is kept once, where it came first
+                if te.key(te.check_tag(t)) not in seen:
+                    seen.add(te.key(t))
+                    tags.append(t.strip())
+        except (UnsafePath, ValueError) as e:
             raise gr.Error(str(e))
-        if split_tags(df.read_caption(img)) == tags:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        text = te.join_tags(tags)
-        df.write_caption(img, text)
+        now = df.read_caption(img)
+        # the chips sent were made from `base`, or from what the chips saved since (a second × pressed before
+        # the first one's reply came back)
+        if not base or base.get("rel") != rel or now not in (base.get("caption"), chips_wrote.get((name, rel))):
+            return (f"`{rel}` was changed elsewhere since its tags were shown here: they are reloaded, nothing was "
+                    f"written. Make your change again.", gr.skip(), gr.skip(), gr.skip(),
+                    gr.update(value=split_tags(now)), {"rel": rel, "caption": now})
+        if split_tags(now) == tags:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        df.write_caption(img, te.join_tags(tags))
+        text = chips_wrote[(name, rel)] = df.read_caption(img)
         same = bool(ed) and ed.get("rel") == rel and ed.get("ds") == name
-        counts = df.tag_frequency(root)
-        return (f"Saved the tags of `{rel}`.", [list(c) for c in counts] or None,
-                text if same else gr.skip(), [list(c) for c in counts[:100]] or None)
+        return (f"Saved the tags of `{rel}`.", [list(c) for c in df.tag_frequency(root)] or None,
+                text if same else gr.skip(), tab.tags(root), gr.skip(), {"rel": rel, "caption": text})
 
-    tab.then_doctor(w.te_chips.input(on_chips, [w.ds_name, w.te_image, w.te_chips, w.editing],
-                                     [w.te_image_msg, w.te_counts, w.caption, w.tags], **tab.in_order))
+    tab.then_doctor(w.te_chips.input(on_chips, [w.ds_name, w.te_image, w.te_chips, w.te_base, w.editing],
+                                     [w.te_image_msg, w.te_counts, w.caption, w.tags, w.te_chips, w.te_base],
+                                     **tab.in_order))
 
     def plan(name, op, tag, new, has, none, keep):
         root = root_of(name)
@@ -179,10 +201,19 @@ def wire(studio, w: SimpleNamespace, tab: SimpleNamespace) -> None:
 
     w.te_preview_btn.click(on_preview, plan_ins, [w.te_msg, w.te_plan], **tab.in_order)
 
+    tags_at = next(i for i, c in enumerate(w.outs) if c is w.tags)
+
     def after_write(name, ed, msg, saved, panel_ins_values):
-        """The tab's view (the caption editor shows the files as they are now) and the panel, after a write."""
+        """The tab's view (the caption editor shows the files as they are now) and the panel, after a write. The
+        tab's tag table follows in a step of its own (`then_tags`): its change refreshes this panel, and an event
+        made by this reply would read the pickers before the reply's values reached them."""
         pick = ed.get("rel") if ed and ed.get("ds") == name else None
-        return (*tab.view(studio, name, pick, msg=saved), *on_panel(name, *panel_ins_values))
+        view = list(tab.view(studio, name, pick, msg=saved))
+        view[tags_at] = gr.skip()
+        return (*view, *on_panel(name, *panel_ins_values))
+
+    def then_tags(event) -> None:
+        tab.then_doctor(event.then(lambda name: tab.tags(root_of(name)), w.ds_name, w.tags, **tab.in_order))
 
     def on_apply(name, op, tag, new, has, none, keep, ed, text, current):
         saved = tab.autosave(studio, ed, text)  # an unsaved caption edit is saved before the plan reads captions
@@ -196,9 +227,8 @@ def wire(studio, w: SimpleNamespace, tab: SimpleNamespace) -> None:
         return (" ".join(x for x in (saved, msg) if x), None, last,
                 *after_write(name, ed, msg, saved, [has, none, tag, current]))
 
-    tab.then_doctor(w.te_apply_btn.click(
-        on_apply, [*plan_ins, w.editing, w.caption, w.te_image],
-        [w.te_msg, w.te_plan, w.te_undo, *w.outs, *panel_outs], **tab.in_order))
+    then_tags(w.te_apply_btn.click(on_apply, [*plan_ins, w.editing, w.caption, w.te_image],
+                                   [w.te_msg, w.te_plan, w.te_undo, *w.outs, *panel_outs], **tab.in_order))
 
     def on_undo(name, last, ed, text, has, none, tag, current):
         if not last:
@@ -215,6 +245,6 @@ def wire(studio, w: SimpleNamespace, tab: SimpleNamespace) -> None:
         return (" ".join(x for x in (saved, msg) if x), None,
                 *after_write(name, ed, msg, saved, [has, none, tag, current]))
 
-    tab.then_doctor(w.te_undo_btn.click(
+    then_tags(w.te_undo_btn.click(
         on_undo, [w.ds_name, w.te_undo, w.editing, w.caption, w.te_has, w.te_none, w.te_tag, w.te_image],
         [w.te_msg, w.te_undo, *w.outs, *panel_outs], **tab.in_order))
