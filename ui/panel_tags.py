@@ -59,7 +59,7 @@ def layout(w: SimpleNamespace) -> None:
                                          label="Its tags (× removes one; type one and press Enter to add it)",
                                          info="Saved as you change them.", elem_id="ds-te-chips")
                 w.te_image_msg = gr.Markdown(elem_id="ds-te-image-msg")
-    w.te_undo = gr.State(None)  # (dataset, CaptionUndo) of the last tag edit
+    w.te_undo = gr.State(None)  # (dataset, CaptionUndo, {new name: old name} of a rename) of the last tag edit
     # {"rel", "caption"}: the caption the chips were made from; chips are saved only over that same caption, so
     # chips shown before an edit elsewhere (the caption editor) never write the older tags back
     w.te_base = gr.State(None)
@@ -215,15 +215,18 @@ def wire(studio, w: SimpleNamespace, tab: SimpleNamespace) -> None:
     def then_tags(event) -> None:
         tab.then_doctor(event.then(lambda name: tab.tags(root_of(name)), w.ds_name, w.tags, **tab.in_order))
 
+    def rename_picked(has, tag, names):
+        """The picked tags and the Tag box after a rename ({old key: new key})."""
+        return [names.get(te.key(t), t) for t in has or []], names.get(te.key(tag or ""), tag)
+
     def on_apply(name, op, tag, new, has, none, keep, ed, text, current):
         saved = tab.autosave(studio, ed, text)  # an unsaved caption edit is saved before the plan reads captions
         root, p = plan(name, op, tag, new, has, none, keep)
         done = df.apply_caption_changes(root, p)
         msg = f"Changed {len(p)} caption(s)." + (" “Undo last tag edit” puts them back." if p else "")
-        if op == "rename" and p:  # the renamed tag's images stay picked under the new name
-            has = [te.key(new) if te.key(t) == te.key(tag) else t for t in has or []]
-            tag = te.key(new)
-        last = (name, done) if p else gr.skip()
+        names = {te.key(tag): te.key(new)} if op == "rename" and p else {}
+        has, tag = rename_picked(has, tag, names)  # the renamed tag's images stay picked under the new name
+        last = (name, done, {b: a for a, b in names.items()}) if p else gr.skip()
         return (" ".join(x for x in (saved, msg) if x), None, last,
                 *after_write(name, ed, msg, saved, [has, none, tag, current]))
 
@@ -234,7 +237,8 @@ def wire(studio, w: SimpleNamespace, tab: SimpleNamespace) -> None:
         if not last:
             return "Nothing to undo.", gr.skip(), *([gr.skip()] * (len(w.outs) + len(panel_outs)))
         saved = tab.autosave(studio, ed, text)
-        ds, done = last
+        ds, done, names = last
+        has, tag = rename_picked(has, tag, names)
         try:
             restored, kept = df.undo_caption_changes(root_of(ds), done)
         except OSError as e:
