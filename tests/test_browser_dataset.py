@@ -383,6 +383,7 @@ def test_tag_editor(world):
     page.locator("#ds-te-apply").click()
     wait_text(page, "ds-te-msg", "Changed 10 caption(s)")
     assert (root / "images/pic-03.txt").read_text().strip() == "sks, crimson hair, smile"
+    wait_value(page, "ds-caption", "sks, crimson hair, smile")  # the caption editor (on pic-00) shows the file
     page.wait_for_function(f"{COUNTS}.includes('crimson hair')")
     counts = page.locator("#ds-te-counts .virtual-body").text_content()
     assert "red hair" not in counts.replace("crimson hair", ""), counts

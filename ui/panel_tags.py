@@ -70,9 +70,8 @@ def _choices(counts: list[tuple[str, int]]) -> list[tuple[str, str]]:
 
 
 def wire(studio, w: SimpleNamespace, tab: SimpleNamespace) -> None:
-    """tab: the Dataset tab's `root(studio, name)`, `view(studio, name, pick, msg=)` (its outputs `w.outs`),
-    `tags(root)` (its tag table `w.tags`), `autosave(studio, ed, text)`, `then_doctor(event)` and `in_order`
-    (its event queue)."""
+    """tab: the Dataset tab's `root(studio, name)`, `tags(root)` (its tag table `w.tags`), `autosave(studio, ed,
+    text)` (its caption box saved into its image), `then_doctor(event)` and `in_order` (its event queue)."""
     sel_outs = [w.te_sel, w.te_image, w.te_big, w.te_chips, w.te_base]
     panel_outs = [w.te_counts, w.te_has, w.te_none, w.te_tag, *sel_outs]
 
@@ -201,16 +200,17 @@ def wire(studio, w: SimpleNamespace, tab: SimpleNamespace) -> None:
 
     w.te_preview_btn.click(on_preview, plan_ins, [w.te_msg, w.te_plan], **tab.in_order)
 
-    tags_at = next(i for i, c in enumerate(w.outs) if c is w.tags)
+    write_outs = [w.caption, w.caption_msg, *panel_outs]
 
-    def after_write(name, ed, msg, saved, panel_ins_values):
-        """The tab's view (the caption editor shows the files as they are now) and the panel, after a write. The
-        tab's tag table follows in a step of its own (`then_tags`): its change refreshes this panel, and an event
-        made by this reply would read the pickers before the reply's values reached them."""
+    def after_write(name, ed, saved, panel_ins_values):
+        """write_outs after a write: the caption editor's box shows its image's caption as it is now (or its
+        save-on-switch would write the old text back), and the panel. Nothing else of the tab shows captions (a
+        whole view of it costs seconds at 500 images). The tab's tag table follows in a step of its own
+        (`then_tags`): its change refreshes this panel, and an event made by this reply would read the pickers
+        before the reply's values reached them."""
         pick = ed.get("rel") if ed and ed.get("ds") == name else None
-        view = list(tab.view(studio, name, pick, msg=saved))
-        view[tags_at] = gr.skip()
-        return (*view, *on_panel(name, *panel_ins_values))
+        caption = df.read_caption(root_of(name) / pick) if pick else gr.skip()
+        return (caption, saved or gr.skip(), *on_panel(name, *panel_ins_values))
 
     def then_tags(event) -> None:
         tab.then_doctor(event.then(lambda name: tab.tags(root_of(name)), w.ds_name, w.tags, **tab.in_order))
@@ -227,15 +227,15 @@ def wire(studio, w: SimpleNamespace, tab: SimpleNamespace) -> None:
         names = {te.key(tag): te.key(new)} if op == "rename" and p else {}
         has, tag = rename_picked(has, tag, names)  # the renamed tag's images stay picked under the new name
         last = (name, done, {b: a for a, b in names.items()}) if p else gr.skip()
-        return (" ".join(x for x in (saved, msg) if x), None, last,
-                *after_write(name, ed, msg, saved, [has, none, tag, current]))
+        return (" ".join(x for x in (saved, msg) if x), None, last, *after_write(name, ed, saved,
+                                                                              [has, none, tag, current]))
 
     then_tags(w.te_apply_btn.click(on_apply, [*plan_ins, w.editing, w.caption, w.te_image],
-                                   [w.te_msg, w.te_plan, w.te_undo, *w.outs, *panel_outs], **tab.in_order))
+                                   [w.te_msg, w.te_plan, w.te_undo, *write_outs], **tab.in_order))
 
     def on_undo(name, last, ed, text, has, none, tag, current):
         if not last:
-            return "Nothing to undo.", gr.skip(), *([gr.skip()] * (len(w.outs) + len(panel_outs)))
+            return "Nothing to undo.", gr.skip(), *([gr.skip()] * len(write_outs))
         saved = tab.autosave(studio, ed, text)
         ds, done, names = last
         has, tag = rename_picked(has, tag, names)
@@ -246,9 +246,8 @@ def wire(studio, w: SimpleNamespace, tab: SimpleNamespace) -> None:
         msg = f"Undid the last tag edit on `{ds}`: restored {restored} caption(s)."
         if kept:
             msg += f" Left {len(kept)} alone that were edited since: {', '.join(kept[:5])}."
-        return (" ".join(x for x in (saved, msg) if x), None,
-                *after_write(name, ed, msg, saved, [has, none, tag, current]))
+        return (" ".join(x for x in (saved, msg) if x), None, *after_write(name, ed, saved, [has, none, tag, current]))
 
     then_tags(w.te_undo_btn.click(
         on_undo, [w.ds_name, w.te_undo, w.editing, w.caption, w.te_has, w.te_none, w.te_tag, w.te_image],
-        [w.te_msg, w.te_undo, *w.outs, *panel_outs], **tab.in_order))
+        [w.te_msg, w.te_undo, *write_outs], **tab.in_order))

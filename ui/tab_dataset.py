@@ -260,8 +260,8 @@ def build(studio: Studio) -> dict:
     _wire_caption_editor(studio, w, then_doctor)
     _wire_exclude_delete(studio, w, then_doctor)
     _wire_bulk_tools(studio, w, then_doctor)
-    panel_tags.wire(studio, w, SimpleNamespace(root=_root, view=_view, tags=_tags, autosave=_autosave,
-                                               then_doctor=then_doctor, in_order=IN_ORDER))
+    panel_tags.wire(studio, w, SimpleNamespace(root=_root, tags=_tags, autosave=_autosave, then_doctor=then_doctor,
+                                               in_order=IN_ORDER))
     return {"ds_name": w.ds_name, "refresh": refresh, "outs": w.outs}
 
 
