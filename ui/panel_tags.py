@@ -63,6 +63,7 @@ def layout(w: SimpleNamespace) -> None:
     # {"rel", "caption"}: the caption the chips were made from; chips are saved only over that same caption, so
     # chips shown before an edit elsewhere (the caption editor) never write the older tags back
     w.te_base = gr.State(None)
+    w.te_open = gr.State(False)  # whether the accordion is open: a closed one is not kept up to date
 
 
 def _choices(counts: list[tuple[str, int]]) -> list[tuple[str, str]]:
@@ -117,9 +118,17 @@ def wire(studio, w: SimpleNamespace, tab: SimpleNamespace) -> None:
                 *selection(root, has, none, current, [t for t, _ in counts], view))
 
     panel_ins = [w.ds_name, w.te_has, w.te_none, w.te_tag, w.te_image]
-    w.te_acc.expand(on_panel, panel_ins, panel_outs, **tab.in_order)
-    w.ds_name.change(on_panel, panel_ins, panel_outs, **tab.in_order)
-    w.tags.change(on_panel, panel_ins, panel_outs, **tab.in_order)  # the caption editor or bulk tools wrote
+    w.te_acc.expand(lambda *a: (True, *on_panel(*a)), panel_ins, [w.te_open, *panel_outs], **tab.in_order)
+    w.te_acc.collapse(lambda: False, None, w.te_open)
+
+    def on_files_changed(is_open, *args):
+        """Another dataset picked, or the caption editor or bulk tools wrote: a closed panel waits for its
+        opening (it would only add work to every step of the caption editor)."""
+        return on_panel(*args) if is_open else [gr.skip()] * len(panel_outs)
+
+    for changed in (w.ds_name, w.tags):  # read-only, so outside the tab's queue, and without a spinner
+        changed.change(on_files_changed, [w.te_open, *panel_ins], panel_outs, concurrency_limit=1,
+                       concurrency_id="ds-tag-panel", show_progress="hidden")
 
     def on_select(name, has, none, current):
         return selection(root_of(name), has, none, current)
