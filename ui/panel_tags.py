@@ -66,6 +66,11 @@ def layout(w: SimpleNamespace) -> None:
     w.te_open = gr.State(False)  # whether the accordion is open: a closed one is not kept up to date
 
 
+def _chip_tags(caption: str) -> list[str]:
+    """A caption's tags as chips; the lines of a multi-line caption joined as the trainer joins them."""
+    return split_tags(" ".join(caption.splitlines()))
+
+
 def _choices(counts: list[tuple[str, int]]) -> list[tuple[str, str]]:
     return [(f"{tag} ({n})", tag) for tag, n in counts]
 
@@ -90,7 +95,7 @@ def wire(studio, w: SimpleNamespace, tab: SimpleNamespace) -> None:
             return gr.update(value=None, label="Image"), gr.update(value=[], **more), None
         big, _skip = df.preview(root, rel, df.LARGE_SIDE)
         caption = df.read_caption(root / rel)
-        return (gr.update(value=str(big), label=rel), gr.update(value=split_tags(caption), **more),
+        return (gr.update(value=str(big), label=rel), gr.update(value=_chip_tags(caption), **more),
                 {"rel": rel, "caption": caption})
 
     def selection(root, has, none, current=None, choices=None, view=None):
@@ -176,18 +181,20 @@ def wire(studio, w: SimpleNamespace, tab: SimpleNamespace) -> None:
         # the first one's reply came back)
         if not base or base.get("rel") != rel or now not in (base.get("caption"), chips_wrote.get((name, rel))):
             return (f"`{rel}` was changed elsewhere since its tags were shown here: they are reloaded, nothing was "
-                    f"written. Make your change again.", gr.skip(), gr.skip(), gr.skip(),
-                    gr.update(value=split_tags(now)), {"rel": rel, "caption": now})
-        if split_tags(now) == tags:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                    f"written. Make your change again.", gr.skip(), gr.skip(), gr.update(value=_chip_tags(now)),
+                    {"rel": rel, "caption": now})
+        if _chip_tags(now) == tags:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         df.write_caption(img, te.join_tags(tags))
         text = chips_wrote[(name, rel)] = df.read_caption(img)
         same = bool(ed) and ed.get("rel") == rel and ed.get("ds") == name
+        # the tab's own tag table (w.tags) is left for its next view: its change would refresh this panel, and
+        # redraw the chips under the pointer of someone removing the next one
         return (f"Saved the tags of `{rel}`.", [list(c) for c in df.tag_frequency(root)] or None,
-                text if same else gr.skip(), tab.tags(root), gr.skip(), {"rel": rel, "caption": text})
+                text if same else gr.skip(), gr.skip(), {"rel": rel, "caption": text})
 
     tab.then_doctor(w.te_chips.input(on_chips, [w.ds_name, w.te_image, w.te_chips, w.te_base, w.editing],
-                                     [w.te_image_msg, w.te_counts, w.caption, w.tags, w.te_chips, w.te_base],
+                                     [w.te_image_msg, w.te_counts, w.caption, w.te_chips, w.te_base],
                                      **tab.in_order))
 
     def plan(name, op, tag, new, has, none, keep):
