@@ -345,3 +345,64 @@ def test_caption_editor(world):
     assert {p.name: p.read_bytes() for p in (root / "images").glob("*.txt")} == before
     assert not (root / "images/sketch-3.txt").exists()
     page.context.close()
+
+
+COUNTS = "document.querySelector('#ds-te-counts .virtual-body').textContent"  # the tag table's shown rows
+
+
+def test_tag_editor(world):
+    """Issue #16's tag editor: pick 10 images by a tag in the tag table, rename the tag across them (the counts
+    follow), undo it, and remove a tag chip of one image in the per-image view."""
+    root = dataset(world, "tagged")
+    (root / "images").mkdir(parents=True)
+    for i in range(14):
+        picture(root / "images" / f"pic-{i:02d}.png", (15 * i, 120, 200 - 10 * i), size=(48, 48))
+        tags = "sks, red hair, smile" if i < 10 else "sks, blue eyes"
+        (root / "images" / f"pic-{i:02d}.txt").write_text(tags + "\n")
+    before = {p.name: p.read_bytes() for p in (root / "images").glob("*.txt")}
+    page = new_page(world)
+    shot = Shots(page, "tag_editor")
+    choose(page, "ds-name", "tagged")
+    page.locator("#ds-gallery").get_by_text("14 image(s)").first.wait_for()
+    page.locator("#ds-tagedit").get_by_text("Tag editor").first.click()
+    page.wait_for_function(f"{COUNTS}.includes('red hair')")
+
+    # a tag clicked in the table picks its images
+    page.locator("#ds-te-counts .virtual-body").get_by_text("red hair", exact=True).first.click()
+    wait_text(page, "ds-te-selected", "10 of 14 image(s) selected")
+    page.locator("#ds-te-new textarea, #ds-te-new input").first.fill("crimson hair")
+    page.locator("#ds-te-preview").click()
+    wait_text(page, "ds-te-msg", "10 caption(s) would change")
+    assert "sks, crimson hair, smile" in page.locator("#ds-te-plan").inner_text()
+    assert {p.name: p.read_bytes() for p in (root / "images").glob("*.txt")} == before  # a preview writes nothing
+    page.locator("#ds-te-apply").click()
+    wait_text(page, "ds-te-msg", "Changed 10 caption(s)")
+    assert (root / "images/pic-03.txt").read_text().strip() == "sks, crimson hair, smile"
+    wait_value(page, "ds-caption", "sks, crimson hair, smile")  # the caption editor (on pic-00) shows the file
+    page.wait_for_function(f"{COUNTS}.includes('crimson hair')")
+    counts = page.locator("#ds-te-counts .virtual-body").text_content()
+    assert "red hair" not in counts.replace("crimson hair", ""), counts
+    wait_text(page, "ds-te-selected", "10 of 14 image(s) selected")  # still picked, under the new name
+    shot("renamed")
+
+    page.locator("#ds-te-undo").click()
+    wait_text(page, "ds-te-msg", "restored 10 caption(s)")
+    assert {p.name: p.read_bytes() for p in (root / "images").glob("*.txt")} == before
+    page.wait_for_function(f"!{COUNTS}.includes('crimson') && {COUNTS}.includes('red hair')")
+    wait_text(page, "ds-te-selected", "10 of 14 image(s) selected")  # picked again under the old name
+
+    # per-image view: the picked image's tags as chips; × removes one and saves the caption
+    choose(page, "ds-te-image", "images/pic-02.png")
+    page.locator("#ds-te-chips .token", has_text="smile").first.wait_for()
+    page.wait_for_function("(document.querySelector('#ds-te-big img') || {}).naturalWidth > 0", timeout=60_000)
+    shot("chips")
+    page.locator("#ds-te-chips .token", has_text="smile").first.locator(".token-remove").click()
+    wait_text(page, "ds-te-image-msg", "Saved the tags of")
+    assert (root / "images/pic-02.txt").read_text().strip() == "sks, red hair"
+    # chips shown before an edit elsewhere do not write the older tags back: they are reloaded
+    (root / "images/pic-02.txt").write_text("sks, red hair, edited elsewhere\n")
+    page.locator("#ds-te-chips .token", has_text="red hair").first.locator(".token-remove").click()
+    wait_text(page, "ds-te-image-msg", "changed elsewhere")
+    page.locator("#ds-te-chips .token", has_text="edited elsewhere").first.wait_for()
+    assert (root / "images/pic-02.txt").read_text().strip() == "sks, red hair, edited elsewhere"
+    page.context.close()

@@ -260,6 +260,45 @@ def test_exclude_restore_and_delete(tmp_path):
         df.restore_image(root, "../../etc/passwd")
 
 
+def test_a_mask_goes_where_its_image_goes(tmp_path):
+    """Exclude, restore and delete take the image's `_mask.png` along; a restore onto a taken name renames both."""
+    root = _dataset(tmp_path, {"a.png": "a cat", "b.png": "a dog"})
+    write(root / "images/a_mask.png", png_bytes((255, 255, 255)))
+    write(root / "images/b_MASK.png", png_bytes((255, 255, 255)))
+    assert {it.rel: it.mask_file for it in df.dataset_view(root).items}["images/a.png"] == "images/a_mask.png"
+    df.exclude_image(root, "images/a.png")
+    assert sorted(p.name for p in (root / ".excluded/images").iterdir()) == ["a.png", "a.txt", "a_mask.png"]
+    assert df.excluded_images(root) == ["images/a.png"]  # a mask is not an excluded image of its own
+    assert "a_mask" not in df.doctor_report(root)  # no "mask without an image" left behind
+    write(root / "images/a.png", png_bytes((1, 2, 3)))  # another a.png meanwhile: the restored one is renamed
+    assert df.restore_image(root, "images/a.png") == "images/a-1.png"
+    masks = {it.rel: it.mask_file for it in df.dataset_view(root).items}
+    assert masks == {"images/a.png": None, "images/a-1.png": "images/a-1_mask.png", "images/b.png": "images/b_MASK.png"}
+    assert sorted(df.delete_image(root, "images/b.png")) == ["b.png", "b.txt", "b_MASK.png"]
+    assert not (root / "images/b_MASK.png").exists()
+
+
+def test_an_uploaded_mask_stays_paired_with_its_renamed_image(tmp_path):
+    up, root = tmp_path / "up", tmp_path / "ds"
+    up.mkdir()
+    df.import_uploads([write(up / "cat.png", png_bytes()), write(up / "cat_mask.png", png_bytes((9, 9, 9)))], root)
+    second = df.import_uploads([write(up / "cat_mask.png", png_bytes((255, 255, 255))),
+                                write(up / "cat.png", png_bytes((1, 2, 3))), write(up / "cat.txt", b"second")], root)
+    assert sorted(second.added) == ["images/cat-1.png", "images/cat-1.txt", "images/cat-1_mask.png"]
+    said = "cat_mask.png: renamed to cat-1_mask.png (follows its image"
+    assert any(said in c for c in second.changed), second.changed
+    view = {it.rel: it.mask_file for it in df.dataset_view(root).items}
+    assert view == {"images/cat.png": "images/cat_mask.png", "images/cat-1.png": "images/cat-1_mask.png"}
+    assert Image.open(root / "images/cat_mask.png").getpixel((0, 0)) == (9, 9, 9)  # the first mask is untouched
+    # in a zip too, whatever the entries' order
+    zpath = up / "more.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        z.writestr("images/cat_mask.png", png_bytes((255, 255, 255)))
+        z.writestr("images/cat.png", png_bytes((4, 5, 6)))
+    third = df.import_uploads([zpath], root)
+    assert sorted(third.added) == ["images/cat-2.png", "images/cat-2_mask.png"], third.added
+
+
 def test_previews_show_what_the_trainer_sees_and_mark_skipped_files(tmp_path):
     root = _dataset(tmp_path, {"a.png": "x"})
     Image.new("RGBA", (400, 200), (0, 0, 0, 0)).save(root / "images" / "clear.tif")

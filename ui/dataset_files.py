@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from trainer.data.captions import decode_caption_bytes
 from trainer.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, ImageError, load_image, normalise
+from trainer.data.masks import MASK_SUFFIX, is_mask_file, mask_image_stem
 from trainer.data.scan import (CACHE_DIR_NAME, CAPTION_EXTENSIONS, REPEAT_FOLDER, DatasetError, Problem, Scan,
                                doctor, list_dataset, scan_dataset)
 from trainer.run.atomic import atomic_write_bytes, atomic_write_many, atomic_write_text
@@ -155,7 +156,7 @@ def _caption_text(data: bytes, limits: Limits) -> tuple[str | None, str | None, 
 
 
 class _Importer:
-    """Stores checked files into a dataset; images first, so a caption follows its image when it is renamed.
+    """Stores checked files into a dataset; images first, so a mask or caption follows its image when it is renamed.
     Files are written in batches (`flush`), whose fsyncs overlap: one at a time, they were half of a
     500-image upload's time."""
 
@@ -171,6 +172,18 @@ class _Importer:
         files, self.pending = list(self.pending.items()), {}
         atomic_write_many(files)
 
+    def _mask_dest(self, target: Path, folder: str, name: str, stored: str, of: str,
+                   why: str | None) -> tuple[Path, str | None]:
+        """Where an uploaded `<stem>_mask.png` goes: beside its image's stored name (a mask is paired by name, so
+        it follows a renamed image), replacing that image's old mask as a caption replaces its caption. Never
+        `<stem>_mask-1.png`: that name is no mask, the trainer would train on it as an image."""
+        image_stem = self.renamed.get((folder, _nfc(of)))
+        if image_stem is None:
+            return target / stored, why
+        suffix = Path(name).stem[len(of):]  # `_mask` as it was spelled
+        dest = target / f"{image_stem}{suffix}{Path(stored).suffix}"
+        return dest, (None if dest.name == name else f"follows its image, stored as {image_stem}")
+
     def add(self, data: bytes, name: str, folder: str, label: str) -> None:
         """label: how the report names this file (the upload's name, or zip:entry)."""
         ext = Path(name).suffix.lower()
@@ -184,10 +197,14 @@ class _Importer:
             if reason:
                 self.rep.rejected.append(f"{label}: {reason}")
                 return
-            dest = _unique(target / stored, frozenset(str(p).casefold() for p in self.pending))
-            if dest.name != stored:
-                why = "; ".join(x for x in (why, f"a file named {stored} is already in {folder}") if x)
-            self.renamed[(folder, _nfc(Path(name).stem))] = dest.stem
+            of = mask_image_stem(name)
+            if of is not None:
+                dest, why = self._mask_dest(target, folder, name, stored, of, why)
+            else:
+                dest = _unique(target / stored, frozenset(str(p).casefold() for p in self.pending))
+                if dest.name != stored:
+                    why = "; ".join(x for x in (why, f"a file named {stored} is already in {folder}") if x)
+                self.renamed[(folder, _nfc(Path(name).stem))] = dest.stem
         else:
             text, note, reason = _caption_text(data, self.limits)
             if reason:
@@ -213,6 +230,11 @@ class _Importer:
 
 def _is_caption(name: str) -> bool:
     return Path(name).suffix.lower() in CAPTION_EXTS
+
+
+def _import_order(name: str) -> int:
+    """Images first, then masks, then captions: a mask or caption follows the name its image was stored under."""
+    return 2 if _is_caption(name) else 1 if is_mask_file(name) else 0
 
 
 def _zip_problem(info: zipfile.ZipInfo, limits: Limits) -> str | None:
@@ -264,7 +286,7 @@ def _import_zip(zip_path: Path, imp: _Importer) -> None:
                 continue
             entries.append((info, parts))
         renamed_folders = set()
-        for info, parts in sorted(entries, key=lambda e: _is_caption(e[1][-1])):
+        for info, parts in sorted(entries, key=lambda e: _import_order(e[1][-1])):
             # keep one folder level: kohya `10_name` folders carry repeats
             folder = safe_name(parts[-2], LOOSE_FOLDER, 64) if len(parts) > 1 else LOOSE_FOLDER
             if len(parts) > 1 and folder != parts[-2] and parts[-2] not in renamed_folders:
@@ -291,7 +313,7 @@ def import_uploads(paths: list[str | Path], dest_root: Path, limits: Limits = Li
 
 def _import_files(paths: list[str | Path], imp: _Importer, folder: str) -> None:
     rep, limits = imp.rep, imp.limits
-    for p in sorted((Path(p) for p in paths), key=lambda p: _is_caption(p.name)):
+    for p in sorted((Path(p) for p in paths), key=lambda p: _import_order(p.name)):
         name = p.name
         try:
             size = p.stat().st_size
@@ -480,11 +502,11 @@ def bulk_edit(root: Path, op: str, a: str = "", b: str = "") -> int:
     return len(plan)
 
 
-def tag_frequency(root: Path) -> list[tuple[str, int]]:
+def tag_frequency(root: Path, view: Scan | None = None) -> list[tuple[str, int]]:
     """(tag, images whose caption has it), most frequent first: the trainer's count (ss_tag_frequency),
-    summed over folders."""
+    summed over folders. view: `dataset_view(root)` when the caller has it already."""
     total: Counter = Counter()
-    for counts in dataset_view(root).tag_frequency.values():
+    for counts in (view or dataset_view(root)).tag_frequency.values():
         total.update(counts)
     return total.most_common()
 
@@ -533,20 +555,35 @@ def dataset_image(root: Path, rel: str) -> Path:
 
 
 def _sidecars(img: Path) -> list[Path]:
-    real_dir = img.parent.resolve()
-    return [p for p in img.parent.iterdir() if p.suffix.lower() in CAPTION_EXTS and _nfc(p.stem) == _nfc(img.stem)
-            and _own_file(p, real_dir)]
+    """The image's caption files and its `<stem>_mask.png` (trainer.data.masks): they go where the image goes."""
+    real_dir, stem = img.parent.resolve(), _nfc(img.stem)
+
+    def belongs(p: Path) -> bool:
+        if p.suffix.lower() in CAPTION_EXTS:
+            return _nfc(p.stem) == stem
+        of = mask_image_stem(p.name)
+        return of is not None and _nfc(of) == stem
+
+    return [p for p in img.parent.iterdir() if p != img and belongs(p) and _own_file(p, real_dir)]
+
+
+def _move_with_sidecars(img: Path, dest: Path) -> None:
+    """Rename `img` to `dest`, its captions and mask along (to dest's stem: `_unique` may have renamed it)."""
+    for side in _sidecars(img):
+        if is_mask_file(side.name):
+            side.rename(dest.with_name(f"{dest.stem}{side.stem[-len(MASK_SUFFIX):]}{side.suffix}"))
+        else:
+            side.rename(dest.with_suffix(side.suffix))
+    img.rename(dest)
 
 
 def exclude_image(root: Path, rel: str) -> str:
-    """Move an image and its caption into the dataset's hidden `.excluded/` folder: kept, but not trained.
+    """Move an image, its caption and mask into the dataset's hidden `.excluded/` folder: kept, but not trained.
     Returns where it went, relative to `.excluded/`."""
     img = dataset_image(root, rel)
     dest = _unique(inside(root, EXCLUDED_DIR, rel))
     dest.parent.mkdir(parents=True, exist_ok=True)
-    for side in _sidecars(img):
-        side.rename(dest.with_suffix(side.suffix))
-    img.rename(dest)
+    _move_with_sidecars(img, dest)
     return str(dest.relative_to(inside(root, EXCLUDED_DIR)))
 
 
@@ -556,24 +593,22 @@ def excluded_images(root: Path) -> list[str]:
         return []
     real = base.resolve()
     return sorted(str(p.relative_to(base)) for p in base.rglob("*")
-                  if p.suffix.lower() in IMAGE_EXTS and _own_file(p, real))
+                  if p.suffix.lower() in IMAGE_EXTS and not is_mask_file(p.name) and _own_file(p, real))
 
 
 def restore_image(root: Path, rel: str) -> str:
-    """Move an excluded image (and its caption) back to where it was; returns its dataset path."""
+    """Move an excluded image (and its caption and mask) back to where it was; returns its dataset path."""
     src = inside(root, EXCLUDED_DIR, rel)
     if rel not in excluded_images(root):
         raise ValueError(f"{rel}: not an excluded image of this dataset")
     dest = _unique(inside(root, rel))
     dest.parent.mkdir(parents=True, exist_ok=True)
-    for side in _sidecars(src):
-        side.rename(dest.with_suffix(side.suffix))
-    src.rename(dest)
+    _move_with_sidecars(src, dest)
     return str(dest.relative_to(Path(root).resolve()))
 
 
 def delete_image(root: Path, rel: str) -> list[str]:
-    """Delete an image and its caption files for good; returns the deleted files' names."""
+    """Delete an image, its caption files and mask for good; returns the deleted files' names."""
     img = dataset_image(root, rel)
     gone = [*_sidecars(img), img]
     for p in gone:

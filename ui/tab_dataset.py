@@ -1,6 +1,7 @@
 """Dataset tab: upload images or a zip, the dataset doctor, the caption editor (thumbnails, the picked image
 large beside its caption, previous/next, exclude/delete), bulk caption tools with preview and undo, repeats per
-folder. The files work is in ui/dataset_files.py; this module lays out widgets and wires them."""
+folder, the tag editor (ui/panel_tags.py). The files work is in ui/dataset_files.py; this module lays out widgets
+and wires them."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from ui import dataset_files as df, panel_captioner
+from ui import dataset_files as df, panel_captioner, panel_tags
 from ui.workspace import Studio
 from ui.paths import UnsafePath, safe_name
 
@@ -128,6 +129,7 @@ def _layout_tools(w: SimpleNamespace) -> None:
                                     label="Preview (nothing is written until you apply)", elem_id="ds-bulk-table")
         w.tags = gr.Dataframe(headers=["tag", "images"], label="Tag frequency (as the trainer counts it)",
                               interactive=False, elem_id="ds-tags")
+    panel_tags.layout(w)
     with gr.Accordion("Excluded images", open=False, elem_id="ds-excluded"):
         with gr.Row():
             w.excluded_pick = gr.Dropdown(label="Excluded (kept, not trained)", choices=[],
@@ -258,6 +260,8 @@ def build(studio: Studio) -> dict:
     _wire_caption_editor(studio, w, then_doctor)
     _wire_exclude_delete(studio, w, then_doctor)
     _wire_bulk_tools(studio, w, then_doctor)
+    panel_tags.wire(studio, w, SimpleNamespace(root=_root, tags=_tags, autosave=_autosave, then_doctor=then_doctor,
+                                               in_order=IN_ORDER))
     return {"ds_name": w.ds_name, "refresh": refresh, "outs": w.outs}
 
 
