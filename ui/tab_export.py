@@ -135,12 +135,10 @@ def build(studio: Studio) -> dict:
         if not run_id or not studio.store.get(run_id) or not rel:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         run_dir = studio.run_dir(run_id)
-        try:
-            if not inside(run_dir, rel).is_file():
-                raise UnsafePath(f"{rel}: not a saved adapter of this run")
-        except UnsafePath as e:
-            raise gr.Error(str(e))
-        if rel != str(chosen_source(run_dir).relative_to(run_dir)):
+        if rel not in {str(a.path.relative_to(run_dir)) for a in checkpoint_adapters(run_dir)}:
+            raise gr.Error(f"{rel}: not a saved adapter of this run")
+        src = chosen_source(run_dir)
+        if src is None or rel != str(src.relative_to(run_dir)):
             write_choice(run_dir, adapter=rel)
         return fields_of(run_dir)
 

@@ -62,10 +62,9 @@ def build(studio: Studio, run_state: gr.State, tabs: gr.Tabs) -> dict:
     def on_refresh():
         return table(studio), gr.update(choices=studio.run_choices())
 
-    def on_refresh_button(run_id):
-        return *on_refresh(), samples_of(run_id)
-
-    refresh.click(on_refresh_button, pick, [runs_df, pick, samples])
+    # the picked run's samples follow in a second step: a pick whose run was removed meanwhile is no longer one
+    # of the choices, and as an input of the refresh itself Gradio would refuse it and leave the picker errored
+    refresh.click(on_refresh, None, [runs_df, pick]).then(samples_of, pick, samples)
     pick.change(samples_of, pick, samples)
 
     def on_tick():
@@ -121,7 +120,8 @@ def build(studio: Studio, run_state: gr.State, tabs: gr.Tabs) -> dict:
                 text = action(run_id)
             except (runs.RunRefused, UnsafePath) as e:
                 return gr.skip(), gr.skip(), f"**Refused:** {e}"
-            return table(studio), gr.update(choices=studio.run_choices()), text
+            gone = not studio.store.get(run_id)  # removed from the queue: its folder went too
+            return table(studio), gr.update(choices=studio.run_choices(), **({"value": None} if gone else {})), text
         handler.__name__ = f"on_{action.__name__}"
         return handler
 
