@@ -205,3 +205,33 @@ def test_sigterm_stops_after_the_image_it_is_on(tmp_path, tagger):
     assert run_in_process("caption", str(ds), f"--model={tagger}", f"--job-dir={job}").returncode == 0
     view = CaptionView(job).update()
     assert (view.state, view.done, view.total, view.written, view.file) == ("finished", 1, 1, 1, "2_things/red_2.png")
+
+
+def test_a_hub_download_reports_its_size_and_progress_to_the_studio(tmp_path):
+    """The bars snapshot_download makes with our class (huggingface_hub 2.x: one for bytes received, whose
+    total is a guess, and one for bytes written, whose total grows by each file's size) become `download`
+    events; the studio's panel shows the model's size and how much is here."""
+    import io
+
+    from trainer.caption.events import CaptionEventWriter
+    from trainer.caption.source import download_progress
+    from ui.panel_captioner import progress_html
+
+    events = CaptionEventWriter(tmp_path / "job")
+    bar_class = download_progress("org/tagger", events.emit, every_s=0)
+    kw = dict(total=0, initial=0, unit="B", unit_scale=True, file=io.StringIO())
+    received = bar_class(desc="Downloading bytes", **kw)
+    written = bar_class(desc="Reconstructing (incomplete total...)", **kw)
+    for size in (300_000_000, 78_000_000):  # two files' sizes become known
+        written.total += size
+    received.update(5_000_000)  # no event from the guessing bar
+    written.update(150_000_000)
+    view = CaptionView(tmp_path / "job").update()
+    assert view.state == "running" and view.download["done"] == 150_000_000
+    assert view.download["total"] == 378_000_000 and view.download["model"] == "org/tagger"
+    assert "downloading org/tagger: 150 MB of 378 MB" in progress_html("running", view, "")
+    written.update(228_000_000)
+    assert CaptionView(tmp_path / "job").update().download["done"] == 378_000_000
+    events.emit("started", total=3, backend="tags", model="org/tagger", mode="overwrite", images="all")
+    view = CaptionView(tmp_path / "job").update()
+    assert view.download is None and "0/3" in progress_html("running", view, "")

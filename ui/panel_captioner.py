@@ -90,11 +90,20 @@ def job_state(job: Path) -> tuple[str, CaptionView, str]:
     return "idle", view, ""
 
 
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB"
+
+
 def progress_html(state: str, view: CaptionView, why: str) -> str:
     pct = 100.0 * view.done / view.total if view.total else (100.0 if state == "finished" else 0.0)
     text = {"idle": "no caption job for this dataset yet", "running": "starting…" if not view.total else
             f"{view.done}/{view.total} · {view.file}"}.get(state, f"{view.done}/{view.total} image(s) done, "
                                                                 f"{view.written} caption(s) written")
+    d = view.download if state == "running" else None
+    if d:  # the model comes from the hub first: its size and how much is here
+        done, total = int(d.get("done") or 0), int(d.get("total") or 0)
+        pct = 100.0 * done / total if total else 0.0
+        text = f"downloading {d.get('model', 'the model')}: {_mb(done)} of {_mb(total)}"
     errs = "".join(f"<li>{html.escape(e)}</li>" for e in view.errors[-20:])
     return (f'<div id="cap-progress" data-state="{state}" data-done="{view.done}" data-total="{view.total}">'
             f'<div class="atelier-bar"><div class="atelier-fill atelier-{state}" style="width:{pct:.1f}%"></div>'

@@ -12,6 +12,9 @@ from trainer.run.events import EventTail, EventType, EventWriter
 from trainer.run.folder import RunFolder
 
 CAPTION_EVENTS: dict[str, EventType] = {
+    "download": EventType("the captioner's model is being downloaded from the hub (before `started`): done and "
+                          "total bytes of its files so far (total grows as each file's size becomes known)",
+                          ("model", "done", "total")),
     "started": EventType("the model is loaded; total images will be captioned (after the image selection)",
                          ("total", "backend", "model", "mode", "images")),
     "progress": EventType("one image done (done of total); file its path relative to the dataset; result "
@@ -38,6 +41,7 @@ class CaptionView:
     file: str = ""
     written: int = 0
     errors: list[str] = field(default_factory=list)  # "file: reason" of each image that failed, or the job's error
+    download: dict | None = None  # the latest download event, until the model is loaded (`started`)
     count: int = 0
 
     def __post_init__(self):
@@ -52,8 +56,10 @@ class CaptionView:
         for ev in new:
             self.count += 1
             t = ev.get("type")
-            if t == "started":  # a job run again in the same folder (the CLI appends) starts its counts afresh
-                self.state, self.total = "running", int(ev.get("total") or 0)
+            if t == "download":
+                self.state, self.download = "running", ev
+            elif t == "started":  # a job run again in the same folder (the CLI appends) starts its counts afresh
+                self.state, self.total, self.download = "running", int(ev.get("total") or 0), None
                 self.done, self.written, self.file, self.errors = 0, 0, "", []
             elif t == "progress":
                 self.done, self.total, self.file = int(ev["done"]), int(ev["total"]), str(ev["file"])

@@ -71,16 +71,17 @@ def compose(old: str, new: str, s: cs.CaptionSettings) -> str:
     return text
 
 
-def load_backend(s: cs.CaptionSettings):
+def load_backend(s: cs.CaptionSettings, emit=None):
+    """emit(type, **fields): where a hub download reports its progress."""
     from trainer.caption import source
 
     if s.backend == "tags":
         from trainer.caption.tagger import NEEDS, Tagger
 
-        return Tagger(source.resolve(s.model, "tags", NEEDS), s)
+        return Tagger(source.resolve(s.model, "tags", NEEDS, emit), s)
     from trainer.caption.natural import NEEDS, Blip
 
-    return Blip(source.resolve(s.model, "natural", NEEDS), s)
+    return Blip(source.resolve(s.model, "natural", NEEDS, emit), s)
 
 
 def caption_path(root: Path, it: Item) -> Path:
@@ -90,7 +91,7 @@ def caption_path(root: Path, it: Item) -> Path:
 
 def run(root: Path, s: cs.CaptionSettings, events: CaptionEventWriter, say=print) -> int:
     items, problems = select_images(root, s)
-    backend = load_backend(s)
+    backend = load_backend(s, events.emit)
     events.emit("started", total=len(items), backend=s.backend, model=s.model, mode=s.mode, images=s.images)
     for p in problems:
         file, _, reason = p.partition(": ")
