@@ -406,3 +406,75 @@ def test_tag_editor(world):
     page.locator("#ds-te-chips .token", has_text="edited elsewhere").first.wait_for()
     assert (root / "images/pic-02.txt").read_text().strip() == "sks, red hair, edited elsewhere"
     page.context.close()
+
+
+def paint_stroke(page, editor, x0: float, x1: float, y: float) -> None:
+    """Drag the brush across the painter's canvas from x0 to x1 at height y (fractions of the canvas)."""
+    editor.get_by_role("button", name="Brush").first.click()
+    canvas = editor.locator("canvas").first
+    canvas.scroll_into_view_if_needed()  # the mouse reaches only what is in the viewport
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * x0, box["y"] + box["height"] * y)
+    page.mouse.down()
+    for i in range(1, 11):
+        x = x0 + (x1 - x0) * i / 10
+        page.mouse.move(box["x"] + box["width"] * x, box["y"] + box["height"] * y, steps=2)
+    page.mouse.up()
+
+
+def test_paint_a_mask_then_train_with_masked_loss(world):
+    """Issue #16's masks in the studio: paint over one image, save it as its `_mask.png` (white where painted),
+    then train 2 steps with masked loss on: the run's events report masked loss in use on that one image."""
+    import numpy as np
+
+    root = dataset(world, "masked")
+    root.mkdir(parents=True)
+    for i in range(3):
+        picture(root / f"pose-{i}.png", (40 + 60 * i, 90, 160), size=(128, 128))
+        (root / f"pose-{i}.txt").write_text("a zkq figure")
+    page = new_page(world)
+    choose(page, "ds-name", "masked")
+    page.locator("#ds-gallery").get_by_text("3 image(s)").first.wait_for()
+    wait_value(page, "ds-caption", "a zkq figure")  # pose-0 is open in the caption editor
+    page.get_by_text("Mask (train on part of the picture)").first.click()
+    page.locator("#ds-mask-load").click()
+    wait_text(page, "ds-mask-msg", "Painting pose-0.png")
+    editor = page.locator("#ds-mask-editor")
+    paint_stroke(page, editor, 0.35, 0.65, 0.5)
+    page.locator("#ds-mask-save").click()
+    wait_text(page, "ds-mask-msg", "Saved pose-0_mask.png")
+    mask = np.asarray(Image.open(root / "pose-0_mask.png"))
+    assert mask.shape == (128, 128) and mask.max() == 255 and mask.min() == 0  # painted and unpainted parts
+    assert 0.01 < (mask == 255).mean() < 0.9
+    wait_text(page, "ds-doctor", "1 of 3 image(s) have a mask")
+
+    # train 2 steps on it with masked loss on
+    page.locator("button[role=tab]", has_text="Train").first.click()
+    choose(page, "train-dataset", "masked")
+    choose(page, "train-preset", "tiny-test")
+    page.wait_for_function("document.querySelector('#train-base input').value.includes('Tiny')", timeout=60_000)
+    page.locator("#cfg-schedule-max_train_steps input[type=number]").first.fill("2")
+    page.locator("#cfg-sampling-every_n_steps input[type=number]").first.fill("0")
+    page.locator("#cfg-sampling-at_start input").uncheck()
+    page.locator("#cfg-sampling-prompts textarea").fill("")
+    page.get_by_text("Noise & loss", exact=True).first.click()  # its accordion starts folded
+    page.locator("#cfg-noise-masked_loss input").check()
+    page.locator("#train-start").click()
+    runs = world["data"] / "runs"
+    wait_until(lambda: any(e.get("type") == "finished" for r in runs.glob("*") for e in _events(r)),
+               "the masked run finished", timeout=600)
+    run = next(r for r in runs.glob("*") if any(e.get("type") == "finished" for e in _events(r)))
+    started = next(e for e in _events(run) if e["type"] == "started")
+    finished = next(e for e in _events(run) if e["type"] == "finished")
+    assert finished["status"] == "finished", _events(run)[-3:]
+    assert started["masked_loss"] is True and started["masked_images"] == 1, started
+    page.context.close()
+
+
+def _events(run: Path) -> list[dict]:
+    import json
+
+    try:
+        return [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []

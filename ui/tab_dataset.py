@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from ui import dataset_files as df, panel_captioner, panel_tags
+from ui import dataset_files as df, panel_captioner, panel_masks, panel_tags
 from ui.workspace import Studio
 from ui.paths import UnsafePath, safe_name
 
@@ -234,6 +234,7 @@ def build(studio: Studio) -> dict:
     w = SimpleNamespace()
     _layout_upload(w, dataset_names(studio))
     _layout_editor(w)
+    panel_masks.layout(w)
     _layout_tools(w)
     panel_captioner.build(studio, w, lambda name, pick: _view(studio, name, pick), IN_ORDER)
 
@@ -262,6 +263,7 @@ def build(studio: Studio) -> dict:
     _wire_bulk_tools(studio, w, then_doctor)
     panel_tags.wire(studio, w, SimpleNamespace(root=_root, tags=_tags, autosave=_autosave, then_doctor=then_doctor,
                                                in_order=IN_ORDER))
+    panel_masks.wire(studio, w, _root, then_doctor, IN_ORDER)
     return {"ds_name": w.ds_name, "refresh": refresh, "outs": w.outs}
 
 
