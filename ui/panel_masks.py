@@ -114,7 +114,7 @@ def wire(studio, w: SimpleNamespace, root_of, then_doctor, in_order: dict) -> No
         except (UnsafePath, ValueError, KeyError) as e:
             raise gr.Error(str(e))
 
-    def on_load(ed):
+    def on_mask_load(ed):
         img = image_of(ed)
         try:
             value = editor_value(img)
@@ -123,19 +123,19 @@ def wire(studio, w: SimpleNamespace, root_of, then_doctor, in_order: dict) -> No
         has = "its mask is shown" if mask_files(img) else "it has no mask yet"
         return value, dict(ed), f"Painting `{ed['rel']}` ({has})."
 
-    w.mask_load.click(on_load, w.editing, [w.mask_editor, w.mask_of, w.mask_msg])
+    w.mask_load.click(on_mask_load, w.editing, [w.mask_editor, w.mask_of, w.mask_msg])
 
-    def on_save(held, value):
+    def on_mask_save(held, value):
         img = image_of(held)
         try:
             return save_mask(img, value)
         except (ValueError, ImageError, OSError) as e:
             raise gr.Error(str(e))
 
-    then_doctor(w.mask_save.click(on_save, [w.mask_of, w.mask_editor], w.mask_msg, **in_order))
+    then_doctor(w.mask_save.click(on_mask_save, [w.mask_of, w.mask_editor], w.mask_msg, **in_order))
 
-    def on_remove(held, ed):
+    def on_mask_remove(held, ed):
         img = image_of(held or ed)
         return remove_mask(img), None
 
-    then_doctor(w.mask_remove.click(on_remove, [w.mask_of, w.editing], [w.mask_msg, w.mask_editor], **in_order))
+    then_doctor(w.mask_remove.click(on_mask_remove, [w.mask_of, w.editing], [w.mask_msg, w.mask_editor], **in_order))

@@ -143,7 +143,10 @@ def build(studio: Studio) -> dict:
         return fields_of(run_dir)
 
     ckpt.input(on_ckpt, [run, ckpt], [info, title, trigger, description])
-    dl_btn.click(lambda r: [str(_adapter(studio, r))], run, files)
+    def on_download(run_id):
+        return [str(_adapter(studio, run_id))]
+
+    dl_btn.click(on_download, run, files)
 
     def on_bundle(run_id):
         _adapter(studio, run_id)
@@ -181,6 +184,8 @@ def build(studio: Studio) -> dict:
         return f"Saved metadata: downloads now give `{out.name}` with the new title and trigger words."
 
     # the label follows the file: after an edit it names the edited copy and its new title
-    meta_btn.click(on_meta, [run, title, trigger, description, thumb], meta_msg).success(
-        lambda r: adapter_info(studio.run_dir(r)), run, info)
+    def on_meta_saved(run_id):
+        return adapter_info(studio.run_dir(run_id))
+
+    meta_btn.click(on_meta, [run, title, trigger, description, thumb], meta_msg).success(on_meta_saved, run, info)
     return {"run": run, "select_outputs": [run]}
