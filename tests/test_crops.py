@@ -204,3 +204,23 @@ def test_a_short_run_trains_a_boxed_image_and_says_so(tmp_path):
     assert started["images"] == 3 and started["crop_boxes"] == 1 and started["focus_points"] == 2
     assert [e["step"] for e in ev if e["type"] == "step"] == [1, 2]
     assert (tmp_path / "run" / "output" / "tiny-test.safetensors").is_file()
+
+
+# ---- the studio's file operations -----------------------------------------------------------------------------
+def test_crop_file_goes_with_its_image_and_into_the_runs_copy(tmp_path):
+    from ui import dataset_files as df
+
+    root = make_dataset(tmp_path / "set" / "images", n=2).parent
+    crop = '{"box": [0, 0, 0.5, 1]}'
+    (root / "images" / "img00.crop.json").write_text(crop)
+    assert df.exclude_image(root, "images/img00.png") == "images/img00.png"
+    assert sorted(p.name for p in (root / ".excluded/images").iterdir()) == ["img00.crop.json", "img00.png",
+                                                                             "img00.txt"]
+    assert df.restore_image(root, "images/img00.png") == "images/img00.png"
+    assert (root / "images" / "img00.crop.json").read_text() == crop
+    copy = tmp_path / "run-copy"
+    assert df.copy_dataset(root, copy) == 2
+    assert (copy / "images" / "img00.crop.json").read_text() == crop  # a studio run trains the box too
+    assert "1 with a crop box" in df.doctor_report(root)
+    assert sorted(df.delete_image(root, "images/img00.png")) == ["img00.crop.json", "img00.png", "img00.txt"]
+    assert sorted(p.name for p in (root / "images").iterdir()) == ["img01.png", "img01.txt"]

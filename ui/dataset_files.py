@@ -26,6 +26,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageOps
 
 from trainer.data.captions import decode_caption_bytes
+from trainer.data.crops import crop_file_name, crop_image_stem
 from trainer.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, ImageError, load_image, normalise
 from trainer.data.scan import (CACHE_DIR_NAME, CAPTION_EXTENSIONS, REPEAT_FOLDER, DatasetError, Problem, Scan,
                                doctor, list_dataset, scan_dataset)
@@ -534,8 +535,13 @@ def dataset_image(root: Path, rel: str) -> Path:
 
 def _sidecars(img: Path) -> list[Path]:
     real_dir = img.parent.resolve()
-    return [p for p in img.parent.iterdir() if p.suffix.lower() in CAPTION_EXTS and _nfc(p.stem) == _nfc(img.stem)
-            and _own_file(p, real_dir)]
+    return [p for p in img.parent.iterdir() if (p.suffix.lower() in CAPTION_EXTS and _nfc(p.stem) == _nfc(img.stem)
+            or _nfc(crop_image_stem(p.name) or "") == _nfc(img.stem)) and _own_file(p, real_dir)]
+
+
+def _sidecar_dest(side: Path, dest: Path) -> Path:
+    """Where a sidecar goes when its image goes to `dest`: `<stem>.crop.json` keeps both of its suffixes."""
+    return dest.with_name(crop_file_name(dest.name)) if crop_image_stem(side.name) else dest.with_suffix(side.suffix)
 
 
 def exclude_image(root: Path, rel: str) -> str:
@@ -545,7 +551,7 @@ def exclude_image(root: Path, rel: str) -> str:
     dest = _unique(inside(root, EXCLUDED_DIR, rel))
     dest.parent.mkdir(parents=True, exist_ok=True)
     for side in _sidecars(img):
-        side.rename(dest.with_suffix(side.suffix))
+        side.rename(_sidecar_dest(side, dest))
     img.rename(dest)
     return str(dest.relative_to(inside(root, EXCLUDED_DIR)))
 
@@ -567,7 +573,7 @@ def restore_image(root: Path, rel: str) -> str:
     dest = _unique(inside(root, rel))
     dest.parent.mkdir(parents=True, exist_ok=True)
     for side in _sidecars(src):
-        side.rename(dest.with_suffix(side.suffix))
+        side.rename(_sidecar_dest(side, dest))
     src.rename(dest)
     return str(dest.relative_to(Path(root).resolve()))
 
@@ -594,6 +600,8 @@ def copy_dataset(src: Path, dest: Path) -> int:
             shutil.copy2(side, dest / rel.parent / side.name)
         if it.mask_file and _own_file(Path(src) / it.mask_file, real_root):  # the trainer's masked loss reads it
             shutil.copy2(Path(src) / it.mask_file, dest / it.mask_file)
+        if it.crop_file and _own_file(Path(src) / it.crop_file, real_root):  # the crop box / focus point
+            shutil.copy2(Path(src) / it.crop_file, dest / it.crop_file)
         n += 1
     return n
 
