@@ -224,3 +224,31 @@ def test_crop_file_goes_with_its_image_and_into_the_runs_copy(tmp_path):
     assert "1 with a crop box" in df.doctor_report(root)
     assert sorted(df.delete_image(root, "images/img00.png")) == ["img00.crop.json", "img00.png", "img00.txt"]
     assert sorted(p.name for p in (root / "images").iterdir()) == ["img01.png", "img01.txt"]
+
+
+def test_studio_crop_panel_saves_what_the_trainer_reads(tmp_path):
+    from ui import panel_crop
+
+    root = tmp_path / "set"
+    (root / "images").mkdir(parents=True)
+    gradient_image(root / "images" / "a.png", 192, 64)
+    assert panel_crop.load_crop(root, "images/a.png")[0] is None
+    crop = panel_crop.make_crop((0.25, 0, 1, 1), True, 1.0, 0.5)
+    assert "Saved `a.crop.json`" in panel_crop.save_crop(root, "images/a.png", crop)
+    assert read_crop(root / "images" / "a.crop.json") == crop == panel_crop.load_crop(root, "images/a.png")[0]
+    item = scan_dataset(root).items[0]
+    assert (item.crop_box, item.focus) == (crop.box, crop.focus)
+    seen, size = panel_crop.trainer_view(root, "images/a.png", crop, cfg())
+    pixels = TrainDataset(scan_dataset(root), cfg(), seed=0).pixels(0)
+    assert np.array_equal(np.asarray(seen), ((pixels.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy())
+    assert size == "Trained at 80×48 from 144×64 px."
+    assert panel_crop.marked_picture(root, "images/a.png", crop).size == (192, 64)
+    with pytest.raises(CropError, match="x1 must exceed x0"):
+        panel_crop.make_crop((0.6, 0, 0.5, 1), False, 0.5, 0.5)
+    assert panel_crop.make_crop((0, 0, 1, 1), False, 0.2, 0.2) == Crop()  # nothing set: nothing to save
+    assert "Removed" in panel_crop.save_crop(root, "images/a.png", Crop())
+    assert not (root / "images" / "a.crop.json").exists() and "No crop file" in panel_crop.clear_crop(root,
+                                                                                                        "images/a.png")
+    (root / "images" / "a.crop.json").write_text("{oops")
+    crop, msg = panel_crop.load_crop(root, "images/a.png")
+    assert crop is None and "not JSON" in msg

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from ui import dataset_files as df, panel_captioner
+from ui import dataset_files as df, panel_captioner, panel_crop
 from ui.workspace import Studio
 from ui.paths import UnsafePath, safe_name
 
@@ -258,6 +258,7 @@ def build(studio: Studio) -> dict:
     _wire_caption_editor(studio, w, then_doctor)
     _wire_exclude_delete(studio, w, then_doctor)
     _wire_bulk_tools(studio, w, then_doctor)
+    panel_crop.build(studio, w, _root, then_doctor)
     return {"ds_name": w.ds_name, "refresh": refresh, "outs": w.outs}
 
 

@@ -78,6 +78,11 @@ class Buckets:
             self.sizes = [(side, side)]
         self._log_ars = [math.log(w / h) for w, h in self.sizes]
 
+    @classmethod
+    def of(cls, cfg) -> "Buckets":
+        """The buckets of a run's dataset settings (trainer.config.DatasetSection): the trainer's and the studio's."""
+        return cls(cfg.resolution, cfg.bucket_step, cfg.max_aspect, cfg.enable_buckets)
+
     def assign(self, width: int, height: int) -> tuple[int, int]:
         """The bucket whose aspect ratio is closest (in log space, so 2:1 and 1:2 are equally far from 1:1)."""
         if len(self.sizes) == 1:

@@ -51,7 +51,7 @@ class TrainDataset:
         self.scan = scan
         self.reg_scan = reg_scan
         parse_background(cfg.background)  # fail now, not at the first sample
-        self.buckets = Buckets(cfg.resolution, cfg.bucket_step, cfg.max_aspect, cfg.enable_buckets)
+        self.buckets = Buckets.of(cfg)
         train = [replace(it, is_reg=False) for it in scan.items]
         reg = [replace(it, is_reg=True) for it in reg_scan.items] if reg_scan is not None else []
         self.items: list[Item] = train + reg
