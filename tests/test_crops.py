@@ -139,6 +139,15 @@ def test_scan_reads_crop_files_and_reports_bad_ones(tmp_path):
     assert list_dataset(root).items[0].crop_box == (0.25, 0.0, 0.75, 1.0)  # the studio's listing reads it too
 
 
+def test_doctor_cli_counts_crop_files(tmp_path, capsys):
+    from trainer.data.doctor_cli import main
+
+    root = make_dataset(tmp_path / "set", n=2)
+    (root / "img00.crop.json").write_text('{"box": [0, 0, 0.5, 1], "focus": [0.25, 0.5]}')
+    assert main([str(root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["crops"] == {"box": 1, "focus": 1}
+
+
 def test_cache_key_changes_with_the_crop_file_only(tmp_path):
     root = tmp_path / "set"
     root.mkdir()

@@ -1,7 +1,8 @@
 """Dataset tab: the picked image's crop box and focus point (its `<stem>.crop.json`, trainer.data.crops). Click
 the picture to set the focus point, move four sliders for the box, see what the trainer will be shown at a
-resolution (the other dataset settings at their defaults), then Save (atomic) or Clear. The file work is here and torch-free; the trainer's own reader and
-placement decide what is valid and what is trained, so the preview is the trainer's answer."""
+resolution (the other dataset settings at their defaults), then Save (atomic) or Clear. The file work is here
+and torch-free; the trainer's own reader and placement decide what is valid and what is trained, so the
+preview is the trainer's answer."""
 from __future__ import annotations
 
 from pathlib import Path
