@@ -261,3 +261,30 @@ def test_studio_crop_panel_saves_what_the_trainer_reads(tmp_path):
     (root / "images" / "a.crop.json").write_text("{oops")
     crop, msg = panel_crop.load_crop(root, "images/a.png")
     assert crop is None and "not JSON" in msg
+
+
+def test_crop_handlers_write_only_inside_the_dataset(tmp_path):
+    """The panel's handlers as the page calls them: a crop file lands beside a dataset image, never elsewhere,
+    and a name or path out of the dataset is a message, not a crash."""
+    from ui.dataset_files import Limits
+    from ui.page import build_app
+    from ui.workspace import Studio
+
+    studio = Studio.create(tmp_path / "data", None, Limits())
+    h = {fn.api_name: fn.fn for fn in build_app(studio).fns.values()}
+    images = studio.dirs.dataset_dir("set") / "images"
+    images.mkdir(parents=True)
+    gradient_image(images / "a.png", 192, 64)
+    gradient_image(tmp_path / "secret.png", 192, 64)
+    box = (0, 0, 0.5, 1, False, 0.5, 0.5)
+    assert "Saved" in h["crop_on_save"]("set", "images/a.png", 64, *box)[-1]
+    assert read_crop(images / "a.crop.json") == Crop(box=(0.0, 0.0, 0.5, 1.0))
+    picked = h["crop_on_pick"]("set", "images/a.png", 64, False)
+    assert picked[:7] == [0.0, 0.0, 0.5, 1.0, False, 0.5, 0.5] and picked[7] is None  # panel closed: not drawn
+    for name, rel in (("set", "../../../secret.png"), ("set", str(tmp_path / "secret.png")), ("../..", "a.png"),
+                      ("set", "images/a.crop.json")):
+        assert "Not saved" in h["crop_on_save"](name, rel, 64, *box)[-1]
+        h["crop_on_clear"](name, rel, 64)
+        h["crop_on_pick"](name, rel, 64, True)
+    assert sorted(p.name for p in tmp_path.rglob("*.crop.json")) == ["a.crop.json"]
+    assert "Removed" in h["crop_on_clear"]("set", "images/a.png", 64)[-1]

@@ -140,7 +140,7 @@ def wire(studio, w: SimpleNamespace, root_of, then_doctor) -> None:
     values = [w.crop_x0, w.crop_y0, w.crop_x1, w.crop_y1, w.crop_use_focus, w.crop_fx, w.crop_fy]
     shown = [w.crop_pic, w.crop_seen, w.crop_msg]
 
-    def draw(name, rel, res, x0, y0, x1, y1, use_focus, fx, fy, msg=""):
+    def crop_draw(name, rel, res, x0, y0, x1, y1, use_focus, fx, fy, msg=""):
         if not rel:
             return None, None, ""
         try:
@@ -153,7 +153,7 @@ def wire(studio, w: SimpleNamespace, root_of, then_doctor) -> None:
         except (ImageError, UnsafePath, ValueError, OSError) as e:
             return None, None, str(e)
 
-    def on_pick(name, rel, res, is_open):
+    def crop_on_pick(name, rel, res, is_open):
         if not rel:
             return [*_controls(None), None, None, ""]
         try:
@@ -163,44 +163,58 @@ def wire(studio, w: SimpleNamespace, root_of, then_doctor) -> None:
         vals = _controls(crop)
         if not is_open:
             return [*vals, None, None, msg]
-        return [*vals, *draw(name, rel, res, *vals, msg=msg)]
+        return [*vals, *crop_draw(name, rel, res, *vals, msg=msg)]
 
-    def on_click(name, rel, res, x0, y0, x1, y1, _use, _fx, _fy, evt: gr.SelectData):
+    def crop_on_click(name, rel, res, x0, y0, x1, y1, _use, _fx, _fy, evt: gr.SelectData):
         if not rel or not evt.index:  # a click beside the picture (inside its frame) selects nothing
             return [gr.update()] * 6
-        pic_w, pic_h = _shown_size(root_of(studio, name), rel)
+        try:
+            pic_w, pic_h = _shown_size(root_of(studio, name), rel)
+        except (ImageError, UnsafePath, ValueError, OSError) as e:
+            return [gr.update()] * 5 + [str(e)]
         fx = min(1.0, max(0.0, (evt.index[0] + 0.5) / pic_w))
         fy = min(1.0, max(0.0, (evt.index[1] + 0.5) / pic_h))
-        return [True, fx, fy, *draw(name, rel, res, x0, y0, x1, y1, True, fx, fy)]
+        return [True, fx, fy, *crop_draw(name, rel, res, x0, y0, x1, y1, True, fx, fy)]
 
-    def on_save(name, rel, res, *vals):
+    def crop_on_save(name, rel, res, *vals):
         if not rel:
-            return draw(name, rel, res, *vals)
+            return crop_draw(name, rel, res, *vals)
         try:
             msg = save_crop(root_of(studio, name), rel, make_crop(vals[:4], *vals[4:]))
         except CropError as e:
             return gr.update(), gr.update(), f"Not saved: {e.reason}"
-        return draw(name, rel, res, *vals, msg=msg)
+        except (UnsafePath, ValueError, OSError) as e:
+            return None, None, f"Not saved: {e}"
+        return crop_draw(name, rel, res, *vals, msg=msg)
 
-    def on_clear(name, rel, res):
+    def crop_on_clear(name, rel, res):
         if not rel:
             return [*_controls(None), None, None, ""]
-        msg = clear_crop(root_of(studio, name), rel)
+        try:
+            msg = clear_crop(root_of(studio, name), rel)
+        except (UnsafePath, ValueError, OSError) as e:
+            return [*_controls(None), None, None, str(e)]
         vals = _controls(None)
-        return [*vals, *draw(name, rel, res, *vals, msg=msg)]
+        return [*vals, *crop_draw(name, rel, res, *vals, msg=msg)]
+
+    def crop_opened() -> bool:
+        return True
+
+    def crop_closed() -> bool:
+        return False
 
     ins = [w.ds_name, w.image_pick, w.crop_res]
-    w.image_pick.change(on_pick, [*ins, w.crop_open], [*values, *shown], show_progress="hidden")
-    w.crop_panel.expand(lambda: True, None, w.crop_open).then(on_pick, [*ins, w.crop_open], [*values, *shown])
-    w.crop_panel.collapse(lambda: False, None, w.crop_open)
-    w.crop_pic.select(on_click, [*ins, *values], [w.crop_use_focus, w.crop_fx, w.crop_fy, *shown],
+    w.image_pick.change(crop_on_pick, [*ins, w.crop_open], [*values, *shown], show_progress="hidden")
+    w.crop_panel.expand(crop_opened, None, w.crop_open).then(crop_on_pick, [*ins, w.crop_open], [*values, *shown])
+    w.crop_panel.collapse(crop_closed, None, w.crop_open)
+    w.crop_pic.select(crop_on_click, [*ins, *values], [w.crop_use_focus, w.crop_fx, w.crop_fy, *shown],
                       show_progress="hidden")
     for control in (w.crop_x0, w.crop_y0, w.crop_x1, w.crop_y1, w.crop_fx, w.crop_fy):
-        control.release(draw, [*ins, *values], shown, show_progress="hidden")
+        control.release(crop_draw, [*ins, *values], shown, show_progress="hidden")
     for control in (w.crop_use_focus, w.crop_res):
-        control.input(draw, [*ins, *values], shown, show_progress="hidden")
-    then_doctor(w.crop_save.click(on_save, [*ins, *values], shown))
-    then_doctor(w.crop_clear.click(on_clear, ins, [*values, *shown]))
+        control.input(crop_draw, [*ins, *values], shown, show_progress="hidden")
+    then_doctor(w.crop_save.click(crop_on_save, [*ins, *values], shown))
+    then_doctor(w.crop_clear.click(crop_on_clear, ins, [*values, *shown]))
 
 
 def _shown_size(root: Path, rel: str) -> tuple[int, int]:
