@@ -148,8 +148,8 @@ def wire(studio, w: SimpleNamespace, root_of, then_doctor) -> None:
             crop = make_crop((x0, y0, x1, y1), use_focus, fx, fy)
             seen, size = trainer_view(root, rel, crop, DatasetSection(resolution=int(res or 512)))
             return marked_picture(root, rel, crop), seen, " ".join(x for x in (msg, size) if x)
-        except CropError as e:
-            return gr.update(), gr.update(), f"Not saved: {e.reason}"
+        except CropError as e:  # e.g. a box dragged inside out: the last good pictures stay
+            return gr.update(), gr.update(), f"This crop cannot be used: {e.reason}"
         except (ImageError, UnsafePath, ValueError, OSError) as e:
             return None, None, str(e)
 
