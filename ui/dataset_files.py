@@ -26,6 +26,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageOps
 
 from trainer.data.captions import decode_caption_bytes
+from trainer.data.crops import crop_file_name, crop_image_stem
 from trainer.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, ImageError, load_image, normalise
 from trainer.data.masks import MASK_SUFFIX, is_mask_file, mask_image_stem
 from trainer.data.scan import (CACHE_DIR_NAME, CAPTION_EXTENSIONS, REPEAT_FOLDER, DatasetError, Problem, Scan,
@@ -555,13 +556,14 @@ def dataset_image(root: Path, rel: str) -> Path:
 
 
 def _sidecars(img: Path) -> list[Path]:
-    """The image's caption files and its `<stem>_mask.png` (trainer.data.masks): they go where the image goes."""
+    """The image's caption files, its `<stem>_mask.png` (trainer.data.masks) and its `<stem>.crop.json`
+    (trainer.data.crops): they go where the image goes."""
     real_dir, stem = img.parent.resolve(), _nfc(img.stem)
 
     def belongs(p: Path) -> bool:
         if p.suffix.lower() in CAPTION_EXTS:
             return _nfc(p.stem) == stem
-        of = mask_image_stem(p.name)
+        of = mask_image_stem(p.name) or crop_image_stem(p.name)
         return of is not None and _nfc(of) == stem
 
     return [p for p in img.parent.iterdir() if p != img and belongs(p) and _own_file(p, real_dir)]
@@ -572,6 +574,8 @@ def _move_with_sidecars(img: Path, dest: Path) -> None:
     for side in _sidecars(img):
         if is_mask_file(side.name):
             side.rename(dest.with_name(f"{dest.stem}{side.stem[-len(MASK_SUFFIX):]}{side.suffix}"))
+        elif crop_image_stem(side.name):  # `<stem>.crop.json` keeps both of its suffixes
+            side.rename(dest.with_name(crop_file_name(dest.name)))
         else:
             side.rename(dest.with_suffix(side.suffix))
     img.rename(dest)
@@ -629,6 +633,8 @@ def copy_dataset(src: Path, dest: Path) -> int:
             shutil.copy2(side, dest / rel.parent / side.name)
         if it.mask_file and _own_file(Path(src) / it.mask_file, real_root):  # the trainer's masked loss reads it
             shutil.copy2(Path(src) / it.mask_file, dest / it.mask_file)
+        if it.crop_file and _own_file(Path(src) / it.crop_file, real_root):  # the crop box / focus point
+            shutil.copy2(Path(src) / it.crop_file, dest / it.crop_file)
         n += 1
     return n
 

@@ -12,6 +12,7 @@ import gradio as gr
 from ui import dataset_files as df, panel_captioner, panel_masks, panel_tags
 from ui.workspace import Studio
 from ui.paths import UnsafePath, safe_name
+from ui import panel_crop
 
 MAX_GALLERY = 300  # thumbnails on the page; previous/next and the file list reach every image
 DEFAULT_NAME = "my-dataset"
@@ -260,6 +261,7 @@ def build(studio: Studio) -> dict:
     _wire_switch_and_upload(studio, w, then_doctor)
     _wire_caption_editor(studio, w, then_doctor)
     _wire_exclude_delete(studio, w, then_doctor)
+    panel_crop.build(studio, w, _root, then_doctor)  # laid out at the tab's end; handler names of its own
     _wire_bulk_tools(studio, w, then_doctor)
     panel_tags.wire(studio, w, SimpleNamespace(root=_root, tags=_tags, autosave=_autosave, then_doctor=then_doctor,
                                                in_order=IN_ORDER))

@@ -20,9 +20,10 @@ import torch
 from PIL import ImageOps
 
 from trainer.config import DatasetSection
-from trainer.data.buckets import Buckets, Placement
+from trainer.data.buckets import Buckets, Placement, box_part
 from trainer.data.cache import MASK_RECIPE, LatentCache, MaskCache, TextCache, stable_key
 from trainer.data.captions import process_caption
+from trainer.data.crops import crop_counts
 from trainer.data.encoding import DatasetEncodings, LatentEncodeFn, ProgressFn, TextEncodeFn
 from trainer.data.images import load_image, parse_background, read_checked
 from trainer.data.loss_masks import LossMasks
@@ -50,11 +51,12 @@ class TrainDataset:
         self.scan = scan
         self.reg_scan = reg_scan
         parse_background(cfg.background)  # fail now, not at the first sample
-        self.buckets = Buckets(cfg.resolution, cfg.bucket_step, cfg.max_aspect, cfg.enable_buckets)
+        self.buckets = Buckets.of(cfg)
         train = [replace(it, is_reg=False) for it in scan.items]
         reg = [replace(it, is_reg=True) for it in reg_scan.items] if reg_scan is not None else []
         self.items: list[Item] = train + reg
-        self.placements: list[Placement] = [self.buckets.place(it.width, it.height) for it in self.items]
+        self.placements: list[Placement] = [self.buckets.place(it.width, it.height, it.crop_box, it.focus)
+                                            for it in self.items]
         self._train_slots = [i for i, it in enumerate(train) for _ in range(it.repeats)]
         self._reg_cycle = [len(train) + j for j, it in enumerate(reg) for _ in range(it.repeats)]
         self._n_train = len(self._train_slots)
@@ -112,14 +114,14 @@ class TrainDataset:
         it, p = self.items[item_idx], self.placements[item_idx]
         return stable_key(image=it.sha256, bucket=list(p.bucket), resized=list(p.resized),
                           crop=[p.crop_left, p.crop_top], flip=bool(flip),
-                          background=self.cfg.background.lower())
+                          background=self.cfg.background.lower(), **box_part(p))
 
     def pixels(self, item_idx: int, flip: bool = False) -> torch.Tensor:
         """[3, H, W] in [-1, 1] at the item's bucket size. The bytes decoded are checked against the scan's
         hash, so a cached latent can never belong to other pixels than its key says."""
         it = self.items[item_idx]
         img = load_image(it.path, self.cfg.background, data=read_checked(it.path, it.sha256)).image
-        img, _ = self.buckets.apply(img)
+        img, _ = self.buckets.apply(img, it.crop_box, it.focus)
         if flip:
             img = ImageOps.mirror(img)
         return to_tensor(img)
@@ -238,6 +240,11 @@ class TrainDataset:
         """Training images that train with a mask (0 without masked loss)."""
         counts = self.mask_counts
         return counts["file"] + counts["alpha"] if self.masked_loss else 0
+
+    @property
+    def crop_counts(self) -> dict[str, int]:
+        """{"box": n, "focus": n} over the training images: how many have a crop box / focus point."""
+        return crop_counts(self.scan.items)
 
     @property
     def num_reg_images(self) -> int:

@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+from trainer.data.crops import crop_counts
 from trainer.data.masks import mask_counts
 from trainer.data.scan import DatasetError, doctor, scan_dataset
 
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     masks = mask_counts(scan.items)
     if args.json:
         print(json.dumps({"ok": True, "images": scan.num_images, "samples_per_epoch": scan.num_samples,
-                          "folders": scan.folders, "masks": masks, "problems": [vars(p) for p in findings]},
+                          "folders": scan.folders, "masks": masks, "crops": crop_counts(scan.items),
+                          "problems": [vars(p) for p in findings]},
                          ensure_ascii=False))
         return 0
     print(f"{scan.num_images} usable image(s), {scan.num_samples} sample(s) per epoch")

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import ImageOps
 
-from trainer.data.buckets import LATENT_FACTOR, Buckets, Placement
+from trainer.data.buckets import LATENT_FACTOR, Buckets, Placement, box_part
 from trainer.data.cache import stable_key
 from trainer.data.images import ImageError, read_checked
 from trainer.data.masks import load_mask, mask_kind
@@ -38,7 +38,8 @@ class LossMasks:
         it, p = self.items[item_idx], self.placements[item_idx]
         source = f"file:{it.mask_sha256}" if mask_kind(it) == "file" else f"alpha:{it.sha256}"
         return stable_key(mask=source, bucket=list(p.bucket), resized=list(p.resized),
-                          crop=[p.crop_left, p.crop_top], flip=bool(flip), latent=list(self.latent_size(item_idx)))
+                          crop=[p.crop_left, p.crop_top], flip=bool(flip), latent=list(self.latent_size(item_idx)),
+                          **box_part(p))
 
     def keys(self, flips: tuple[bool, ...]) -> list[tuple[int, bool, str]]:
         """(item index, flip, key) of every mask an epoch can ask for (none when masked loss is off)."""
@@ -54,7 +55,7 @@ class LossMasks:
         mask_data = read_checked(mask_path, it.mask_sha256) if mask_path is not None else None
         _, mask = load_mask(it.path, data, mask_path, mask_data, self.background)
         # the bucket placement follows from the size alone: the image's and its mask's are the same
-        mask, p = self.buckets.apply(mask)
+        mask, p = self.buckets.apply(mask, it.crop_box, it.focus)
         if p != self.placements[item_idx]:
             raise ImageError(it.path, "the image's size changed since the dataset was scanned; restart to rescan it")
         return ImageOps.mirror(mask) if flip else mask

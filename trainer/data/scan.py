@@ -6,7 +6,8 @@ Nothing here is fatal for one bad file: it is reported as a Problem and skipped.
 usable image at all raises DatasetError.
 
 A file named `<stem>_mask.png` (any image extension) is the loss mask of the image `<stem>` beside it, never a
-training image (trainer.data.masks says where masks come from).
+training image (trainer.data.masks says where masks come from). A file named `<stem>.crop.json` is its crop box
+and/or focus point (trainer.data.crops), never a caption.
 
 This module is the one definition of what counts as a dataset image, which caption and mask belong to it and
 how often it repeats: the studio's Dataset tab lists datasets with `list_dataset` (same walk, no pixels decoded), so what
@@ -15,6 +16,7 @@ it shows is what the trainer uses. Torch-free on purpose.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import unicodedata
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from trainer.data.captions import read_caption, split_tags
+from trainer.data.crops import CropError, crop_counts, crop_image_stem, read_crop, trained_size
 from trainer.data.images import IMAGE_EXTENSIONS, TINY_SIDE, ImageError, load_image, probe_size
 from trainer.data.masks import check_mask_file, mask_counts, mask_image_stem
 
@@ -82,6 +85,11 @@ class Item:
     mask_file: str | None = None  # relative path of its `<stem>_mask.png`, None when it has none (or it is unusable)
     mask_sha256: str = ""  # of the mask file's bytes: part of the mask cache key, so an edited mask is re-read
     alpha_mask: bool = False  # the image has real transparency (found when its pixels are decoded)
+    # its `<stem>.crop.json` (trainer.data.crops), fractions of the upright image; None without one (or when it
+    # is unusable). The values go into the placement, and so into the latent and mask cache keys.
+    crop_file: str | None = None
+    crop_box: tuple[float, float, float, float] | None = None
+    focus: tuple[float, float] | None = None
 
 
 @dataclass
@@ -217,6 +225,7 @@ class _Scanner:
         images: dict[str, list[str]] = {}  # NFC stem -> image file names
         captions: dict[str, dict[str, str]] = {}  # NFC stem -> {ext: file name}
         masks: dict[str, list[str]] = {}  # NFC stem of the image -> its mask sidecars
+        crops: dict[str, str] = {}  # NFC stem of the image -> its crop sidecar
         for name in filenames:
             rel = f"{rel_dir}/{name}" if rel_dir else name
             low = name.lower()
@@ -236,7 +245,10 @@ class _Scanner:
             stem, ext = os.path.splitext(name)
             ext = ext.lower()
             mask_of = mask_image_stem(name)
-            if mask_of is not None:
+            crop_of = crop_image_stem(name)
+            if crop_of is not None:
+                crops[_nfc(crop_of)] = name
+            elif mask_of is not None:
                 masks.setdefault(_nfc(mask_of), []).append(name)
             elif ext in IMAGE_EXTENSIONS:
                 images.setdefault(_nfc(stem), []).append(name)
@@ -259,7 +271,7 @@ class _Scanner:
                 cap_name = self.pick_caption(captions.get(stem, {}))
                 if cap_name:
                     used_captions.add(cap_name)
-                self.add_image(d, rel_dir, name, cap_name, mask_name, folder, repeats)
+                self.add_image(d, rel_dir, name, cap_name, mask_name, folder, repeats, crops.get(stem))
         for stem, exts in captions.items():
             for name in exts.values():
                 if name not in used_captions and stem not in images:
@@ -270,6 +282,10 @@ class _Scanner:
                 for name in names:
                     self.add(f"{rel_dir}/{name}" if rel_dir else name,
                              f"mask without an image (no {stem}.png, .jpg, … beside it); ignored", "note")
+        for stem, name in crops.items():
+            if stem not in images:
+                self.add(f"{rel_dir}/{name}" if rel_dir else name,
+                         f"crop file without an image (no {stem}.png, .jpg, … beside it); ignored", "note")
 
     def pick_caption(self, by_ext: dict[str, str]) -> str | None:
         for ext in self.caption_exts:
@@ -288,7 +304,7 @@ class _Scanner:
         return names[0]
 
     def add_image(self, d: Path, rel_dir: str, name: str, cap_name: str | None, mask_name: str | None, folder: str,
-                  repeats: int) -> None:
+                  repeats: int, crop_name: str | None = None) -> None:
         rel = f"{rel_dir}/{name}" if rel_dir else name
         path = d / name
         self.image_files += 1
@@ -337,6 +353,7 @@ class _Scanner:
                 if not caption:
                     self.add(cap_rel, "caption file is empty; trained with an empty caption", "warning")
         mask_rel, mask_sha = self.check_mask(d, rel_dir, rel, mask_name, (width, height))
+        crop_rel, crop = self.check_crop(d, rel_dir, rel, crop_name)
         if sha and sha in self.seen_hash:
             self.add(rel, f"same picture as {self.seen_hash[sha]}; both are used, so it counts twice per epoch",
                      "warning")
@@ -344,7 +361,23 @@ class _Scanner:
             self.seen_hash[sha] = rel
         self.items.append(Item(path=path, rel=rel, caption=caption, repeats=repeats, folder=folder,
                                is_reg=self.is_reg, sha256=sha, width=width, height=height, caption_file=cap_rel,
-                               notes=notes, mask_file=mask_rel, mask_sha256=mask_sha, alpha_mask=alpha))
+                               notes=notes, mask_file=mask_rel, mask_sha256=mask_sha, alpha_mask=alpha,
+                               crop_file=crop_rel, crop_box=crop.box if crop else None,
+                               focus=crop.focus if crop else None))
+
+    def check_crop(self, d: Path, rel_dir: str, rel: str, crop_name: str | None):
+        """(relative path, Crop) of the image's usable crop sidecar; (None, None) when it has none or it cannot
+        be used (reported: the image then trains uncropped). Read in every mode: it is a few bytes."""
+        if crop_name is None:
+            return None, None
+        crop_rel = f"{rel_dir}/{crop_name}" if rel_dir else crop_name
+        try:
+            return crop_rel, read_crop(d / crop_name)
+        except CropError as e:
+            self.add(crop_rel, f"{e.reason}; {rel} is trained uncropped", "warning")
+        except OSError as e:
+            self.add(crop_rel, f"cannot read crop file: {e.strerror or e}; {rel} is trained uncropped", "warning")
+        return None, None
 
     def check_mask(self, d: Path, rel_dir: str, rel: str, mask_name: str | None,
                    size: tuple[int, int]) -> tuple[str | None, str]:
@@ -411,6 +444,7 @@ def doctor(scan: Scan, resolution: int | None = None, max_aspect: float | None =
     out = list(scan.problems)
     n = len(scan.items)
     out.extend(mask_findings(scan, masked_loss))
+    out.extend(crop_findings(scan))
     if n < 5:
         out.append(Problem("", f"only {n} image(s); 10–50 varied images are typical for a character or style",
                            "warning"))
@@ -426,14 +460,14 @@ def doctor(scan: Scan, resolution: int | None = None, max_aspect: float | None =
     if tiny:
         out.append(Problem("", f"{len(tiny)} tiny image(s) under {TINY_SIDE} px: {', '.join(tiny[:3])}", "warning"))
     if resolution:
-        small = [it.rel for it in scan.items if it.width * it.height < resolution * resolution
+        small = [it.rel for it in scan.items if math.prod(trained_size(it)) < resolution * resolution
                  and min(it.width, it.height) >= TINY_SIDE]
         if small:
             out.append(Problem("", f"{len(small)} image(s) smaller than the training resolution {resolution} px are "
                                    f"upscaled (softer results): {', '.join(small[:3])}", "note"))
     if max_aspect:
         wide = [it.rel for it in scan.items
-                if max(it.width, it.height) / max(1, min(it.width, it.height)) > max_aspect * 1.01]
+                if max(trained_size(it)) / max(1, min(trained_size(it))) > max_aspect * 1.01]
         if wide:
             out.append(Problem("", f"{len(wide)} image(s) wider than the {max_aspect:g}:1 aspect limit are cropped: "
                                    f"{', '.join(wide[:3])}", "note"))
@@ -465,3 +499,14 @@ def mask_findings(scan: Scan, masked_loss: bool | None) -> list[Problem]:
     elif masked_loss is False:
         text += "; masked loss is off, so they train on every pixel"
     return [Problem("", text, "note")]
+
+
+def crop_findings(scan: Scan) -> list[Problem]:
+    """What the doctor says about crop files: how many images train on a box and how many around a focus point."""
+    counts = crop_counts(scan.items)
+    if not counts["box"] and not counts["focus"]:
+        return []
+    parts = [f"{c} with {label}" for c, label in ((counts["box"], "a crop box"), (counts["focus"], "a focus point"))
+             if c]
+    return [Problem("", f"{' and '.join(parts)} of {len(scan.items)} image(s) (.crop.json files): the box is what is "
+                        f"trained, the focus point stays in view", "note")]

@@ -42,9 +42,12 @@ EVENTS: dict[str, EventType] = {
                        "encoded; a preview round's denoising steps, over all its images); total 0 = no count; "
                        "images: how many previews the round draws", ("phase", "done", "total"), ("images",)),
     "started": EventType("the model and data are ready; training steps follow; masked_loss: whether the loss "
-                         "is weighted by masks, masked_images: how many training images have one (0 when off)",
+                         "is weighted by masks, masked_images: how many training images have one (0 when off); "
+                         "crop_boxes, focus_points: how many training images have a crop box / focus point "
+                         "(.crop.json)",
                          ("max_steps", "family", "device", "dtype", "images", "resumed_from",
-                          "trainable_params", "startup_s"), ("masked_loss", "masked_images")),
+                          "trainable_params", "startup_s"), ("masked_loss", "masked_images", "crop_boxes",
+                                                             "focus_points")),
     "step": EventType("one optimizer step; loss is the step's mean loss, eta_s the seconds left (None at "
                       "first), batch a digest of the images it trained on",
                       ("step", "max_steps", "loss", "lr", "batch", "epoch", "it_s", "eta_s")),

@@ -95,6 +95,7 @@ class Trainer:
                          device=self.device, dtype=str(self.dtype).replace("torch.", ""),
                          images=self.dataset.num_images, resumed_from=self.progress.step,
                          masked_loss=cfg.noise.masked_loss, masked_images=self.dataset.num_masked_images,
+                         crop_boxes=self.dataset.crop_counts["box"], focus_points=self.dataset.crop_counts["focus"],
                          trainable_params=sum(p.numel() for p in self.network.all_params()),
                          startup_s=round(time.time() - t_start, 2))
         self.display = StepDisplay(self.paths.root, cfg.schedule.max_train_steps, self.progress.step,
