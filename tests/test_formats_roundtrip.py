@@ -141,7 +141,7 @@ def test_dora_export_has_per_row_scale_and_round_trips(tmp_path):
     assert max_diff(outputs(fresh), outputs(base)) <= 1e-5
 
 
-# ---- a file written by hand to LORA_FORMAT.md, not by our exporter
+# ---- a file written by hand to the format in docs/adapter-format.md, not by our exporter
 
 SDXL_BY_HAND = {  # kohya SGM name → diffusers module path in the tiny SDXL UNet
     "input_blocks_4_1_transformer_blocks_1_attn2_to_k": "down_blocks.1.attentions.0.transformer_blocks.1.attn2.to_k",
