@@ -3,25 +3,16 @@ focus point, Save writes the `.crop.json` the trainer reads, Clear removes it.""
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser.studio_server import ACTION_TIMEOUT_MS, CHROMIUM_ARGS, studio_server
+from tests.browser.studio_server import ACTION_TIMEOUT_MS, CHROMIUM_ARGS, studio_server, wait_until
 from trainer.data.scan import scan_dataset
 
 pytestmark = pytest.mark.browser
 playwright = pytest.importorskip("playwright.sync_api")
-
-
-def wait_until(pred, what: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.3)
 
 
 def test_click_sets_the_focus_point_and_save_writes_what_the_trainer_reads(tmp_path):

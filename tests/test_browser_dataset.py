@@ -5,14 +5,14 @@ from __future__ import annotations
 import io
 import re
 import shutil
-import time
 import unicodedata
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.browser.studio_server import ACTION_TIMEOUT_MS, CHROMIUM_ARGS, Shots, choose, doc_screen, studio_server
+from tests.browser.studio_server import (ACTION_TIMEOUT_MS, CHROMIUM_ARGS, Shots, choose, doc_screen, studio_server,
+                                         wait_until)
 
 pytestmark = pytest.mark.browser
 playwright = pytest.importorskip("playwright.sync_api")
@@ -83,14 +83,6 @@ def set_dataset(page, name: str) -> None:
 
 def upload(page, paths: list[Path]) -> None:
     page.locator("#ds-upload input[type=file]").set_input_files([str(p) for p in paths])
-
-
-def wait_until(pred, what: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.3)
 
 
 def wait_text(page, elem_id: str, text: str, timeout: float = 60) -> str:

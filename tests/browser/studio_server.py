@@ -88,6 +88,15 @@ def doc_screen(page, shot: Shots, label: str, name: str) -> None:
     assert path.is_file()
 
 
+def wait_until(pred, what: str, timeout: float = 90) -> None:
+    """Poll `pred` (a check of files or processes, not of the page) until it is true."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        time.sleep(0.3)
+
+
 def choose(page, elem_id: str, option: str) -> None:
     """Pick an option of a Gradio dropdown."""
     box = page.locator(f"#{elem_id} input").first
