@@ -58,6 +58,7 @@ def _adapter(path):
         return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
 
 
+@pytest.mark.slow
 def test_forced_cpu_bf16_trains_and_compile_keeps_the_exported_keys(tmp_path):
     """Forced bf16 on this CPU (emulated where it is not native: the same numbers as a native one) trains
     the tiny model with finite losses; the frozen UNet and text encoder are bf16, the adapter and the
