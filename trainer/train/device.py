@@ -83,7 +83,7 @@ def choose_precision(device: str, mixed: str, cpu_bf16: str = "auto", *, cpu_nat
     if kind == "cpu" and mixed == "bf16":
         if cpu_bf16 == "on":
             return "bf16", "" if cpu_native else ("precision.cpu_bf16 = on on a CPU without native bf16: bf16 is "
-                                                  "emulated (slower than fp32)")
+                                                  "emulated, several times slower than fp32")
         if cpu_bf16 == "off":
             return "fp32", "precision.cpu_bf16 = off: training in fp32"
         if cpu_native:
