@@ -66,7 +66,9 @@ def test_forced_cpu_bf16_trains_and_compile_keeps_the_exported_keys(tmp_path):
     backend through torch's own override: the compiled wrapper, whose state dict would carry `_orig_mod.`,
     without minutes of C++ code generation) exports the same keys and records fp32 and compile."""
     from trainer.config import load_config
+    from trainer.run.events import run_view
     from trainer.train.loop import Trainer
+    from ui.live import phase_text
 
     data = make_dataset(tmp_path / "data", n=2)
     common = {"dataset.path": str(data), "network.train_text_encoder": "true", "schedule.max_train_steps": 2,
@@ -108,6 +110,9 @@ def test_forced_cpu_bf16_trains_and_compile_keeps_the_exported_keys(tmp_path):
     # the warm-up is announced between set-up and the first step
     types = [(e["type"], e.get("phase")) for e in ev]
     assert types.index(("phase", "compiling")) < types.index(("step", None))
+    view = run_view(compiled_run)
+    view.phase, view.state = next(e for e in ev if e.get("phase") == "compiling"), "running"
+    assert phase_text(view, "running") == "compiling the UNet (the first step is slow)…"
     compiled, meta = _adapter(compiled_run / "output" / "tiny-test.safetensors")
     assert set(compiled) == set(tensors) and not any("_orig_mod" in k for k in compiled)
     assert all(compiled[k].shape == tensors[k].shape for k in tensors)
