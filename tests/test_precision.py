@@ -51,6 +51,9 @@ def test_estimate_counts_base_weights_in_the_precision_used():
     fp32.precision.mixed_precision = "no"
     half, full = estimate(forced, device="cpu"), estimate(fp32, device="cpu")
     assert half["memory_breakdown"]["base_weights"] * 2 == full["memory_breakdown"]["base_weights"]
+    assert (half["dtype"], full["dtype"]) == ("bf16", "fp32")
+    asked = estimate(cfg, device="cpu")  # bf16 asked, cpu_bf16 auto: what this CPU reports decides
+    assert asked["dtype"] == ("bf16" if native_cpu_bf16() else "fp32")
 
 
 def _adapter(path):

@@ -363,7 +363,7 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
     calibration = (f"memory measured on this project's machines; speed from this machine's {cpu_gflops:.1f} "
                    f"GFLOP/s, measured now") if calibrated else CPU_CALIBRATION if measured else CUDA_CALIBRATION
     return {
-        "family": fam, "device": dev, "dtype": ("bf16/fp16" if half else "fp32"),
+        "family": fam, "device": dev, "dtype": used,
         "steps": steps, "epochs": epochs, "batches_per_epoch": batches_per_epoch,
         "trainable_params": n_train,
         "peak_memory_bytes": int(peak), "memory_kind": "vram" if dev == "cuda" else "rss",
