@@ -192,11 +192,11 @@ class PrecisionSection(Section):
     cpu_bf16: Literal["auto", "on", "off"] = opt(
         "auto", "bf16 on CPU",
         "With mixed precision bf16 on a CPU: auto = only where the CPU computes bf16 natively (AVX512-BF16 or "
-        "AMX), else fp32; on = also elsewhere (emulated: slower than fp32, the same numbers); off = fp32.",
+        "AMX), else fp32; on = also elsewhere (emulated: several times slower than fp32); off = fp32.",
         advanced=True)
     compile: bool = opt(False, "Compile the UNet",
                         "torch.compile the UNet once the adapter is in: the first step waits while it compiles "
-                        "(a minute or more on CPU, needs a C compiler there); pays off on long runs only.",
+                        "(minutes on a CPU, which also needs a C compiler); pays off on long runs only.",
                         advanced=True)
     gradient_checkpointing: bool = opt(False, "Gradient checkpointing", "Less memory, ~25% slower.")
     attention: Literal["sdpa", "xformers"] = opt("sdpa", "Attention", "PyTorch SDPA, or xformers when installed.",
