@@ -174,13 +174,17 @@ def main(argv: list[str] | None = None) -> int:
         row.update(commit=git_head(), machine=key, wall_s=round(time.time() - t0, 1))
         report["rows"][f"{name}@{key}"] = row
         print(json.dumps({k: v for k, v in row.items() if k != "floor_step_times"}), flush=True)
+        write(report, out)  # after each model: a later one that fails costs only its own row
+    print(markdown(report))
+    return 0
+
+
+def write(report: dict, out: Path) -> None:
     from trainer.run.atomic import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, json.dumps(report, indent=1).encode())
+    atomic_write_bytes(out / "precision.json", json.dumps(report, indent=1).encode())
     atomic_write_bytes(out / "precision.md", markdown(report).encode())
-    print(markdown(report))
-    return 0
 
 
 if __name__ == "__main__":

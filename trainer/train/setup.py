@@ -166,7 +166,10 @@ def compile_unet(unet_fwd):
     export, resuming) has no `_orig_mod.` prefix, and previews and validation run it eagerly."""
     from torch._dynamo.exc import BackendCompilerFailed
 
-    compiled = torch.compile(unet_fwd)
+    # static shapes: a new shape (another bucket, a smaller last batch) compiles once more rather than
+    # turning symbolic, where torch 2.13's CPU inductor failed on the demo base ("cannot determine truth
+    # value of Relational"); past torch's recompile limit a shape runs eagerly
+    compiled = torch.compile(unet_fwd, dynamic=False)
 
     def forward(*args, **kwargs):
         try:
