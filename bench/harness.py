@@ -211,8 +211,8 @@ def bare_steps(unet, family: str, spec: dict, device: str, dtype, params, optimi
     import torch
     import torch.nn.functional as F
 
-    # the tiny model's VAE downsamples by 2 (two blocks), the real ones by 8
-    factor = 2 if spec["model"].startswith("tiny:") else 8
+    # the tiny model's VAE downsamples by 2 (two blocks), the real ones by 8; a spec may say (the demo base: 4)
+    factor = spec.get("latent_factor") or (2 if spec["model"].startswith("tiny:") else 8)
     b, h, w = spec["batch"], spec["resolution"] // factor, spec["resolution"] // factor
     cross = unet.config.cross_attention_dim
     g = torch.Generator().manual_seed(0)

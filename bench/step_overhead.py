@@ -74,20 +74,27 @@ def make_trainer(name: str, work: Path):
     """The real Trainer for bench model `name`, set up (model, adapter, caches, optimizer, step-0 previews)
     as a run does."""
     from trainer.config import deep_merge, from_dict
-    from trainer.train.loop import Trainer
-    from trainer.train.timing import StepDisplay
 
     m, cfg_dict = bench_config(name, work / "data")
     make_dataset(work / "data", 4, m["resolution"])
     cfg = from_dict(deep_merge(cfg_dict, {"schedule": {"max_train_steps": 100_000}}))
-    trainer = Trainer(cfg, work / "run", quiet=True)
+    trainer, setup_s = set_up_trainer(cfg, work / "run")
+    return m, cfg, trainer, setup_s
+
+
+def set_up_trainer(cfg, run_dir: Path):
+    """(the real Trainer for cfg, set up as a run does before its first step; the seconds that took)."""
+    from trainer.train.loop import Trainer
+    from trainer.train.timing import StepDisplay
+
+    trainer = Trainer(cfg, run_dir, quiet=True)
     t0 = time.perf_counter()
     trainer._set_up()  # what Trainer._run does before the first step
     trainer.display = StepDisplay(trainer.paths.root, cfg.schedule.max_train_steps, 0, terminal=False)
     # a run draws its step-0 previews before the first step: whatever they leave behind (pipeline state,
     # memory) is there for the steps measured here too
     trainer.previews.at_start(0)
-    return m, cfg, trainer, time.perf_counter() - t0
+    return trainer, time.perf_counter() - t0
 
 
 def ours_steps(trainer, batches, k: int) -> list[float]:

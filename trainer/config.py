@@ -186,8 +186,18 @@ class NoiseSection(Section):
 
 class PrecisionSection(Section):
     mixed_precision: Literal["no", "fp16", "bf16"] = opt(
-        "bf16", "Mixed precision", "bf16 on recent GPUs; falls back to fp32 where the device lacks it. The VAE "
-        "always stays fp32: SDXL's VAE overflows in fp16 (NaN latents, black images).")
+        "bf16", "Mixed precision", "bf16 on recent GPUs and on CPUs with native bf16 (see bf16 on CPU); fp32 where "
+        "the device lacks it (fp16 on a CPU trains in fp32). The VAE always stays fp32: SDXL's VAE overflows in "
+        "fp16 (NaN latents, black images).")
+    cpu_bf16: Literal["auto", "on", "off"] = opt(
+        "auto", "bf16 on CPU",
+        "With mixed precision bf16 on a CPU: auto = only where the CPU computes bf16 natively (AVX512-BF16 or "
+        "AMX), else fp32; on = also elsewhere (emulated: several times slower than fp32); off = fp32.",
+        advanced=True)
+    compile: bool = opt(False, "Compile the UNet",
+                        "torch.compile the UNet once the adapter is in: the first step waits while it compiles "
+                        "(minutes on a CPU, which also needs a C compiler); pays off on long runs only.",
+                        advanced=True)
     gradient_checkpointing: bool = opt(False, "Gradient checkpointing", "Less memory, ~25% slower.")
     attention: Literal["sdpa", "xformers"] = opt("sdpa", "Attention", "PyTorch SDPA, or xformers when installed.",
                                                  advanced=True)

@@ -4,7 +4,8 @@ Pure Python (no torch import), so the GUI can call it on every form change. The 
 simple — weights + adapter/optimizer state + activations + a fixed process overhead — with its constants
 calibrated where they can be measured:
 - CPU: measured by bench/bench_cpu.py on this project's 2-core machines (bench/results/cpu.md), fp32
-  (the trainer never runs mixed precision on CPU). Speeds there vary 3-10x with machine load.
+  (those CPUs lack native bf16, so the trainer runs fp32 there; on a CPU with AVX512-BF16 or AMX the
+  base weights count at 2 bytes, time and activations stay the fp32 figures). Speeds vary 3-10x with load.
 - CUDA: NOT measured here (no GPU was available); from public LoRA-training figures (kohya sd-scripts /
   diffusers reports: SD1.5 512 px ~7 it/s and SDXL 1024 px ~1.5 it/s at batch 1 on a 24 GB card;
   SDXL LoRA at 1024 px fits 12 GB only with gradient checkpointing). Flagged `measured: False`.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import math
 
 from trainer.config import adapter_starts_at_base
+from trainer.train.device import choose_precision, native_cpu_bf16
 from trainer.train.preview_styles import preview_plan
 
 # parameter counts of the bundled configs (trainer/assets/configs, counted from the built modules) and the
@@ -308,7 +310,11 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
     wk = work_key(cfg, fam)
     latent_px = (ds.resolution // VAE_DOWNSCALE.get(wk, 8)) ** 2
     gc = cfg.precision.gradient_checkpointing
-    half = dev == "cuda" and cfg.precision.mixed_precision in ("fp16", "bf16")
+    # the trainer's precision rule (on a CPU: bf16 only where it is native, or forced); CPU time and
+    # activations stay the measured fp32 figures: no native-bf16 CPU has been measured here
+    used, _ = choose_precision(dev, cfg.precision.mixed_precision, cfg.precision.cpu_bf16,
+                               cpu_native=dev == "cpu" and native_cpu_bf16())
+    half = used != "fp32"
     weight_bytes = 2 if half else FP32
     text = SPEC_TEXT_PARAMS.get(cfg.model.base.lower(), fp["text"])
     n_base = fp["unet"] + fp["vae"] + sum(text)
@@ -357,7 +363,7 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
     calibration = (f"memory measured on this project's machines; speed from this machine's {cpu_gflops:.1f} "
                    f"GFLOP/s, measured now") if calibrated else CPU_CALIBRATION if measured else CUDA_CALIBRATION
     return {
-        "family": fam, "device": dev, "dtype": ("bf16/fp16" if half else "fp32"),
+        "family": fam, "device": dev, "dtype": used,
         "steps": steps, "epochs": epochs, "batches_per_epoch": batches_per_epoch,
         "trainable_params": n_train,
         "peak_memory_bytes": int(peak), "memory_kind": "vram" if dev == "cuda" else "rss",

@@ -11,7 +11,7 @@ from trainer.run.events import RunView
 from ui.paths import UnsafePath, inside
 
 PHASE_TEXT = {"loading model": "loading the base model", "caching": "encoding images",
-              "preview": "drawing previews"}
+              "compiling": "compiling the UNet (the first step is slow)", "preview": "drawing previews"}
 LOSS_SMOOTHING = 0.9  # exponential moving average: the raw per-step loss jumps with each batch's noise level
 
 

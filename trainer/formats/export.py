@@ -36,10 +36,13 @@ class RunFacts:
     zero_terminal_snr: bool = False
     custom_base: str | None = None  # the base spec when it is not a standard SD family (demo, tiny)
     masked_images: int = 0  # training images with a mask, when trained with masked loss
+    mixed_precision: str | None = None  # what it trained in ("no" = fp32, "bf16", "fp16"), not what was asked
+    compiled: bool = False  # the UNet ran under torch.compile
     session_id: str = field(default_factory=lambda: str(uuid.uuid4().int % 2**31))
 
     @classmethod
-    def of_run(cls, cfg, base, dataset, world: int, started_at: float, samples_dir: Path) -> "RunFacts":
+    def of_run(cls, cfg, base, dataset, world: int, started_at: float, samples_dir: Path,
+               mixed_precision: str | None = None) -> "RunFacts":
         from trainer.formats.expected import custom_base_label  # loads the key tables: only when exporting
 
         batches_per_epoch = max(1, len(dataset.epoch_batches(0)) // world)
@@ -51,7 +54,8 @@ class RunFacts:
                    num_reg_images=dataset.num_reg_images, batches_per_epoch=batches_per_epoch,
                    num_epochs=-(-sched.max_train_steps * sched.grad_accum // batches_per_epoch),
                    started_at=started_at, samples_dir=Path(samples_dir), zero_terminal_snr=base.zero_terminal_snr,
-                   custom_base=custom_base_label(base, cfg.model.base), masked_images=dataset.num_masked_images)
+                   custom_base=custom_base_label(base, cfg.model.base), masked_images=dataset.num_masked_images,
+                   mixed_precision=mixed_precision, compiled=cfg.precision.compile)
 
     def for_metadata(self) -> dict:
         facts = {k: v for k, v in asdict(self).items() if k != "samples_dir"}

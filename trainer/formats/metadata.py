@@ -17,6 +17,10 @@ string→string header. Facts the training loop passes (all optional except fami
     num_reg_images, batches_per_epoch, num_epochs (planned)
     masked_images     training images with a mask; with cfg.noise.masked_loss on, the header says so:
                       ss_masked_loss (sd-scripts' key), ss_unmasked_weight and MASKED_IMAGES_KEY
+    mixed_precision   what the run trained in: "no" (fp32), "bf16" or "fp16" (ss_mixed_precision; default: the
+                      config's request). A CPU without native bf16 trains fp32 although bf16 is asked for: the
+                      header says what happened, and PRECISION_KEY what was asked and whether torch.compile ran
+    compiled          True when the UNet ran under torch.compile
     steps             optimizer steps done;  epochs: epochs done
     started_at, finished_at   POSIX timestamps (float seconds)
     session_id        any string (default: random)
@@ -51,6 +55,7 @@ CUSTOM_VERSION = "custom"
 CUSTOM_ARCHITECTURE = "custom/lora"
 CUSTOM_BASE_KEY = "ss_atelier_base"  # the base such a file fits: a builtin:/tiny: spec or a folder name
 MASKED_IMAGES_KEY = "ss_atelier_masked_images"  # how many training images had a mask (masked loss)
+PRECISION_KEY = "ss_atelier_precision"  # {"used", "requested", "compiled"}: the precision asked for and used
 ARCHITECTURE = {"sd1": "stable-diffusion-v1/lora", "sd2": "stable-diffusion-v2-512/lora",
                 "sd2-v": "stable-diffusion-v2-768-v/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}
 BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sd2-v": "sd_v2_v", "sdxl": "sdxl_base_v1-0"}
@@ -198,7 +203,10 @@ def build_metadata(cfg, facts: dict, minimal: bool = False) -> dict[str, str]:
             "ss_num_batches_per_epoch": str(int(facts.get("batches_per_epoch", 0))),
             "ss_batch_size_per_device": str(ds.batch_size),
             "ss_total_batch_size": str(ds.batch_size * sch.grad_accum),
-            "ss_mixed_precision": cfg.precision.mixed_precision,
+            "ss_mixed_precision": facts.get("mixed_precision") or cfg.precision.mixed_precision,
+            PRECISION_KEY: _json({"used": facts.get("mixed_precision") or cfg.precision.mixed_precision,
+                                  "requested": cfg.precision.mixed_precision,
+                                  "compiled": bool(facts.get("compiled"))}),
             "ss_gradient_checkpointing": str(cfg.precision.gradient_checkpointing),
             "ss_network_dropout": str(net.dropout),
             "ss_noise_offset": str(cfg.noise.noise_offset), "ss_min_snr_gamma": str(cfg.noise.min_snr_gamma),

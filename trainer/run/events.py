@@ -38,16 +38,19 @@ class EventType:
 
 EVENTS: dict[str, EventType] = {
     "phase": EventType("what the trainer is doing before/between steps, with its progress: "
-                       "phase = 'loading model' | 'caching' | 'preview'; done of total units (images "
+                       "phase = 'loading model' | 'caching' | 'compiling' | 'preview'; done of total units (images "
                        "encoded; a preview round's denoising steps, over all its images); total 0 = no count; "
                        "images: how many previews the round draws", ("phase", "done", "total"), ("images",)),
     "started": EventType("the model and data are ready; training steps follow; masked_loss: whether the loss "
                          "is weighted by masks, masked_images: how many training images have one (0 when off); "
                          "crop_boxes, focus_points: how many training images have a crop box / focus point "
-                         "(.crop.json)",
+                         "(.crop.json); precision: what it trains in ('no' = fp32, 'bf16', 'fp16'), precision_note "
+                         "why that is not what precision.mixed_precision asked for ('' when it is); compiled: "
+                         "precision.compile (the first step then waits for torch.compile)",
                          ("max_steps", "family", "device", "dtype", "images", "resumed_from",
                           "trainable_params", "startup_s"), ("masked_loss", "masked_images", "crop_boxes",
-                                                             "focus_points")),
+                                                             "focus_points", "precision", "precision_note",
+                                                             "compiled")),
     "step": EventType("one optimizer step; loss is the step's mean loss, eta_s the seconds left (None at "
                       "first), batch a digest of the images it trained on",
                       ("step", "max_steps", "loss", "lr", "batch", "epoch", "it_s", "eta_s")),

@@ -93,6 +93,8 @@ class Trainer:
         self._set_up()
         self.events.emit("started", max_steps=cfg.schedule.max_train_steps, family=self.base.family,
                          device=self.device, dtype=str(self.dtype).replace("torch.", ""),
+                         precision=setup.precision_name(self.dtype), precision_note=self.precision_note,
+                         compiled=cfg.precision.compile,
                          images=self.dataset.num_images, resumed_from=self.progress.step,
                          masked_loss=cfg.noise.masked_loss, masked_images=self.dataset.num_masked_images,
                          crop_boxes=self.dataset.crop_counts["box"], focus_points=self.dataset.crop_counts["focus"],
@@ -103,6 +105,10 @@ class Trainer:
         self.previews.at_start(self.progress.step)
         if self.progress.step == 0:
             self._validate()  # the base's loss: where the curve starts
+        if cfg.precision.compile and self.progress.step < cfg.schedule.max_train_steps:
+            # torch.compile works on the first call: say so, or a minute without a step looks like a hang
+            self.events.emit("phase", phase="compiling", done=0, total=0)
+            self._log("compiling the UNet: the first step is slow")
         status = self._loop()
         self.display.close()
         self.procs.report(self.paths.root, checkpoints.trainable_state(self.base))
@@ -126,7 +132,9 @@ class Trainer:
         if self.procs.is_main:
             save_config(cfg, root / "config.used.toml")
         self.device = self.procs.start(setup.pick_device(cfg))
-        self.dtype = setup.weight_dtype(cfg, self.device)
+        self.dtype, self.precision_note = setup.precision_for(cfg, self.device)
+        self._log(f"precision: {setup.precision_name(self.dtype)} on {self.device}"
+                  + (f" ({self.precision_note})" if self.precision_note else ""))
         torch.manual_seed(cfg.schedule.seed + self.procs.rank)
         for message in launch_warnings(cfg):  # settings that do not fit the base (read from its header)
             self._warn(message)
@@ -148,6 +156,8 @@ class Trainer:
         if o.ema:
             self.ema = EMA(checkpoints.trainable_state(self.base), o.ema_decay, o.ema_start_step, o.ema_on_cpu)
         self.unet_fwd = self.procs.wrap(self.base.unet)
+        if cfg.precision.compile:
+            self.unet_fwd = setup.compile_unet(self.unet_fwd)
         self.te_fwd = [self.procs.wrap(te) if i in self.network.text_encoders else te
                        for i, te in enumerate(self.base.text_encoders)]
         self.resumable = checkpoints.Resumable(self.paths, cfg, self.base, self.network, self.optimizer,
@@ -159,7 +169,7 @@ class Trainer:
             else:
                 self._log(f"resumed from {state_dir.name}")
         self.facts = RunFacts.of_run(cfg, self.base, self.dataset, self.procs.world, self.progress.started_at,
-                                     self.paths.samples)
+                                     self.paths.samples, setup.precision_name(self.dtype))
         self.previews = Previews(cfg, self.base, self.paths.samples, self.events, self.device, self.dtype,
                                  self._warn, enabled=self.procs.is_main)
         if self.val_dataset is not None and self.procs.is_main:  # rank 0 alone validates, on the bare modules

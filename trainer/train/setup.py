@@ -32,14 +32,33 @@ def pick_device(cfg: TrainConfig) -> str:
         raise TrainingError(str(e)) from None
 
 
-def weight_dtype(cfg: TrainConfig, device: str) -> torch.dtype:
-    # mixed precision only where the hardware does it well; on CPU everything stays fp32
-    if device.split(":")[0] == "cuda":
-        if cfg.precision.mixed_precision == "bf16" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        if cfg.precision.mixed_precision in ("fp16", "bf16"):
-            return torch.float16
-    return torch.float32
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_has_native_bf16() -> bool:
+    """The CPU's own word: its /proc/cpuinfo flags, or torch's probe where there is no /proc (Windows, macOS;
+    private in torch 2.13, hence looked up with a default)."""
+    from trainer.train.device import native_cpu_bf16
+
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return native_cpu_bf16() or any(bool(probe()) for probe in probes if probe is not None)
+
+
+def precision_for(cfg: TrainConfig, device: str) -> tuple[torch.dtype, str]:
+    """(the dtype the frozen UNet and text encoders are stored and run in under autocast, why it is not what
+    precision.mixed_precision asked for or ""): trainer.train.device.choose_precision with what torch reports."""
+    from trainer.train.device import choose_precision
+
+    kind = device.split(":")[0]
+    name, why = choose_precision(device, cfg.precision.mixed_precision, cfg.precision.cpu_bf16,
+                                 cpu_native=kind == "cpu" and cpu_has_native_bf16(),
+                                 cuda_bf16=kind == "cuda" and torch.cuda.is_bf16_supported())
+    return DTYPES[name], why
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    """The kohya name of a run's precision (ss_mixed_precision): "no" for fp32."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
 
 
 def autocast_for(device: str, dtype: torch.dtype):
@@ -138,6 +157,29 @@ def apply_toggles(base, network, cfg: TrainConfig, warn: Warn) -> None:
             base.unet.enable_xformers_memory_efficient_attention()
         except Exception as e:
             warn(f"xformers unavailable ({e}); using PyTorch SDPA")
+
+
+def compile_unet(unet_fwd):
+    """torch.compile of the UNet as the step calls it. It compiles on its first call (the first step waits),
+    where a backend failure (no C compiler, a graph it cannot build) becomes an error naming the option.
+    Only the step's handle is compiled: base.unet stays the plain module, so its state dict (saving,
+    export, resuming) has no `_orig_mod.` prefix, and previews and validation run it eagerly."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    # static shapes: a new shape (another bucket, a smaller last batch) compiles once more rather than
+    # turning symbolic, where torch 2.13's CPU inductor failed on the demo base ("cannot determine truth
+    # value of Relational"); past torch's recompile limit a shape runs eagerly
+    compiled = torch.compile(unet_fwd, dynamic=False)
+
+    def forward(*args, **kwargs):
+        try:
+            return compiled(*args, **kwargs)
+        except BackendCompilerFailed as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TrainingError(f"precision.compile: torch.compile could not compile the UNet ({first}); "
+                                "set precision.compile = false to train without it") from None
+
+    return forward
 
 
 def check_disk(root: Path, n_params: int, cfg: TrainConfig) -> None:
