@@ -1,6 +1,11 @@
 """Seconds from pressing Train to the first visible feedback and to step 1, on the demo, in a real browser.
 
     python bench/train_feedback.py [--out bench/results/train_feedback.json] [--label before]
+                                   [--think S] [--pairs N]
+
+--think S: seconds between opening the Train tab and pressing Train (an artist reads the form; the studio
+starts its warm trainer when the tab opens). --pairs N: N cold/warm pairs, alternating, the cold one with
+the warm trainer switched off (ATELIER_WARM_TRAINER=0), so load drifts hit both alike.
 
 A new studio on a fresh data folder, real Chromium: the demo's images go in through the Dataset tab (as
 an artist would), the Train tab gets the demo preset, Train is pressed. "First feedback" is the first
@@ -37,7 +42,7 @@ def panel_text(page) -> str:
     return "\n".join(line for line in "\n".join(out).splitlines() if not re.fullmatch(r"[\d.]+s|processing.*|queue:.*", line.strip()))
 
 
-def measure(timeout: float = 1800) -> dict:
+def measure(timeout: float = 1800, think: float = 0.0) -> dict:
     from playwright.sync_api import sync_playwright
 
     root = Path(tempfile.mkdtemp(prefix="feedback-"))
@@ -54,7 +59,7 @@ def measure(timeout: float = 1800) -> dict:
         page.get_by_role("tab", name="Train").click()
         choose(page, "train-preset", "demo")
         page.wait_for_function("document.querySelector('#train-base input').value.includes('Demo')", timeout=60_000)
-        page.wait_for_timeout(1000)
+        page.wait_for_timeout(1000 + think * 1000)
         before = panel_text(page)
         t0 = time.monotonic()
         page.locator("#train-start").click()
@@ -83,10 +88,15 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--out")
     ap.add_argument("--label", default="")
+    ap.add_argument("--think", type=float, default=0.0)
+    ap.add_argument("--pairs", type=int, default=0)
     a = ap.parse_args()
-    res = {"label": a.label, **measure()}
-    print(json.dumps(res, indent=1))
-    if a.out:
-        p = Path(a.out)
-        old = json.loads(p.read_text()) if p.exists() else []
-        p.write_text(json.dumps(old + [res], indent=1) + "\n")
+    kinds = [("cold", "0"), ("warm", "1")] * a.pairs or [("", os.environ.get("ATELIER_WARM_TRAINER", "1"))]
+    for kind, warm in kinds:
+        os.environ["ATELIER_WARM_TRAINER"] = warm  # the studio (and so its runner) inherits it
+        res = {"label": " ".join(filter(None, [a.label, kind])), "think_s": a.think, **measure(think=a.think)}
+        print(json.dumps(res, indent=1), flush=True)
+        if a.out:
+            p = Path(a.out)
+            old = json.loads(p.read_text()) if p.exists() else []
+            p.write_text(json.dumps(old + [res], indent=1) + "\n")

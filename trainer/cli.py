@@ -10,7 +10,7 @@ from trainer.imports import keep_bitsandbytes_unloaded, needs_bitsandbytes, quie
 from trainer.run.folder import EXIT_CONFIG
 
 
-def _train(argv: list[str]) -> int:
+def _train_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m trainer train",
                                  description="Train a LoRA. The run folder is the config's folder (or --run-dir).")
     ap.add_argument("config", help="config.toml (full config) or a preset name/path with --preset")
@@ -20,13 +20,35 @@ def _train(argv: list[str]) -> int:
     ap.add_argument("--run-dir", help="where events, samples, checkpoints and the adapter go")
     ap.add_argument("--resume", action="store_true", help="continue from the newest saved state in the run folder")
     ap.add_argument("--quiet", action="store_true")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def _run_dir(a: argparse.Namespace) -> Path:
+    return Path(a.run_dir) if a.run_dir else Path(a.config).resolve().parent
+
+
+def announce_run(argv: list[str]) -> None:
+    """The first event of the run `train ARGV` will train, for a process that has more to import first
+    (trainer/warm.py); nothing for arguments that would not start a run."""
+    try:
+        a = _train_parser().parse_args(argv)
+    except SystemExit:
+        return
+    if not a.resume and _run_dir(a).is_dir():
+        _announce(_run_dir(a))
+
+
+def train_command(argv: list[str], bitsandbytes_hidden: bool = False, announced: bool = False) -> int:
+    """`train ARGV`. bitsandbytes_hidden: this process has already hidden bitsandbytes (a warm trainer,
+    trainer/warm.py), so a run that needs it is refused here rather than failing deep in peft. announced:
+    that process has written the run's first event already."""
+    a = _train_parser().parse_args(argv)
     try:
         cfg = load_preset(a.config, a.overrides) if a.preset else load_config(a.config, a.overrides)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    run_dir = Path(a.run_dir) if a.run_dir else Path(a.config).resolve().parent
+    run_dir = _run_dir(a)
     run_dir.mkdir(parents=True, exist_ok=True)
     if a.run_dir or a.overrides or a.preset:
         save_config(cfg, run_dir / "config.toml") if not (run_dir / "config.toml").exists() else None
@@ -37,7 +59,12 @@ def _train(argv: list[str]) -> int:
         if refusal:
             print(f"config error: {refusal}", file=sys.stderr)
             return EXIT_CONFIG
-    _announce(run_dir)
+    if bitsandbytes_hidden and needs_bitsandbytes(cfg):
+        print("config error: this trainer process was started without bitsandbytes; QLoRA and the 8-bit "
+              "optimizer need a fresh `python -m trainer train`", file=sys.stderr)
+        return EXIT_CONFIG
+    if not announced or a.resume:
+        _announce(run_dir)
     if not needs_bitsandbytes(cfg):
         keep_bitsandbytes_unloaded()
     from trainer.train.loop import train  # torch, diffusers, peft: seconds
@@ -81,7 +108,7 @@ def _lazy(module: str):
 
 
 COMMANDS = {
-    "train": _train,
+    "train": train_command,
     "options": _options,
     "check": _lazy("trainer.formats.check"),
     "meta": _lazy("trainer.formats.meta_edit"),
@@ -92,6 +119,7 @@ COMMANDS = {
     "calibrate": _lazy("trainer.calibrate"),
     "queue": _lazy("trainer.run.queue"),
     "caption": _lazy("trainer.caption.job"),
+    "warm": _lazy("trainer.warm"),  # the studio's pre-started trainer (trainer/warm.py)
 }
 
 

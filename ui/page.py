@@ -54,6 +54,11 @@ def build_app(studio: Studio) -> gr.Blocks:
         # datasets made in the Dataset tab since the page loaded appear in the Train tab's picker
         train_tab.select(train["dataset_refresh"], [ds["ds_name"], train["dataset"]], train["dataset"],
                          show_progress="hidden")
+
+        def on_heading_to_train():
+            studio.runner.warm_up()  # torch and diffusers import while the user fills in the form
+
+        train_tab.select(on_heading_to_train, None, None, show_progress="hidden")
         train["open_generate"].click(open_in("generate", tab_generate, gen["select_outputs"]), run_state,
                                      [tabs, *gen["select_outputs"]])
         train["open_export"].click(open_in("export", tab_export, exp["select_outputs"]), run_state,

@@ -12,13 +12,17 @@ import time
 from pathlib import Path
 
 from trainer.run.atomic import atomic_write_text
-from trainer.config import REPO_ROOT
+from trainer.config import REPO_ROOT, ConfigError, load_config
+from trainer.imports import needs_bitsandbytes
 from trainer.run.events import clear_requests, pending_requests, request, run_view
 from trainer.run.device import active_run, device_lock, exited_unreaped, hold, pid_alive, read_json
 from trainer.run.folder import EXIT_CONFIG, EXIT_STATES, FINAL_STATES, RunFolder
 
 from ui.paths import DataDirs
 from ui.store import RunStore
+from ui.warm import WarmTrainer
+
+WARM_ENV = "ATELIER_WARM_TRAINER"  # "0": always start trainers cold
 
 
 class RunnerBusy(RuntimeError):
@@ -64,20 +68,27 @@ def process_status(run_dir: Path) -> tuple[int | None, bool, dict]:
     return pid, alive, exit_info
 
 
-def spawn(args: list[str], run_dir: Path) -> subprocess.Popen:
+def trainer_env() -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+    return env
+
+
+def spawn(args: list[str], run_dir: Path, warm: WarmTrainer | None = None) -> subprocess.Popen:
     """Start `python -m trainer …` (an argument list, never a shell) in a session of its own (a stop signals
-    its whole group), output into the folder's log, its pid into the pid file."""
+    its whole group), output into the folder's log, its pid into the pid file. With `warm`, a `train` is
+    handed to the waiting warm trainer when there is one."""
     folder = RunFolder(run_dir)
     for stale in (folder.exit, folder.pid):
         stale.unlink(missing_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
-    log = open(folder.log, "ab")
-    try:
-        proc = subprocess.Popen(args, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    finally:
-        log.close()
+    proc = warm.take(args[4:], folder.log) if warm is not None and args[3:4] == ["train"] else None
+    if proc is None:
+        log = open(folder.log, "ab")
+        try:
+            proc = subprocess.Popen(args, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=trainer_env(), start_new_session=True)
+        finally:
+            log.close()
     atomic_write_text(folder.pid, str(proc.pid))
     return proc
 
@@ -129,6 +140,13 @@ class Runner:
         self.dirs, self.store, self.python = dirs, store, python
         self.stop_grace_s, self.term_grace_s = stop_grace_s, term_grace_s
         self._procs: dict[str, subprocess.Popen] = {}
+        self.warm = WarmTrainer(python, dirs.root / "warm-trainer.log", trainer_env)
+        self.warm_enabled = os.environ.get(WARM_ENV, "1") != "0"
+
+    def warm_up(self) -> None:
+        """Have a trainer process ready for the next Train (the user is heading for it)."""
+        if self.warm_enabled:
+            self.warm.ensure()
 
     def _device_lock(self):
         return device_lock(self.dirs.root)
@@ -184,9 +202,19 @@ class Runner:
         if resume:
             args.append("--resume")
         args += [f"--set={o}" for o in overrides or []]  # `=`: a value can never turn into an option
-        proc = spawn(args, run_dir)
+        proc = spawn(args, run_dir, self.warm if self._warm_can_run(config, overrides) else None)
         hold(self.dirs.root, run_id, run_dir, proc.pid)
         return proc
+
+    def _warm_can_run(self, config: Path, overrides: list[str] | None) -> bool:
+        """The warm trainer hides bitsandbytes: QLoRA and the 8-bit optimizer start cold (so does a config
+        that does not load: the cold start reports why in the run's log)."""
+        if not self.warm_enabled:
+            return False
+        try:
+            return not needs_bitsandbytes(load_config(config, overrides or []))
+        except (ConfigError, OSError):
+            return False
 
     def _started(self, run_id: str, proc: subprocess.Popen) -> int:
         self._procs[run_id] = proc
@@ -198,6 +226,8 @@ class Runner:
         record_exit(proc, self.dirs.run_dir(run_id))
         self._procs.pop(run_id, None)
         self.refresh(run_id)
+        if self.store.queued():  # the queue's next run starts warm
+            self.warm_up()
 
     def refresh(self, run_id: str) -> dict:
         """Re-read the run folder and bring the store's row up to date."""

@@ -41,7 +41,14 @@ def pid_alive(pid: int, run_dir: Path) -> bool:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return True  # no /proc (macOS): trust the signal check
-    return str(run_dir).encode() in cmd
+    if str(run_dir).encode() in cmd:
+        return True
+    # a warm trainer (trainer/warm.py) was started before its run existed: it writes into the run's log
+    try:
+        return cmd.split(b"\0")[1:4] == [b"-m", b"trainer", b"warm"] and \
+            os.readlink(f"/proc/{pid}/fd/1") == str(RunFolder(run_dir).log.resolve())
+    except OSError:
+        return False
 
 
 def read_json(path: Path) -> dict:
