@@ -156,7 +156,7 @@ def measure(name: str, rounds: int, k: int, warmup: int, work: Path) -> tuple[di
         bare += f
         ratios.append(statistics.median(o) / statistics.median(f))
     row = {
-        "model": m["model"], "label": m["label"], "resolution": m["resolution"], "batch": 1,
+        "model": m["model"], "label": m["label"], "resolution": m["resolution"], "batch": cfg.dataset.batch_size,
         "rank": cfg.network.rank, "threads": _threads(), "rounds": rounds, "k": k, "warmup": warmup,
         "setup_s": round(setup_s, 2),
         "ours_s_per_step": statistics.median(ours), "floor_s_per_step": statistics.median(bare),
