@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["demo"], choices=["demo", "tiny", "sd15"])
     ap.add_argument("--rounds", type=int, default=2, help="runs of each mode, alternating")
+    ap.add_argument("--up-front-first", action="store_true", help="start each model with the up-front run")
     ap.add_argument("--label", default="current")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=3600)
@@ -128,14 +129,15 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix=f"first-step-{name}-") as tmp:
             work = Path(tmp)
             runs = []
-            order = list(MODES)
+            order = list(MODES)[::-1] if a.up_front_first else list(MODES)
             for r in range(a.rounds):
                 for mode in (order if r % 2 == 0 else order[::-1]):
                     runs.append(one_run(name, work, mode, a.threads, a.timeout))
                     print(json.dumps({"model": name, **runs[-1]}), flush=True)
             m, cfg = run_config(name, work, True)
             floor = measure_floor(floor_spec(name, m, cfg), a.threads, a.timeout, work / "floor.json")
-        report["runs"].setdefault(a.label, {})[name] = {"commit": commit, "runs": runs,
+        earlier = report["runs"].get(a.label, {}).get(name, {}).get("runs", [])  # a later call adds rounds
+        report["runs"].setdefault(a.label, {})[name] = {"commit": commit, "runs": earlier + runs,
                                                          "floor_peak_rss_bytes": floor["peak_rss_bytes"]}
     from trainer.run.atomic import atomic_write_bytes
 
