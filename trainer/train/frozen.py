@@ -64,15 +64,17 @@ class FrozenParts:
         """The caches hold everything: move the idle parts off the device, or free them (once)."""
         if self.state != "resident" or not self.parts:
             return
-        if self.keep:
-            if not self.on_cpu_already:
-                for m in self.parts.values():
-                    m.to(OFF_DEVICE)
-            self.state = "offloaded"
-        else:
-            for m in self.parts.values():
-                free(m)
-            self.state = "freed"
+        move = (lambda m: m.to(OFF_DEVICE)) if self.keep else free
+        for name, m in list(self.parts.items()):
+            if self.keep and self.on_cpu_already:
+                continue
+            try:
+                move(m)
+            except Exception as e:  # e.g. a 4-bit (QLoRA) text encoder that will not move: it stays, working
+                self.log(f"frozen part {name} stays on {self.device} ({type(e).__name__}: {e})")
+                m.to(self.device)
+                del self.parts[name]
+        self.state = "offloaded" if self.keep else "freed"
         return_freed_memory(self.device)
         where = {"offloaded": f"moved to the {OFF_DEVICE} between previews" if not self.on_cpu_already
                  else "kept on the CPU for previews", "freed": "freed (no previews need them)"}[self.state]
