@@ -15,6 +15,7 @@ written out (what is forward/backward/optimizer and what is not).
 
     .venv/bin/python bench/step_overhead.py --label before --profile          # tiny + sd15
     .venv/bin/python bench/step_overhead.py --label after --models tiny
+    .venv/bin/python bench/step_overhead.py --label after --models demo --profile  # presets/demo.toml as shipped
 Writes <out>/step_overhead.json (rows per label, merged with what is there) and step_overhead.md.
 """
 from __future__ import annotations
