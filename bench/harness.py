@@ -194,8 +194,14 @@ def floor_unet(spec: dict):
         torch.manual_seed(0)
         # built where it runs: random init of SDXL's 2.6 B parameters on a CPU alone takes a minute
         unet = build_random(family, ("unet",), device=spec.get("device", "cpu"))["unet"]
+    elif model.startswith("builtin:"):
+        from trainer.models.resolve import load_any
+
+        b = load_any(model)  # a small bundled base (the demo's): its VAE and text encoder are let go at once
+        family, unet = b.family, b.unet
+        del b
     else:
-        raise ValueError(f"floor: unsupported model spec {model!r} (tiny:… or random:…)")
+        raise ValueError(f"floor: unsupported model spec {model!r} (tiny:…, random:… or builtin:…)")
     unet.requires_grad_(False)
     base = Base(family=family, unet=unet, vae=None, text_encoders=[], tokenizers=[], scheduler=None)
     net_cfg = NetworkSection(**spec["network"])
@@ -211,14 +217,16 @@ def bare_steps(unet, family: str, spec: dict, device: str, dtype, params, optimi
     import torch
     import torch.nn.functional as F
 
-    # the tiny model's VAE downsamples by 2 (two blocks), the real ones by 8; a spec may say (the demo base: 4)
-    factor = spec.get("latent_factor") or (2 if spec["model"].startswith("tiny:") else 8)
+    # the real VAEs and the tiny model's downsample by 8; other bases (the demo's: 4) say theirs in the spec,
+    # with their latent channels and caption length
+    factor = spec.get("latent_factor") or 8
     b, h, w = spec["batch"], spec["resolution"] // factor, spec["resolution"] // factor
+    c, tokens = spec.get("latent_channels", 4), spec.get("tokens", 77)
     cross = unet.config.cross_attention_dim
     g = torch.Generator().manual_seed(0)
-    lat = torch.randn(b, 4, h, w, generator=g).to(device, dtype)
-    noise = torch.randn(b, 4, h, w, generator=g).to(device)
-    ehs = torch.randn(b, 77, cross, generator=g).to(device, dtype)
+    lat = torch.randn(b, c, h, w, generator=g).to(device, dtype)
+    noise = torch.randn(b, c, h, w, generator=g).to(device)
+    ehs = torch.randn(b, tokens, cross, generator=g).to(device, dtype)
     t = torch.randint(0, 1000, (b,), generator=g).to(device)
     kwargs = {}
     if family == "sdxl":

@@ -15,6 +15,7 @@ written out (what is forward/backward/optimizer and what is not).
 
     .venv/bin/python bench/step_overhead.py --label before --profile          # tiny + sd15
     .venv/bin/python bench/step_overhead.py --label after --models tiny
+    .venv/bin/python bench/step_overhead.py --label after --models demo --profile  # presets/demo.toml as shipped
 Writes <out>/step_overhead.json (rows per label, merged with what is there) and step_overhead.md.
 """
 from __future__ import annotations
@@ -75,9 +76,14 @@ def make_trainer(name: str, work: Path):
     as a run does."""
     from trainer.config import deep_merge, from_dict
 
-    m, cfg_dict = bench_config(name, work / "data")
-    make_dataset(work / "data", 4, m["resolution"])
-    cfg = from_dict(deep_merge(cfg_dict, {"schedule": {"max_train_steps": 100_000}}))
+    if name == "demo":
+        m, cfg = demo_config()
+    else:
+        m, cfg_dict = bench_config(name, work / "data")
+        make_dataset(work / "data", 4, m["resolution"])
+        cfg = from_dict(deep_merge(cfg_dict, {"schedule": {"max_train_steps": 100_000}}))
+    # every latent encoded in the set-up, as before caching on first use: the rounds time steps, not encodings
+    cfg.dataset.cache_on_first_use = False
     trainer, setup_s = set_up_trainer(cfg, work / "run")
     return m, cfg, trainer, setup_s
 
@@ -97,6 +103,20 @@ def set_up_trainer(cfg, run_dir: Path):
     return trainer, time.perf_counter() - t0
 
 
+def demo_config():
+    """The demo as it ships (presets/demo.toml: builtin:shapes, 64 px, batch 8 with regularisation images,
+    rank 8, its previews at step 0), on CPU, with room for the rounds."""
+    from trainer.config import load_preset
+
+    repo = HERE.parent
+    cfg = load_preset(str(repo / "presets" / "demo.toml"), [
+        f"dataset.path={repo / 'datasets' / 'zkq-stripes'}", f"dataset.reg_path={repo / 'datasets' / 'shapes-reg'}",
+        "schedule.max_train_steps=100000", "precision.device=cpu"])
+    m = {"model": cfg.model.base, "label": "demo base builtin:shapes (batch 8, rank 8, reg images)",
+         "resolution": cfg.dataset.resolution}
+    return m, cfg
+
+
 def ours_steps(trainer, batches, k: int) -> list[float]:
     times = []
     for _ in range(k):
@@ -113,7 +133,11 @@ def floor_runner(m: dict, cfg, trainer):
 
     params = list(trainer.network.all_params())
     optimizer = torch.optim.AdamW(params, lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay)
-    spec = {"model": m["model"], "resolution": m["resolution"], "batch": 1, "warmup": 0}
+    base = trainer.base
+    # the shapes of the trainer's own batches: its batch size, the base's latent size and caption length
+    spec = {"model": m["model"], "resolution": m["resolution"], "batch": cfg.dataset.batch_size, "warmup": 0,
+            "latent_factor": 2 ** (len(base.vae.config.block_out_channels) - 1),
+            "latent_channels": base.unet.config.in_channels, "tokens": base.tokenizers[0].model_max_length}
 
     def run(k: int) -> list[float]:
         return bare_steps(trainer.base.unet, trainer.base.family, {**spec, "steps": k}, "cpu", trainer.dtype,
@@ -140,7 +164,7 @@ def measure(name: str, rounds: int, k: int, warmup: int, work: Path) -> tuple[di
         bare += f
         ratios.append(statistics.median(o) / statistics.median(f))
     row = {
-        "model": m["model"], "label": m["label"], "resolution": m["resolution"], "batch": 1,
+        "model": m["model"], "label": m["label"], "resolution": m["resolution"], "batch": cfg.dataset.batch_size,
         "rank": cfg.network.rank, "threads": _threads(), "rounds": rounds, "k": k, "warmup": warmup,
         "setup_s": round(setup_s, 2),
         "ours_s_per_step": statistics.median(ours), "floor_s_per_step": statistics.median(bare),
@@ -207,7 +231,8 @@ def markdown(report: dict) -> str:
                        f"{r['ours_s_per_step']:.4f} | {r['floor_s_per_step']:.4f} | **{r['ratio_median_of_rounds']:.3f}** | "
                        f"{r['ratio']:.3f} | {r['load_1min_before']:.1f}→{r['load_1min_after']:.1f} |")
     for label, prof in report.get("profiles", {}).items():
-        out += ["", f"## Profile of the tiny step ({label}, cProfile, {prof['steps']} steps)", "",
+        model = "demo-base" if label.endswith("demo base") else "tiny"
+        out += ["", f"## Profile of the {model} step ({label}, cProfile, {prof['steps']} steps)", "",
                 "cProfile's own cost inflates Python-heavy parts (the tiny UNet's forward most); read the parts "
                 "beyond forward/backward/AdamW as absolute milliseconds. The floor's step under the same "
                 f"profiler: {prof['floor_ms_per_step_profiled']:.1f} ms.", "",
@@ -221,7 +246,7 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["tiny", "sd15"], choices=["tiny", "sd15", "sdxl"])
+    ap.add_argument("--models", nargs="+", default=["tiny", "sd15"], choices=["tiny", "sd15", "sdxl", "demo"])
     ap.add_argument("--label", default="current")
     ap.add_argument("--rounds", type=int, default=0, help="0: 30 for tiny, 4 for the real UNets")
     ap.add_argument("--k", type=int, default=1, help="steps per side per round (1: each ratio compares two "
@@ -240,13 +265,15 @@ def main(argv: list[str] | None = None) -> int:
     for name in a.models:
         tiny = name == "tiny"
         with tempfile.TemporaryDirectory(prefix=f"step-overhead-{name}-") as tmp:
-            row, live = measure(name, a.rounds or (30 if tiny else 4), a.k, 2 if tiny else 1,
+            small = tiny or name == "demo"
+            row, live = measure(name, a.rounds or (30 if small else 4), a.k, 2 if small else 1,
                                 Path(tmp))
             row["commit"] = commit
             report["rows"].setdefault(a.label, {})[name] = row
             print(json.dumps({k: v for k, v in row.items() if not k.endswith("step_times")}), flush=True)
-            if a.profile and tiny:
-                report["profiles"][a.label] = profile(*live, steps=30)
+            if a.profile and small:
+                key = a.label if tiny else f"{a.label}, demo base"
+                report["profiles"][key] = profile(*live, steps=30)
             del live
     from trainer.run.atomic import atomic_write_bytes
 

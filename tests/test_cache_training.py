@@ -39,7 +39,10 @@ class HookedTrainer(Trainer):
 
 
 def _cfg(data: Path, **sets):
-    over = [f"dataset.path={data}", "dataset.cache_to_disk=true", "schedule.max_train_steps=4",
+    # every image encoded up front: these tests count the encoder calls of set-up and loop apart
+    # (encoding on first use: tests/test_first_use_cache.py)
+    over = [f"dataset.path={data}", "dataset.cache_to_disk=true", "dataset.cache_on_first_use=false",
+            "schedule.max_train_steps=4",
             "sampling.every_n_steps=0", "sampling.at_start=false", "dataset.batch_size=2"]
     return load_preset("tiny-test", over + [f"{k}={v}" for k, v in sets.items()])
 

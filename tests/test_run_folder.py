@@ -108,6 +108,7 @@ def test_a_real_training_writes_every_documented_field(tmp_path):
     run = tmp_path / "run"
     write_config(run, **{"dataset.path": str(data), "schedule.max_train_steps": 100000, "sampling.every_n_steps": 0,
                          "sampling.at_start": "false", "dataset.cache_latents": "true",
+                         "dataset.cache_on_first_use": "false",  # up front: the caching phase events
                          "validation.split": 0.25, "validation.timesteps": 1})
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     with open(run / "log.txt", "wb") as log:

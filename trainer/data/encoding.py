@@ -1,8 +1,10 @@
 """A TrainDataset's encoder caches: VAE latents and text-encoder outputs, encoded by the trainer's functions
-on a cache miss or all at once up front (precompute), in batches of one bucket; and the loss masks at latent
-resolution (masked loss), made with them."""
+on a cache miss (on first use: `expect_first_use`, then `pending` says what is still to encode) or all at
+once up front (precompute), in batches of one bucket; and the loss masks at latent resolution (masked
+loss), made with them."""
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import torch
@@ -25,8 +27,14 @@ class DatasetEncodings:
         self.mask_cache: MaskCache | None = None
         self.batch_size = batch_size
         self.calls = {"latents": 0, "text": 0}  # how often the trainer's encode_fns ran
+        self.encoded = 0  # latents and captions encoded by this process
+        self.seconds = 0.0  # spent in the encode_fns
+        # cache keys (latents and captions) an epoch can ask for that no cache held when counted
+        # (expect_first_use); each leaves as it is encoded. Masks need no encoder: not counted.
+        self.pending: set[str] = set()
 
     def encode_latents(self, batch: list[tuple[int, bool, str]]) -> None:
+        t0 = time.perf_counter()
         pixels = torch.stack([self.dataset.pixels(i, f) for i, f, _ in batch])
         with torch.no_grad():
             lat = self.latent_encode(pixels)  # type: ignore[misc]
@@ -35,6 +43,16 @@ class DatasetEncodings:
             raise ValueError(f"latent encode_fn returned {lat.shape[0]} latents for {len(batch)} images")
         for (_, _, key), value in zip(batch, lat):
             self.latent_cache.put(key, {"latents": value})  # type: ignore[union-attr]
+            self.pending.discard(key)
+        self._count(len(batch), t0)
+
+    def _count(self, n: int, t0: float) -> None:
+        self.encoded += n
+        self.seconds += time.perf_counter() - t0
+
+    def seconds_left(self) -> float:
+        """The encoding still pending, at the pace of this process's encodings so far (0 before the first)."""
+        return len(self.pending) * self.seconds / self.encoded if self.encoded else 0.0
 
     @staticmethod
     def _cached(cache, key: str, field: str, make) -> torch.Tensor:
@@ -63,15 +81,39 @@ class DatasetEncodings:
         return got  # type: ignore[return-value]
 
     def encode_texts(self, captions: list[str]) -> None:
+        t0 = time.perf_counter()
         with torch.no_grad():
             out = self.text_encode(captions)  # type: ignore[misc]
         self.calls["text"] += 1
         for i, caption in enumerate(captions):
             self.text_cache.put(text_key(caption), {k: v[i] for k, v in out.items()})  # type: ignore[union-attr]
+            self.pending.discard(text_key(caption))
+        self._count(len(captions), t0)
 
-    def precompute(self, progress_cb: ProgressFn | None = None) -> dict[str, int]:
-        """TrainDataset.precompute: encode whatever is not cached yet, latents by bucket, then captions, then
-        masks (their stats only when masks are on)."""
+    def encode_pending(self, entries: list[tuple[int, bool, str]], captions: list[str]) -> None:
+        """Encode those of a batch's latents (item index, flip, key) and captions that are still pending, one
+        encoder call for each kind: a batch holds one bucket, so its latents stack."""
+        latents = [e for e in dict.fromkeys(entries) if e[2] in self.pending]
+        if latents:
+            self.encode_latents(latents)
+        texts = [c for c in dict.fromkeys(captions) if text_key(c) in self.pending]
+        if texts:
+            self.encode_texts(texts)
+
+    def expect_first_use(self) -> dict[str, int]:
+        """Encode nothing now: each latent and caption is encoded when a sample first asks for it (sample()
+        does on a miss) and read from the cache after. Counts what is already cached and what is still to
+        encode (`pending`). Returns the stats precompute would, with "latents_pending" and "text_pending"
+        in place of the computed counts."""
+        stats, todo, texts, _ = self._plan()
+        self.pending = {key for _, _, key in todo} | {text_key(c) for c in texts}
+        for kind, n in (("latents", len(todo)), ("text", len(texts))):
+            del stats[f"{kind}_computed"]
+            stats[f"{kind}_pending"] = n
+        return {k: v for k, v in stats.items() if not k.startswith("masks_")}
+
+    def _plan(self) -> tuple[dict[str, int], list[tuple[int, bool, str]], list[str], list[tuple[int, bool, str]]]:
+        """(stats so far, latents to encode, captions to encode, masks to make): what no cache holds yet."""
         stats = {"latents_computed": 0, "latents_reused": 0, "text_computed": 0, "text_reused": 0}
         masks: list[tuple[int, bool, str]] = []
         if self.mask_cache is not None:
@@ -98,6 +140,12 @@ class DatasetEncodings:
                     texts.append(cap)
                 else:
                     stats["text_reused"] += 1
+        return stats, todo, texts, masks
+
+    def precompute(self, progress_cb: ProgressFn | None = None) -> dict[str, int]:
+        """TrainDataset.precompute: encode whatever is not cached yet, latents by bucket, then captions, then
+        masks (their stats only when masks are on)."""
+        stats, todo, texts, masks = self._plan()
         total = len(todo) + len(texts) + len(masks)
         done = 0
         if progress_cb:

@@ -52,8 +52,12 @@ EVENTS: dict[str, EventType] = {
                                                              "focus_points", "precision", "precision_note",
                                                              "compiled")),
     "step": EventType("one optimizer step; loss is the step's mean loss, eta_s the seconds left (None at "
-                      "first), batch a digest of the images it trained on",
-                      ("step", "max_steps", "loss", "lr", "batch", "epoch", "it_s", "eta_s")),
+                      "first), batch a digest of the images it trained on; it_s the step's pace without the "
+                      "encoding of images met for the first time (dataset.cache_on_first_use), whose rest "
+                      "eta_s adds at the pace so far; while some are left, encoded: latents and captions "
+                      "encoded so far, to_encode: how many are still to encode",
+                      ("step", "max_steps", "loss", "lr", "batch", "epoch", "it_s", "eta_s"),
+                      ("encoded", "to_encode")),
     "sample": EventType("a preview PNG (path relative to the run folder); kind 'base' is drawn with the "
                         "adapter switched off", ("step", "path", "prompt", "seed", "kind", "index")),
     "checkpoint": EventType("a resumable state and an adapter were saved (paths relative to the run folder); "
@@ -66,13 +70,20 @@ EVENTS: dict[str, EventType] = {
                             "ema_adapter name the checkpoint it measured (also in <state>/validation.json)",
                             ("step", "loss", "images", "timesteps", "per_timestep", "seconds"),
                             ("ema_loss", "state", "adapter", "ema_adapter")),
+    "memory": EventType("the peak memory of a phase of the run that just ended (trainer.train.memory): phase = "
+                        "'model load' | 'caching' | 'training' | 'previews' (a phase met again reports each "
+                        "stretch); peak_rss_mib: the process's peak resident memory in it; cuda_peak_mib: the "
+                        "peak CUDA memory torch allocated (CUDA only); rss_since_start: true where the system "
+                        "would not reset the RSS peak, so it is the process's since it started",
+                        ("phase", "peak_rss_mib"), ("cuda_peak_mib", "rss_since_start")),
     "control": EventType("the trainer took a control request (command: stop | sample_now | save_now)",
                          ("command", "request")),
     "warning": EventType("something the user should know; training goes on", ("message",),
                          ("file", "severity")),
     "error": EventType("why the run failed", ("message",), ("traceback", "step")),
     "finished": EventType("the last event of an attempt: status finished | stopped | failed; a finished or "
-                          "stopped run names its adapter", ("status", "step"), ("adapter", "wall_s", "timing")),
+                          "stopped run names its adapter; memory: {phase: the memory event's fields, the highest over the "
+                          "phase's stretches}", ("status", "step"), ("adapter", "wall_s", "timing", "memory")),
 }
 EVENT_TYPES = tuple(EVENTS)
 COMMANDS = ("stop", "sample_now", "save_now")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
@@ -25,7 +26,9 @@ from trainer.run.state import clean_partial
 from trainer.train import checkpoints, setup
 from trainer.train.conditioning import encode_text
 from trainer.train.ema import EMA
+from trainer.train.frozen import FrozenParts, idle_parts
 from trainer.train.loss import diffusion_loss, draw_noise, prediction_target
+from trainer.train.memory import PhasePeaks
 from trainer.train.previews import Previews
 from trainer.train.processes import Processes
 from trainer.train.setup import TrainingError, autocast_for  # noqa: F401 (TrainingError: part of this API)
@@ -52,6 +55,8 @@ class Trainer:
         self.cache_stats: dict = {}
         self.validation: Validation | None = None
         self.ema: EMA | None = None
+        self.memory: PhasePeaks | None = None
+        self.frozen: FrozenParts | None = None
 
     def run(self) -> int:
         """Train; the exit code says how it ended (EXIT_BY_STATUS), the events say why."""
@@ -121,8 +126,10 @@ class Trainer:
         if status == "finished":
             self.previews.round(self.progress.step)
         self.timing.seconds["sample"] = self.previews.seconds
+        self.memory.enter(None)
         self.events.emit("finished", status=status, step=self.progress.step, adapter=adapter,
-                         wall_s=round(time.time() - t_start, 2), timing=self.timing.report(self.progress))
+                         wall_s=round(time.time() - t_start, 2), timing=self.timing.report(self.progress),
+                         memory=self.memory.report())
         return status
 
     def _set_up(self) -> None:
@@ -135,6 +142,7 @@ class Trainer:
         self.dtype, self.precision_note = setup.precision_for(cfg, self.device)
         self._log(f"precision: {setup.precision_name(self.dtype)} on {self.device}"
                   + (f" ({self.precision_note})" if self.precision_note else ""))
+        self.memory = PhasePeaks(self.device, self._memory_closed)
         torch.manual_seed(cfg.schedule.seed + self.procs.rank)
         for message in launch_warnings(cfg):  # settings that do not fit the base (read from its header)
             self._warn(message)
@@ -142,12 +150,14 @@ class Trainer:
         self.dataset, self.val_dataset = setup.load_data(cfg, root, self._warn)
         for p in self.dataset.problems:
             self._warn(f"{p.file}: {p.reason}", file=p.file, severity=p.severity)
+        self.memory.enter("model load")
         self.base = setup.load_model(cfg)
         setup.place_model(self.base, self.device, self.dtype)
         self.network = setup.build_adapter(self.base, cfg, self._warn)
         setup.apply_toggles(self.base, self.network, cfg, self._warn)
         setup.check_disk(root, sum(p.numel() for p in self.network.all_params()), cfg)
         self.encoders = setup.Encoders(self.base, self.device, cfg.model.clip_skip)
+        self.memory.enter("caching")
         with self.timing.measure("cache"):
             self._prepare_caches()
         self.optimizer, self.lr_scheduler = setup.build_optimizer_and_schedule(cfg, self.network)
@@ -171,17 +181,51 @@ class Trainer:
         self.facts = RunFacts.of_run(cfg, self.base, self.dataset, self.procs.world, self.progress.started_at,
                                      self.paths.samples, setup.precision_name(self.dtype))
         self.previews = Previews(cfg, self.base, self.paths.samples, self.events, self.device, self.dtype,
-                                 self._warn, enabled=self.procs.is_main)
+                                 self._warn, enabled=self.procs.is_main, around=self._preview_round)
         if self.val_dataset is not None and self.procs.is_main:  # rank 0 alone validates, on the bare modules
             self.validation = Validation.of_run(cfg, self.val_dataset, self.base, self._latents, partial(
                 self._predict, unet=self.base.unet, text_encoders=self.base.text_encoders))
+        # the VAE and the text encoders a step does not run leave the device once the caches are full
+        self.frozen = FrozenParts(idle_parts(self.base, self.network, self.dataset), self.device,
+                                  keep=self.previews.enabled, log=self._log)
+        self._release_when_cached()
+        self.memory.enter("training")
 
     def _prepare_caches(self) -> None:
         self.cache_stats = setup.prepare_caches(
-            self.cfg, self.dataset, self.base, self.encoders, self._warn, self._log,
-            lambda done, total: self.events.emit("phase", phase="caching", done=done, total=total))
+            self.cfg, self.dataset, self.base, self.encoders, self._warn, self._log, self._caching_progress,
+            first_use=self.cfg.dataset.cache_on_first_use)
         if self.val_dataset is not None:
             setup.prepare_caches(self.cfg, self.val_dataset, self.base, self.encoders, self._warn, self._log)
+
+    def _caching_progress(self, done: int, total: int) -> None:
+        self.events.emit("phase", phase="caching", done=done, total=total)
+
+    def _release_when_cached(self) -> None:
+        """Once no latent or caption is left to encode, the idle frozen parts leave the device (or memory).
+        Encoding on first use, an epoch may never ask for some (the other flip, regularisation images
+        beyond the first epoch's share): once the first epoch is over they are encoded at once."""
+        if self.frozen is None or self.frozen.state != "resident":
+            return
+        if self.dataset.pending_encodings and self.progress.epoch >= 1:
+            with self.memory.during("caching"), self.timing.measure("cache"):
+                stats = self.dataset.precompute(self._caching_progress)
+            self._log(f"caches: the first epoch's leftovers {stats}")
+        if not self.dataset.pending_encodings:
+            self.frozen.release()
+
+    def _preview_round(self):
+        """What a preview round runs inside: the frozen parts on the device, its own memory phase."""
+        stack = ExitStack()
+        stack.enter_context(self.memory.during("previews"))
+        if self.frozen is not None:
+            stack.enter_context(self.frozen.on_device())
+        return stack
+
+    def _memory_closed(self, phase: str, fields: dict) -> None:
+        self.events.emit("memory", phase=phase, **fields)
+        cuda = f", CUDA peak {fields['cuda_peak_mib']:.0f} MiB" if "cuda_peak_mib" in fields else ""
+        self._log(f"memory: {phase}: peak RSS {fields['peak_rss_mib']:.0f} MiB{cuda}")
 
     # ---- the loop
     def _loop(self) -> str:
@@ -195,6 +239,7 @@ class Trainer:
                 self.stop_requested = True
                 return "stopped"
             if self.progress.step < max_steps:
+                self._release_when_cached()
                 self._between_steps(commands)
         return "finished"
 
@@ -211,7 +256,7 @@ class Trainer:
         update, the step event): the commands to act on before the next step, or None when the loss was
         not finite (the error event says so). bench/step_overhead.py times this very method."""
         p = self.progress
-        t0 = time.time()
+        t0, encoding_s = time.time(), self.dataset.encodings.seconds
         loss, keys, finite = self._accumulate(batches)
         finite, commands = self.procs.agree(finite, self.control.poll() if self.procs.is_main else set(),
                                             self.stop_requested)
@@ -224,7 +269,8 @@ class Trainer:
         p.step += 1
         self.procs.record(keys)
         crash_point("step", p.step)
-        p.step_times.append(time.time() - t0)
+        # the step's pace without the encoding on first use: the ETA adds what is left of that separately
+        p.step_times.append(time.time() - t0 - (self.dataset.encodings.seconds - encoding_s))
         self._report_step(loss, keys)
         return commands
 
@@ -235,6 +281,7 @@ class Trainer:
         for _ in range(accum):
             epoch, bi, idx = next(batches)
             with self.timing.measure("data"):
+                self.dataset.encode_first_use(idx, epoch)  # a no-op once everything is cached
                 batch = self.dataset.collate([self.dataset.sample(i, epoch) for i in idx])
             keys.extend(batch.get("keys", []))
             loss = self._loss(batch) / accum
@@ -292,8 +339,11 @@ class Trainer:
 
     def _report_step(self, loss: float, keys: list[str]) -> None:
         p, max_steps, lr = self.progress, self.cfg.schedule.max_train_steps, self.lr_scheduler.get_last_lr()[0]
-        extra = self.previews.seconds_left(p.step, max_steps) + self.timing.saves_left(p.step, max_steps, self.cfg)
-        self.events.emit("step", **p.step_fields(max_steps, loss, lr, keys, extra))
+        to_encode = self.dataset.pending_encodings
+        extra = (self.previews.seconds_left(p.step, max_steps) + self.timing.saves_left(p.step, max_steps, self.cfg)
+                 + self.dataset.encodings.seconds_left())
+        encoding = {"encoded": self.dataset.encodings.encoded, "to_encode": to_encode} if to_encode else {}
+        self.events.emit("step", **p.step_fields(max_steps, loss, lr, keys, extra), **encoding)
         self.display.update(p.step, loss, lr)
 
     def _between_steps(self, commands: set[str]) -> None:

@@ -18,7 +18,9 @@ def build_optimizer(cfg: OptimizerSection, unet_params: list, te_params: list) -
         groups.append({"params": te_params, "lr": cfg.text_encoder_lr})
     wd = cfg.weight_decay
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, weight_decay=wd)
+        # foreach: one call over all the adapter's small tensors instead of a Python loop over them (torch's
+        # default on CPU): the same numbers, 3x faster on a LoRA's ~200 tensors (bench/results/step_overhead.md)
+        return torch.optim.AdamW(groups, weight_decay=wd, foreach=True)
     if cfg.name == "adamw8bit":
         try:
             import bitsandbytes as bnb

@@ -8,8 +8,9 @@ A preview never costs the run: a failing round becomes a warning and training go
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 
 from PIL import Image
 
@@ -23,8 +24,9 @@ from trainer.train.timing import due_after
 
 class Previews:
     def __init__(self, cfg: TrainConfig, base, samples_dir: Path, events, device: str, dtype,
-                 warn: Callable[..., None], enabled: bool = True):
-        self.cfg, self.base, self.dir, self.events = cfg, base, Path(samples_dir), events
+                 warn: Callable[..., None], enabled: bool = True, around: Callable[[], ContextManager] = nullcontext):
+        # around: what a round runs inside (the trainer's: frozen parts back on the device, memory phase)
+        self.cfg, self.base, self.dir, self.events, self.around = cfg, base, Path(samples_dir), events, around
         self.device, self.dtype, self.warn = device, dtype, warn
         self.plan = preview_plan(cfg)  # the config's prompts, or its family style's
         self.enabled = enabled and bool(self.plan.prompts)  # rank 0 alone draws
@@ -56,9 +58,10 @@ class Previews:
         t0 = time.time()
         try:
             steps, n = self.cfg.sampling.steps, len(self.plan.prompts)
-            for i, kind in enumerate(kinds):
-                self.events.emit("phase", phase="preview", done=i * steps, total=len(kinds) * steps, images=n)
-                self._draw(kind, step, self._progress(i * steps, len(kinds) * steps, n))
+            with self.around():
+                for i, kind in enumerate(kinds):
+                    self.events.emit("phase", phase="preview", done=i * steps, total=len(kinds) * steps, images=n)
+                    self._draw(kind, step, self._progress(i * steps, len(kinds) * steps, n))
         except Exception as e:  # the adapter and state are saved separately: a preview is an extra
             self.warn(f"preview at step {step} failed ({type(e).__name__}: {e}); training goes on", step=step)
         finally:

@@ -215,11 +215,12 @@ class Encoders:
 
 
 def prepare_caches(cfg: TrainConfig, ds, base, encoders: Encoders, warn: Warn, log: Callable[[str], None],
-                   progress: Callable[[int, int], None] | None = None) -> dict:
+                   progress: Callable[[int, int], None] | None = None, first_use: bool = False) -> dict:
     """Encode every image once (and captions, where the text encoder is frozen and captions are not
-    shuffled) so that the training step runs the UNet alone. On disk the caches live beside the
-    dataset and are reused by later runs; entries are keyed by content, so an edit invalidates
-    only its own entry. Returns the cache statistics."""
+    shuffled) so that the training step runs the UNet alone: now, or with `first_use` when a step first
+    uses each (the dataset's encode_first_use), so that step 1 does not wait for the whole dataset. On
+    disk the caches live beside the dataset and are reused by later runs; entries are keyed by content,
+    so an edit invalidates only its own entry. Returns the cache statistics."""
     from trainer.data.cache import MASK_RECIPE, LatentCache, MaskCache, TextCache, default_cache_dir, fingerprint_module
 
     # masks are averaged down to the latents' size: the VAE halves the image once per block after the first
@@ -242,6 +243,10 @@ def prepare_caches(cfg: TrainConfig, ds, base, encoders: Encoders, warn: Warn, l
         ds.attach_mask_cache(MaskCache(cache_dir, MASK_RECIPE))
     if not (cfg.dataset.cache_latents or text_cached):
         return {}
+    if first_use:
+        stats = ds.expect_first_use()
+        log(f"caches: {stats}; the pending ones are encoded when a step first uses them")
+        return stats
     stats = ds.precompute(progress)
     log(f"caches: {stats} in {time.time() - t0:.1f}s")
     return stats
