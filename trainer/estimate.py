@@ -29,7 +29,7 @@ FAMILY_PARAMS: dict[str, dict] = {
     "sdxl": {"unet": 2_567_463_684, "vae": 83_653_863, "text": [123_060_480, 694_659_840],
              # TE1 without its last layer: it feeds nothing in SDXL, so it gets no adapter
              "unet_lora_io": 2_659_840, "conv_lora_io": 414_400, "te_lora_io": [152_064, 737_280]},
-    "tiny": {"unet": 792_964, "vae": 658_375, "text": [1_626_304],
+    "tiny": {"unet": 792_964, "vae": 1_250_759, "text": [1_626_304],
              "unet_lora_io": 5_376, "conv_lora_io": 12_832, "te_lora_io": [2_240]},
 }
 # weights in nn.Linear layers (what QLoRA quantises and LoftQ decomposes): bench/results/qlora.md, meta models
@@ -49,7 +49,7 @@ LOFTQ_OVERSAMPLE = 8
 SPEC_TEXT_PARAMS = {"random:sdxl": [123_060_480, 104_540_160]}
 
 LATENT_CHANNELS = 4
-VAE_DOWNSCALE = {"tiny": 2, "shapes": 4}  # the tiny VAE has two blocks, the demo base's three; SD's VAEs: 8
+VAE_DOWNSCALE = {"shapes": 4}  # the demo base's VAE has three blocks; SD's VAEs and the tiny one (four): 8
 FP32 = 4
 
 # ---- CPU calibration (bench/bench_cpu.py, fp32, 1 thread, this machine; see bench/results/cpu.md)
