@@ -47,8 +47,12 @@ def data(tmp_path_factory):
 
 
 def train(tmp_path, data, sets: dict) -> Trainer:
+    # a preview prompt keeps the frozen text encoder and VAE in the trainer after the run (a run without
+    # previews frees them once cached, trainer/train/frozen.py): the checks below run the trained base itself.
+    # Only the finished run's one preview is drawn, in 2 denoising steps.
     base_sets = {"dataset.path": str(data), "schedule.max_train_steps": STEPS, "saving.precision": "fp32",
-                 "sampling.prompts": [], "sampling.at_start": False, "optimizer.lr": 1e-2,
+                 "sampling.prompts": ["a photo of a zkq cat"], "sampling.at_start": False,
+                 "sampling.every_n_steps": 0, "sampling.steps": 2, "optimizer.lr": 1e-2,
                  "saving.output_name": "variant"}
     cfg_path = write_config(tmp_path / "run", **{**base_sets, **sets})
     trainer = Trainer(load_config(cfg_path), tmp_path / "run", quiet=True)
