@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +27,8 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from bench_cpu import bench_config  # noqa: E402
-from harness import make_dataset, measure_floor, measure_ours, read_events  # noqa: E402
+from harness import make_dataset, measure_floor, measure_ours, read_events, write_results  # noqa: E402
+from step_overhead import demo_config, git_head  # noqa: E402
 
 MODES = {"first use": True, "up front": False}
 STEPS = {"demo": 3, "tiny": 3, "sd15": 2}
@@ -37,18 +37,16 @@ GIB = 2**30
 
 def run_config(name: str, work: Path, first_use: bool):
     """(bench sizes, TrainConfig) of `name` ("demo": presets/demo.toml as shipped; else bench_cpu.py's)."""
-    from trainer.config import deep_merge, from_dict, load_preset
+    from trainer.config import deep_merge, from_dict
 
     over = {"schedule": {"max_train_steps": STEPS[name]}, "sampling": {"prompts": [], "at_start": False,
                                                                        "every_n_steps": 0},
             "dataset": {"cache_on_first_use": first_use, "cache_to_disk": False},
             "saving": {"every_n_steps": 0}, "validation": {"split": 0.0}, "precision": {"device": "cpu"}}
     if name == "demo":
-        repo = HERE.parent
-        base = load_preset(str(repo / "presets" / "demo.toml"), [
-            f"dataset.path={repo / 'datasets' / 'zkq-stripes'}", f"dataset.reg_path={repo / 'datasets' / 'shapes-reg'}"])
-        m = {"model": base.model.base, "label": "demo (builtin:shapes, 64 px, batch 8, 16 images + 16 reg)",
-             "resolution": 64, "batch": base.dataset.batch_size, "warmup": 0}
+        m, base = demo_config()
+        m = {**m, "label": "demo (builtin:shapes, 64 px, batch 8, 16 images + 16 reg)",
+             "batch": base.dataset.batch_size, "warmup": 0}
         return m, from_dict(deep_merge(base.model_dump(mode="json"), over))
     m, cfg_dict = bench_config(name, work / "data")
     if not (work / "data").exists():
@@ -120,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--out", default=str(HERE / "results"))
     a = ap.parse_args(argv)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE.parent, capture_output=True,
-                            text=True).stdout.strip()
+    commit = git_head()
     out = Path(a.out)
     path = out / "first_step.json"
     report = json.loads(path.read_text()) if path.exists() else {"runs": {}, "notes": []}
@@ -139,11 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         earlier = report["runs"].get(a.label, {}).get(name, {}).get("runs", [])  # a later call adds rounds
         report["runs"].setdefault(a.label, {})[name] = {"commit": commit, "runs": earlier + runs,
                                                          "floor_peak_rss_bytes": floor["peak_rss_bytes"]}
-    from trainer.run.atomic import atomic_write_bytes
-
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, json.dumps(report, indent=1).encode())
-    atomic_write_bytes(out / "first_step.md", markdown(report).encode())
+    write_results(out, "first_step", report, markdown(report))
     print(markdown(report))
     return 0
 

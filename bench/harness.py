@@ -40,6 +40,16 @@ def make_dataset(folder: Path, n: int, size: int, seed: int = 0) -> Path:
     return folder
 
 
+def write_results(out: Path, stem: str, report: dict, markdown: str) -> None:
+    """bench/results' pair for one bench: <stem>.json (every row so far) and <stem>.md, each written
+    atomically, so a bench that dies mid-way leaves the last whole files."""
+    from trainer.run.atomic import atomic_write_bytes
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / f"{stem}.json", json.dumps(report, indent=1).encode())
+    atomic_write_bytes(out / f"{stem}.md", markdown.encode())
+
+
 def child_env(threads: int | None) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
                TOKENIZERS_PARALLELISM="false")

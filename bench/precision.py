@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from bench_cpu import bench_config  # noqa: E402
-from harness import bare_steps, make_dataset  # noqa: E402
+from harness import bare_steps, make_dataset, write_results  # noqa: E402
 from step_overhead import git_head, ours_steps, set_up_trainer  # noqa: E402
 
 MODES = {"fp32": {"mixed_precision": "no"}, "bf16": {"mixed_precision": "bf16", "cpu_bf16": "on"},
@@ -174,17 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         row.update(commit=git_head(), machine=key, wall_s=round(time.time() - t0, 1))
         report["rows"][f"{name}@{key}"] = row
         print(json.dumps({k: v for k, v in row.items() if k != "floor_step_times"}), flush=True)
-        write(report, out)  # after each model: a later one that fails costs only its own row
+        write_results(out, "precision", report, markdown(report))  # after each model: a later one that fails costs only its own row
     print(markdown(report))
     return 0
-
-
-def write(report: dict, out: Path) -> None:
-    from trainer.run.atomic import atomic_write_bytes
-
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "precision.json", json.dumps(report, indent=1).encode())
-    atomic_write_bytes(out / "precision.md", markdown(report).encode())
 
 
 if __name__ == "__main__":

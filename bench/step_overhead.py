@@ -43,7 +43,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from bench_cpu import bench_config  # noqa: E402
-from harness import bare_steps, make_dataset  # noqa: E402
+from harness import bare_steps, make_dataset, write_results  # noqa: E402
 
 # the parts of a step, by (file suffix, function name) as cProfile names them; cumulative seconds
 PARTS = [
@@ -275,11 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                 key = a.label if tiny else f"{a.label}, demo base"
                 report["profiles"][key] = profile(*live, steps=30)
             del live
-    from trainer.run.atomic import atomic_write_bytes
-
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, json.dumps(report, indent=1).encode())
-    atomic_write_bytes(out / "step_overhead.md", markdown(report).encode())
+    write_results(out, "step_overhead", report, markdown(report))
     print(markdown(report))
     return 0
 

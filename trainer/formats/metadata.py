@@ -170,6 +170,7 @@ def build_metadata(cfg, facts: dict, minimal: bool = False) -> dict[str, str]:
     net = cfg.network
     module, args = network_module_and_args(net)
     custom = facts.get("custom_base")
+    precision_used = facts.get("mixed_precision") or cfg.precision.mixed_precision
     md: dict[str, str] = {
         "ss_base_model_version": CUSTOM_VERSION if custom else BASE_MODEL_VERSION[family],
         "ss_v2": str(family.startswith("sd2")),
@@ -203,8 +204,8 @@ def build_metadata(cfg, facts: dict, minimal: bool = False) -> dict[str, str]:
             "ss_num_batches_per_epoch": str(int(facts.get("batches_per_epoch", 0))),
             "ss_batch_size_per_device": str(ds.batch_size),
             "ss_total_batch_size": str(ds.batch_size * sch.grad_accum),
-            "ss_mixed_precision": facts.get("mixed_precision") or cfg.precision.mixed_precision,
-            PRECISION_KEY: _json({"used": facts.get("mixed_precision") or cfg.precision.mixed_precision,
+            "ss_mixed_precision": precision_used,
+            PRECISION_KEY: _json({"used": precision_used,
                                   "requested": cfg.precision.mixed_precision,
                                   "compiled": bool(facts.get("compiled"))}),
             "ss_gradient_checkpointing": str(cfg.precision.gradient_checkpointing),
