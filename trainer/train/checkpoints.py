@@ -81,6 +81,14 @@ class Resumable:
                                 "state are intact") from None
         return state_dir, path, ema_path
 
+    def resume(self, warn, log) -> None:
+        """--resume: from the latest saved state, or (said as a warning) from step 0 when there is none."""
+        state_dir = self.restore()
+        if state_dir is None:
+            warn("--resume: no saved state in this run folder; starting from step 0")
+        else:
+            log(f"resumed from {state_dir.name}")
+
     def restore(self) -> Path | None:
         """Put the latest saved state back; the state folder, or None when there is none."""
         state_dir = latest_state(self.paths.checkpoints)

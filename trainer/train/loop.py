@@ -1,17 +1,15 @@
 """The training loop: set up → loop (step, control, previews, saves) → save → previews → finished.
 
-Readable like the diffusers example scripts: the stages live in their own modules (setup, loss,
-processes, previews, timing; trainer.formats.export for the file). Determinism is a feature: noise and
-timesteps come from a saved generator, data order from (seed, epoch), so a run stopped at step k and
-resumed ends with the same adapter as one that never stopped.
+Readable like the diffusers example scripts: the stages live in their own modules (setup, caching,
+forward and loss, processes, previews, timing; trainer.formats.export for the file). Determinism is a
+feature: noise and timesteps come from a saved generator, data order from (seed, epoch), so a run stopped
+at step k and resumed ends with the same adapter as one that never stopped.
 """
 from __future__ import annotations
 
 import signal
 import sys
 import time
-from contextlib import ExitStack
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -24,14 +22,14 @@ from trainer.run.folder import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_STOPPED, 
 from trainer.run.faults import crash_point
 from trainer.run.state import clean_partial
 from trainer.train import checkpoints, setup
-from trainer.train.conditioning import encode_text
 from trainer.train.ema import EMA
-from trainer.train.frozen import FrozenParts, idle_parts
-from trainer.train.loss import diffusion_loss, draw_noise, prediction_target
-from trainer.train.memory import PhasePeaks
+from trainer.train.caching import Caching, Encoders
+from trainer.train.forward import Forward
+from trainer.train.frozen import FrozenParts
+from trainer.train.memory import PhasePeaks, reporter
 from trainer.train.previews import Previews
 from trainer.train.processes import Processes
-from trainer.train.setup import TrainingError, autocast_for  # noqa: F401 (TrainingError: part of this API)
+from trainer.train.setup import TrainingError  # noqa: F401 (part of this API)
 from trainer.train.timing import Progress, StepDisplay, Timing
 from trainer.train.validation import Validation
 
@@ -96,15 +94,9 @@ class Trainer:
     def _run(self) -> str:
         cfg, t_start = self.cfg, time.time()
         self._set_up()
-        self.events.emit("started", max_steps=cfg.schedule.max_train_steps, family=self.base.family,
-                         device=self.device, dtype=str(self.dtype).replace("torch.", ""),
-                         precision=setup.precision_name(self.dtype), precision_note=self.precision_note,
-                         compiled=cfg.precision.compile,
-                         images=self.dataset.num_images, resumed_from=self.progress.step,
-                         masked_loss=cfg.noise.masked_loss, masked_images=self.dataset.num_masked_images,
-                         crop_boxes=self.dataset.crop_counts["box"], focus_points=self.dataset.crop_counts["focus"],
-                         trainable_params=sum(p.numel() for p in self.network.all_params()),
-                         startup_s=round(time.time() - t_start, 2))
+        self.events.emit("started", **setup.started_fields(
+            cfg, self.base, self.dataset, self.network, self.device, self.dtype, self.precision_note,
+            resumed_from=self.progress.step, startup_s=time.time() - t_start))
         self.display = StepDisplay(self.paths.root, cfg.schedule.max_train_steps, self.progress.step,
                                    terminal=sys.stderr.isatty() and not self.quiet and self.procs.is_main)
         self.previews.at_start(self.progress.step)
@@ -142,21 +134,17 @@ class Trainer:
         self.dtype, self.precision_note = setup.precision_for(cfg, self.device)
         self._log(f"precision: {setup.precision_name(self.dtype)} on {self.device}"
                   + (f" ({self.precision_note})" if self.precision_note else ""))
-        self.memory = PhasePeaks(self.device, self._memory_closed)
+        self.memory = PhasePeaks(self.device, reporter(self.events, self._log))
         torch.manual_seed(cfg.schedule.seed + self.procs.rank)
         for message in launch_warnings(cfg):  # settings that do not fit the base (read from its header)
             self._warn(message)
         # data first: a bad dataset should fail in seconds, not after loading a 7 GB model
         self.dataset, self.val_dataset = setup.load_data(cfg, root, self._warn)
-        for p in self.dataset.problems:
-            self._warn(f"{p.file}: {p.reason}", file=p.file, severity=p.severity)
         self.memory.enter("model load")
-        self.base = setup.load_model(cfg)
-        setup.place_model(self.base, self.device, self.dtype)
-        self.network = setup.build_adapter(self.base, cfg, self._warn)
-        setup.apply_toggles(self.base, self.network, cfg, self._warn)
-        setup.check_disk(root, sum(p.numel() for p in self.network.all_params()), cfg)
-        self.encoders = setup.Encoders(self.base, self.device, cfg.model.clip_skip)
+        self.base, self.network = setup.model_and_adapter(cfg, root, self.device, self.dtype, self._warn)
+        self.encoders = Encoders(self.base, self.device, cfg.model.clip_skip)
+        self.caching = Caching(cfg, self.dataset, self.val_dataset, self.base, self.encoders, self.memory,
+                               self.timing, self.events, self._warn, self._log)
         self.memory.enter("caching")
         with self.timing.measure("cache"):
             self._prepare_caches()
@@ -165,67 +153,26 @@ class Trainer:
         o = cfg.optimizer
         if o.ema:
             self.ema = EMA(checkpoints.trainable_state(self.base), o.ema_decay, o.ema_start_step, o.ema_on_cpu)
-        self.unet_fwd = self.procs.wrap(self.base.unet)
-        if cfg.precision.compile:
-            self.unet_fwd = setup.compile_unet(self.unet_fwd)
-        self.te_fwd = [self.procs.wrap(te) if i in self.network.text_encoders else te
-                       for i, te in enumerate(self.base.text_encoders)]
+        self.forward = Forward.of_run(cfg, self.base, self.network, self.encoders, self.device, self.dtype,
+                                      self.procs.wrap)
         self.resumable = checkpoints.Resumable(self.paths, cfg, self.base, self.network, self.optimizer,
                                                self.lr_scheduler, self.noise_gen, self.progress, self.ema)
         if self.resume:
-            state_dir = self.resumable.restore()
-            if state_dir is None:
-                self._warn("--resume: no saved state in this run folder; starting from step 0")
-            else:
-                self._log(f"resumed from {state_dir.name}")
+            self.resumable.resume(self._warn, self._log)
         self.facts = RunFacts.of_run(cfg, self.base, self.dataset, self.procs.world, self.progress.started_at,
                                      self.paths.samples, setup.precision_name(self.dtype))
         self.previews = Previews(cfg, self.base, self.paths.samples, self.events, self.device, self.dtype,
-                                 self._warn, enabled=self.procs.is_main, around=self._preview_round)
+                                 self._warn, enabled=self.procs.is_main, around=self.caching.around_previews)
         if self.val_dataset is not None and self.procs.is_main:  # rank 0 alone validates, on the bare modules
-            self.validation = Validation.of_run(cfg, self.val_dataset, self.base, self._latents, partial(
-                self._predict, unet=self.base.unet, text_encoders=self.base.text_encoders))
+            bare = self.forward.bare()
+            self.validation = Validation.of_run(cfg, self.val_dataset, self.base, bare.latents, bare.predict)
         # the VAE and the text encoders a step does not run leave the device once the caches are full
-        self.frozen = FrozenParts(idle_parts(self.base, self.network, self.dataset), self.device,
-                                  keep=self.previews.enabled, log=self._log)
-        self._release_when_cached()
+        self.frozen = self.caching.track_frozen_parts(self.network, self.device, keep=self.previews.enabled)
+        self.caching.release_when_done(self.progress.epoch)
         self.memory.enter("training")
 
     def _prepare_caches(self) -> None:
-        self.cache_stats = setup.prepare_caches(
-            self.cfg, self.dataset, self.base, self.encoders, self._warn, self._log, self._caching_progress,
-            first_use=self.cfg.dataset.cache_on_first_use)
-        if self.val_dataset is not None:
-            setup.prepare_caches(self.cfg, self.val_dataset, self.base, self.encoders, self._warn, self._log)
-
-    def _caching_progress(self, done: int, total: int) -> None:
-        self.events.emit("phase", phase="caching", done=done, total=total)
-
-    def _release_when_cached(self) -> None:
-        """Once no latent or caption is left to encode, the idle frozen parts leave the device (or memory).
-        Encoding on first use, an epoch may never ask for some (the other flip, regularisation images
-        beyond the first epoch's share): once the first epoch is over they are encoded at once."""
-        if self.frozen is None or self.frozen.state != "resident":
-            return
-        if self.dataset.pending_encodings and self.progress.epoch >= 1:
-            with self.memory.during("caching"), self.timing.measure("cache"):
-                stats = self.dataset.precompute(self._caching_progress)
-            self._log(f"caches: the first epoch's leftovers {stats}")
-        if not self.dataset.pending_encodings:
-            self.frozen.release()
-
-    def _preview_round(self):
-        """What a preview round runs inside: the frozen parts on the device, its own memory phase."""
-        stack = ExitStack()
-        stack.enter_context(self.memory.during("previews"))
-        if self.frozen is not None:
-            stack.enter_context(self.frozen.on_device())
-        return stack
-
-    def _memory_closed(self, phase: str, fields: dict) -> None:
-        self.events.emit("memory", phase=phase, **fields)
-        cuda = f", CUDA peak {fields['cuda_peak_mib']:.0f} MiB" if "cuda_peak_mib" in fields else ""
-        self._log(f"memory: {phase}: peak RSS {fields['peak_rss_mib']:.0f} MiB{cuda}")
+        self.cache_stats = self.caching.prepare()
 
     # ---- the loop
     def _loop(self) -> str:
@@ -239,7 +186,7 @@ class Trainer:
                 self.stop_requested = True
                 return "stopped"
             if self.progress.step < max_steps:
-                self._release_when_cached()
+                self.caching.release_when_done(self.progress.epoch)
                 self._between_steps(commands)
         return "finished"
 
@@ -284,48 +231,12 @@ class Trainer:
                 self.dataset.encode_first_use(idx, epoch)  # a no-op once everything is cached
                 batch = self.dataset.collate([self.dataset.sample(i, epoch) for i in idx])
             keys.extend(batch.get("keys", []))
-            loss = self._loss(batch) / accum
+            loss = self.forward.loss(batch, self.noise_gen) / accum
             finite = finite and bool(torch.isfinite(loss))
             loss.backward()  # a non-finite loss poisons only gradients, which the caller never applies
             loss_sum += loss.item()
             p.epoch, p.batch_in_epoch = epoch, bi + 1
         return loss_sum, keys, finite
-
-    def _loss(self, batch: dict) -> torch.Tensor:
-        """One micro-batch, as in the diffusers example: latents, noise, noisy latents, conditioning,
-        the UNet's prediction, the loss against the target."""
-        cfg, base = self.cfg, self.base
-        latents = self._latents(batch)
-        noise, timesteps = draw_noise(latents, cfg.noise, self.noise_gen)
-        pred, target = self._predict(batch, latents, noise, timesteps)
-        # regularisation images carry the prior-loss weight; masked images their mask (masked loss)
-        return diffusion_loss(pred, target, timesteps, base.scheduler, cfg.noise, base.is_v, batch["loss_weights"],
-                              masks=batch.get("masks"))
-
-    def _latents(self, batch: dict) -> torch.Tensor:
-        latents = batch.get("latents")
-        return (latents if latents is not None else self.encoders.pixels(batch["pixels"])).to(self.device,
-                                                                                              torch.float32)
-
-    def _predict(self, batch: dict, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
-                 unet=None, text_encoders=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the UNet's prediction on the noised latents, its target); by default through the wrapped
-        modules that train (validation passes the bare ones: rank 0 alone runs it)."""
-        cfg, base, dev, dtype = self.cfg, self.base, self.device, self.dtype
-        unet = self.unet_fwd if unet is None else unet
-        noisy = base.scheduler.add_noise(latents, noise, timesteps)
-        cond = batch.get("text") or encode_text(base, batch["captions"], cfg.model.clip_skip, dev,
-                                                encoders=self.te_fwd if text_encoders is None else text_encoders)
-        cond = {k: v.to(dev) for k, v in cond.items()}
-        kwargs = {}
-        if base.is_sdxl:
-            # SDXL's size conditioning: original size, crop top-left, target size (all height, width)
-            time_ids = torch.cat([batch["original_sizes"], batch["crop_top_lefts"], batch["target_sizes"]], dim=1)
-            kwargs["added_cond_kwargs"] = {"text_embeds": cond["text_embeds"].to(dtype),
-                                           "time_ids": time_ids.to(dev, dtype)}
-        with autocast_for(dev, dtype):
-            pred = unet(noisy.to(dtype), timesteps, cond["encoder_hidden_states"].to(dtype), **kwargs).sample
-        return pred, prediction_target(base.scheduler, latents, noise, timesteps, base.is_v)
 
     def _optimizer_step(self) -> None:
         if self.cfg.optimizer.max_grad_norm > 0:

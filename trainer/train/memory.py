@@ -97,3 +97,12 @@ class PhasePeaks:
     def report(self) -> dict[str, dict]:
         """{phase: {"peak_rss_mib", ["cuda_peak_mib"]}} over the run so far (the finished event's memory)."""
         return {p: dict(v) for p, v in self.peaks.items()}
+
+
+def reporter(events, log: Callable[[str], None]) -> Callable[[str, dict], None]:
+    """A PhasePeaks `on_close` that tells each closed phase as a `memory` event and a log line."""
+    def on_close(phase: str, fields: dict) -> None:
+        events.emit("memory", phase=phase, **fields)
+        cuda = f", CUDA peak {fields['cuda_peak_mib']:.0f} MiB" if "cuda_peak_mib" in fields else ""
+        log(f"memory: {phase}: peak RSS {fields['peak_rss_mib']:.0f} MiB{cuda}")
+    return on_close

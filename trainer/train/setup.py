@@ -1,18 +1,15 @@
 """The set-up before the first step, stage by stage: device and precision, data, the model and where
 its parts live, the adapter network, the training toggles (gradient checkpointing, attention), the disk
-check, the caches and the optimizer. Each stage is a function the Trainer calls in order."""
+check and the optimizer (the caches: trainer.train.caching). Each stage is a function the Trainer calls in order."""
 from __future__ import annotations
 
-import os
 import shutil
-import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from trainer.config import TrainConfig
-from trainer.train.conditioning import encode_text
 
 Warn = Callable[..., None]
 
@@ -101,6 +98,8 @@ def load_data(cfg: TrainConfig, root: Path, warn: Warn | None = None):
     except (DatasetError, ValueError) as e:
         raise TrainingError(str(e)) from None
     train = TrainDataset(scan, cfg.dataset, cfg.schedule.seed, reg_scan=reg, masked_loss=cfg.noise.masked_loss)
+    for p in train.problems if warn is not None else ():
+        warn(f"{p.file}: {p.reason}", file=p.file, severity=p.severity)
     if cfg.noise.masked_loss and not train.num_masked_images and warn is not None:
         warn("masked loss is on but no training image has a mask (<name>_mask.png beside it, or transparency): "
              "every pixel is trained")
@@ -109,6 +108,17 @@ def load_data(cfg: TrainConfig, root: Path, warn: Warn | None = None):
     # measured as they are: no flip, tag shuffle or caption dropout (a fixed caption each)
     plain = cfg.dataset.model_copy(update={"flip": False, "shuffle_caption": False, "caption_dropout": 0.0})
     return train, TrainDataset(validation_scan(held), plain, val.seed)
+
+
+def model_and_adapter(cfg: TrainConfig, root: Path, device: str, dtype: torch.dtype, warn: Warn):
+    """(the base, placed and frozen; its adapter network, with the training toggles applied), once the disk
+    has room for the run's saves."""
+    base = load_model(cfg)
+    place_model(base, device, dtype)
+    network = build_adapter(base, cfg, warn)
+    apply_toggles(base, network, cfg, warn)
+    check_disk(root, sum(p.numel() for p in network.all_params()), cfg)
+    return base, network
 
 
 def load_model(cfg: TrainConfig):
@@ -193,67 +203,19 @@ def check_disk(root: Path, n_params: int, cfg: TrainConfig) -> None:
                             f"{need / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free")
 
 
-# ---------------------------------------------------------------- encoders and caches
-
-class Encoders:
-    """The frozen encoders as the step (or the cache) calls them: pixels → latents, captions → states."""
-
-    def __init__(self, base, device: str, clip_skip: int):
-        self.base, self.device, self.clip_skip = base, device, clip_skip
-
-    @torch.no_grad()
-    def captions(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        out = encode_text(self.base, captions, self.clip_skip, self.device)
-        return {k: v.float().cpu() for k, v in out.items()}
-
-    @torch.no_grad()
-    def pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        vae = self.base.vae
-        dist = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist
-        # the mean, not a sample: deterministic, so a cached latent is the latent
-        return (dist.mean * vae.config.scaling_factor).float().cpu()
-
-
-def prepare_caches(cfg: TrainConfig, ds, base, encoders: Encoders, warn: Warn, log: Callable[[str], None],
-                   progress: Callable[[int, int], None] | None = None, first_use: bool = False) -> dict:
-    """Encode every image once (and captions, where the text encoder is frozen and captions are not
-    shuffled) so that the training step runs the UNet alone: now, or with `first_use` when a step first
-    uses each (the dataset's encode_first_use), so that step 1 does not wait for the whole dataset. On
-    disk the caches live beside the dataset and are reused by later runs; entries are keyed by content,
-    so an edit invalidates only its own entry. Returns the cache statistics."""
-    from trainer.data.cache import MASK_RECIPE, LatentCache, MaskCache, TextCache, default_cache_dir, fingerprint_module
-
-    # masks are averaged down to the latents' size: the VAE halves the image once per block after the first
-    ds.masks.latent_factor = 2 ** (len(base.vae.config.block_out_channels) - 1)
-    cache_dir = default_cache_dir(ds.scan.root) if cfg.dataset.cache_to_disk else None
-    if cache_dir is not None and not os.access(ds.scan.root, os.W_OK):
-        warn(f"dataset folder {ds.scan.root.name} is read-only: caches kept in memory only")
-        cache_dir = None
-    t0 = time.time()
-    text_cached = cfg.dataset.cache_text and not cfg.network.train_text_encoder and ds.text_cacheable
-    if cfg.dataset.cache_latents:
-        vae = base.vae
-        vae_id = f"{base.family}-vae-mean:{fingerprint_module(vae, str(vae.config.scaling_factor))}"
-        ds.attach_latent_cache(LatentCache(cache_dir, vae_id), encoders.pixels)
-    if text_cached:
-        te_id = "|".join(fingerprint_module(te) for te in base.text_encoders)
-        ds.attach_text_cache(TextCache(cache_dir, f"{base.family}-te-skip{cfg.model.clip_skip}:{te_id}"),
-                             encoders.captions)
-    if ds.masked_loss:
-        ds.attach_mask_cache(MaskCache(cache_dir, MASK_RECIPE))
-    if not (cfg.dataset.cache_latents or text_cached):
-        return {}
-    if first_use:
-        stats = ds.expect_first_use()
-        log(f"caches: {stats}; the pending ones are encoded when a step first uses them")
-        return stats
-    stats = ds.precompute(progress)
-    log(f"caches: {stats} in {time.time() - t0:.1f}s")
-    return stats
-
-
 def build_optimizer_and_schedule(cfg: TrainConfig, network):
     from trainer.train.optim import build_lr_scheduler, build_optimizer
 
     optimizer = build_optimizer(cfg.optimizer, network.params_unet, network.params_te)
     return optimizer, build_lr_scheduler(cfg.schedule, optimizer)
+
+
+def started_fields(cfg: TrainConfig, base, dataset, network, device: str, dtype: torch.dtype, precision_note: str,
+                   resumed_from: int, startup_s: float) -> dict:
+    """The `started` event's payload: what the run trains, on what, in which precision, and its set-up time."""
+    return dict(max_steps=cfg.schedule.max_train_steps, family=base.family, device=device,
+                dtype=str(dtype).replace("torch.", ""), precision=precision_name(dtype), precision_note=precision_note,
+                compiled=cfg.precision.compile, images=dataset.num_images, resumed_from=resumed_from,
+                masked_loss=cfg.noise.masked_loss, masked_images=dataset.num_masked_images,
+                crop_boxes=dataset.crop_counts["box"], focus_points=dataset.crop_counts["focus"],
+                trainable_params=sum(p.numel() for p in network.all_params()), startup_s=round(startup_s, 2))
