@@ -45,8 +45,9 @@ def paint_stroke(page, editor, x0: float, x1: float, y: float) -> None:
     box = canvas.bounding_box()
     page.mouse.move(box["x"] + box["width"] * x0, box["y"] + box["height"] * y)
     page.mouse.down()
-    for i in range(1, 11):
-        page.mouse.move(box["x"] + box["width"] * (x0 + (x1 - x0) * i / 10), box["y"] + box["height"] * y, steps=2)
+    # few pointer events: headless Chromium without a GPU draws the editor's WebGL canvas in software, up to
+    # seconds per event on a loaded machine (20 events took 100-160 s); the brush joins the points with a stroke
+    page.mouse.move(box["x"] + box["width"] * x1, box["y"] + box["height"] * y, steps=3)
     page.mouse.up()
 
 

@@ -29,8 +29,8 @@ def test_demo_preset_teaches_the_concept_and_keeps_the_prior(tmp_path):
 
     base = evaluate.load_pipeline()
     adapted = evaluate.load_adapter(evaluate.load_pipeline(), adapter)
-    m = evaluate.concept_and_prior(base, adapted, seed=1000)
-    assert m["concept_before"] <= 0.2, m
+    # the base alone scores ≤ 0.2 on the trigger prompts at these seeds: tests/test_demo_base.py
+    m = evaluate.concept_and_prior(base, adapted, seed=1000, before=False)
     assert m["concept_after"] >= 0.8, m
     # prompts without the trigger: not striped, and colour/shape as good as the base's (±2 of 24)
     assert m["prior_striped_after"] <= 0.1, m

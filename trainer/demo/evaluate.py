@@ -55,15 +55,17 @@ def base_accuracy(pipe, seed: int = 0, specs=ATTRIBUTE_SPECS) -> dict[str, float
     return attribute_accuracy(images, list(specs))
 
 
-def concept_and_prior(base_pipe, adapted_pipe, seed: int = 1000) -> dict[str, float]:
-    """Concept score with and without the adapter on trigger prompts, and how far the adapter moves
-    prompts without the trigger (same seeds) — plus their colour/shape accuracy without and with the adapter."""
+def concept_and_prior(base_pipe, adapted_pipe, seed: int = 1000, before: bool = True) -> dict[str, float]:
+    """The concept score with the adapter on trigger prompts (and without it, with `before`: that one is the
+    base's alone, the same for every adapter), and how far the adapter moves prompts without the trigger
+    (same seeds) — plus their colour/shape accuracy without and with the adapter."""
     prior_prompts = [shape_prompt(*s) for s in ATTRIBUTE_SPECS]
     base_prior, adapted_prior = sample(base_pipe, prior_prompts, seed), sample(adapted_pipe, prior_prompts, seed)
     acc, base_acc = attribute_accuracy(adapted_prior, ATTRIBUTE_SPECS), attribute_accuracy(base_prior, ATTRIBUTE_SPECS)
     # the yardstick for the drift: how far the base's own images move when only the seed changes
     other_seed = sample(base_pipe, prior_prompts, seed + 4000)
-    return {"concept_before": concept_score(sample(base_pipe, CONCEPT_PROMPTS, seed)),
+    before_score = {"concept_before": concept_score(sample(base_pipe, CONCEPT_PROMPTS, seed))} if before else {}
+    return {**before_score,
             "concept_after": concept_score(sample(adapted_pipe, CONCEPT_PROMPTS, seed)),
             "prior_striped_after": concept_score(adapted_prior),
             "prior_mean_abs_diff": mean_abs_difference(base_prior, adapted_prior),
