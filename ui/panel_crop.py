@@ -139,7 +139,32 @@ def wire(studio, w: SimpleNamespace, root_of, then_doctor) -> None:
     """root_of(studio, dataset name) -> the dataset folder (tab_dataset's _root)."""
     values = [w.crop_x0, w.crop_y0, w.crop_x1, w.crop_y1, w.crop_use_focus, w.crop_fx, w.crop_fy]
     shown = [w.crop_pic, w.crop_seen, w.crop_msg]
+    crop_draw, crop_on_pick, crop_on_click = _view_handlers(studio, root_of)
+    crop_on_save, crop_on_clear = _file_handlers(studio, root_of, crop_draw)
 
+    def crop_opened() -> bool:
+        return True
+
+    def crop_closed() -> bool:
+        return False
+
+    ins = [w.ds_name, w.image_pick, w.crop_res]
+    w.image_pick.change(crop_on_pick, [*ins, w.crop_open], [*values, *shown], show_progress="hidden")
+    w.crop_panel.expand(crop_opened, None, w.crop_open).then(crop_on_pick, [*ins, w.crop_open], [*values, *shown])
+    w.crop_panel.collapse(crop_closed, None, w.crop_open)
+    w.crop_pic.select(crop_on_click, [*ins, *values], [w.crop_use_focus, w.crop_fx, w.crop_fy, *shown],
+                      show_progress="hidden")
+    for control in (w.crop_x0, w.crop_y0, w.crop_x1, w.crop_y1, w.crop_fx, w.crop_fy):
+        control.release(crop_draw, [*ins, *values], shown, show_progress="hidden")
+    for control in (w.crop_use_focus, w.crop_res):
+        control.input(crop_draw, [*ins, *values], shown, show_progress="hidden")
+    then_doctor(w.crop_save.click(crop_on_save, [*ins, *values], shown))
+    then_doctor(w.crop_clear.click(crop_on_clear, ins, [*values, *shown]))
+
+
+def _view_handlers(studio, root_of) -> tuple:
+    """(crop_draw, crop_on_pick, crop_on_click): the pictures drawn for the controls, the picked image's crop
+    file read into the controls, a click on the picture made the focus point."""
     def crop_draw(name, rel, res, x0, y0, x1, y1, use_focus, fx, fy, msg=""):
         if not rel:
             return None, None, ""
@@ -176,6 +201,12 @@ def wire(studio, w: SimpleNamespace, root_of, then_doctor) -> None:
         fy = min(1.0, max(0.0, (evt.index[1] + 0.5) / pic_h))
         return [True, fx, fy, *crop_draw(name, rel, res, x0, y0, x1, y1, True, fx, fy)]
 
+    return crop_draw, crop_on_pick, crop_on_click
+
+
+def _file_handlers(studio, root_of, crop_draw) -> tuple:
+    """(crop_on_save, crop_on_clear): the controls written as the image's crop file, or the file removed; the
+    pictures drawn again after either."""
     def crop_on_save(name, rel, res, *vals):
         if not rel:
             return crop_draw(name, rel, res, *vals)
@@ -197,24 +228,7 @@ def wire(studio, w: SimpleNamespace, root_of, then_doctor) -> None:
         vals = _controls(None)
         return [*vals, *crop_draw(name, rel, res, *vals, msg=msg)]
 
-    def crop_opened() -> bool:
-        return True
-
-    def crop_closed() -> bool:
-        return False
-
-    ins = [w.ds_name, w.image_pick, w.crop_res]
-    w.image_pick.change(crop_on_pick, [*ins, w.crop_open], [*values, *shown], show_progress="hidden")
-    w.crop_panel.expand(crop_opened, None, w.crop_open).then(crop_on_pick, [*ins, w.crop_open], [*values, *shown])
-    w.crop_panel.collapse(crop_closed, None, w.crop_open)
-    w.crop_pic.select(crop_on_click, [*ins, *values], [w.crop_use_focus, w.crop_fx, w.crop_fy, *shown],
-                      show_progress="hidden")
-    for control in (w.crop_x0, w.crop_y0, w.crop_x1, w.crop_y1, w.crop_fx, w.crop_fy):
-        control.release(crop_draw, [*ins, *values], shown, show_progress="hidden")
-    for control in (w.crop_use_focus, w.crop_res):
-        control.input(crop_draw, [*ins, *values], shown, show_progress="hidden")
-    then_doctor(w.crop_save.click(crop_on_save, [*ins, *values], shown))
-    then_doctor(w.crop_clear.click(crop_on_clear, ins, [*values, *shown]))
+    return crop_on_save, crop_on_clear
 
 
 def _shown_size(root: Path, rel: str) -> tuple[int, int]:

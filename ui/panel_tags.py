@@ -75,52 +75,80 @@ def _choices(counts: list[tuple[str, int]]) -> list[tuple[str, str]]:
     return [(f"{tag} ({n})", tag) for tag, n in counts]
 
 
+def _sel_outs(w: SimpleNamespace) -> list:
+    """What a selection redraws: its sentence, the image picker, the large preview and its chips."""
+    return [w.te_sel, w.te_image, w.te_big, w.te_chips, w.te_base]
+
+
+def _panel_outs(w: SimpleNamespace) -> list:
+    """What the whole panel redraws: the tag table, the pickers and the selection."""
+    return [w.te_counts, w.te_has, w.te_none, w.te_tag, *_sel_outs(w)]
+
+
+def _image_view(root, rel, choices=None):
+    """(large preview, its tags as chips, te_base) of one image; choices: the chips' suggestions, when they
+    changed."""
+    more = {} if choices is None else {"choices": choices}
+    if not rel:
+        return gr.update(value=None, label="Image"), gr.update(value=[], **more), None
+    big, _skip = df.preview(root, rel, df.LARGE_SIDE)
+    caption = df.read_caption(root / rel)
+    return (gr.update(value=str(big), label=rel), gr.update(value=_chip_tags(caption), **more),
+            {"rel": rel, "caption": caption})
+
+
+def _selection(root, has, none, current=None, choices=None, view=None):
+    """_sel_outs for the images with all of `has` and none of `none`."""
+    caps = te.captions(root, view)
+    rels = te.select(caps, has or [], none or [])
+    if has or none:
+        said = f"**{len(rels)}** of {len(caps)} image(s) selected."
+    else:
+        said = f"No tag picked: an operation applies to all **{len(caps)}** image(s)."
+    pick = current if current in rels else (rels[0] if rels else None)
+    return (said, gr.update(choices=rels, value=pick), *_image_view(root, pick, choices))
+
+
+def _panel_view(root, has, none, tag, current):
+    """_panel_outs: the tag table, pickers and selection from the caption files as they are now."""
+    view = df.dataset_view(root)  # listed once for the table and the selection
+    counts = df.tag_frequency(root, view)
+    known = {t for t, _ in counts}
+    has = [t for t in has or [] if t in known]
+    none = [t for t in none or [] if t in known]
+    choices = _choices(counts)
+    return ([list(c) for c in counts] or None, gr.update(choices=choices, value=has),
+            gr.update(choices=choices, value=none), gr.update(choices=choices, value=tag),
+            *_selection(root, has, none, current, [t for t, _ in counts], view))
+
+
+def _rename_picked(has, tag, names):
+    """The picked tags and the Tag box after a rename ({old key: new key})."""
+    return [names.get(te.key(t), t) for t in has or []], names.get(te.key(tag or ""), tag)
+
+
 def wire(studio, w: SimpleNamespace, tab: SimpleNamespace) -> None:
     """tab: the Dataset tab's `root(studio, name)`, `tags(root)` (its tag table `w.tags`), `autosave(studio, ed,
     text)` (its caption box saved into its image), `then_doctor(event)` and `in_order` (its event queue)."""
-    sel_outs = [w.te_sel, w.te_image, w.te_big, w.te_chips, w.te_base]
-    panel_outs = [w.te_counts, w.te_has, w.te_none, w.te_tag, *sel_outs]
-
     def root_of(name):
         try:
             return tab.root(studio, name)
         except UnsafePath as e:
             raise gr.Error(str(e))
 
-    def image_view(root, rel, choices=None):
-        """(large preview, its tags as chips, te_base) of one image; choices: the chips' suggestions, when they
-        changed."""
-        more = {} if choices is None else {"choices": choices}
-        if not rel:
-            return gr.update(value=None, label="Image"), gr.update(value=[], **more), None
-        big, _skip = df.preview(root, rel, df.LARGE_SIDE)
-        caption = df.read_caption(root / rel)
-        return (gr.update(value=str(big), label=rel), gr.update(value=_chip_tags(caption), **more),
-                {"rel": rel, "caption": caption})
+    # the order of these calls is the order the events are registered in (their api names count up in it)
+    _wire_panel(w, tab, root_of)
+    _wire_selection(w, tab, root_of)
+    _wire_chips(w, tab, root_of)
+    _wire_edits(studio, w, tab, root_of)
 
-    def selection(root, has, none, current=None, choices=None, view=None):
-        """sel_outs for the images with all of `has` and none of `none`."""
-        caps = te.captions(root, view)
-        rels = te.select(caps, has or [], none or [])
-        if has or none:
-            said = f"**{len(rels)}** of {len(caps)} image(s) selected."
-        else:
-            said = f"No tag picked: an operation applies to all **{len(caps)}** image(s)."
-        pick = current if current in rels else (rels[0] if rels else None)
-        return (said, gr.update(choices=rels, value=pick), *image_view(root, pick, choices))
+
+def _wire_panel(w: SimpleNamespace, tab: SimpleNamespace, root_of) -> None:
+    """The whole panel, drawn when the accordion opens and again when the dataset's files change while open."""
+    panel_outs = _panel_outs(w)
 
     def on_panel(name, has, none, tag, current):
-        """panel_outs: the tag table, pickers and selection from the caption files as they are now."""
-        root = root_of(name)
-        view = df.dataset_view(root)  # listed once for the table and the selection
-        counts = df.tag_frequency(root, view)
-        known = {t for t, _ in counts}
-        has = [t for t in has or [] if t in known]
-        none = [t for t in none or [] if t in known]
-        choices = _choices(counts)
-        return ([list(c) for c in counts] or None, gr.update(choices=choices, value=has),
-                gr.update(choices=choices, value=none), gr.update(choices=choices, value=tag),
-                *selection(root, has, none, current, [t for t, _ in counts], view))
+        return _panel_view(root_of(name), has, none, tag, current)
 
     panel_ins = [w.ds_name, w.te_has, w.te_none, w.te_tag, w.te_image]
     w.te_acc.expand(lambda *a: (True, *on_panel(*a)), panel_ins, [w.te_open, *panel_outs], **tab.in_order)
@@ -135,8 +163,13 @@ def wire(studio, w: SimpleNamespace, tab: SimpleNamespace) -> None:
         changed.change(on_files_changed, [w.te_open, *panel_ins], panel_outs, concurrency_limit=1,
                        concurrency_id="ds-tag-panel", show_progress="hidden")
 
+
+def _wire_selection(w: SimpleNamespace, tab: SimpleNamespace, root_of) -> None:
+    """Picking images by tag (the pickers, a click in the tag table) and one image of the selection."""
+    sel_outs = _sel_outs(w)
+
     def on_select(name, has, none, current):
-        return selection(root_of(name), has, none, current)
+        return _selection(root_of(name), has, none, current)
 
     sel_ins = [w.ds_name, w.te_has, w.te_none, w.te_image]
     w.te_has.input(on_select, sel_ins, sel_outs, **tab.in_order)
@@ -147,7 +180,7 @@ def wire(studio, w: SimpleNamespace, tab: SimpleNamespace) -> None:
         if not tag:
             return [gr.skip()] * (2 + len(sel_outs))
         has = [*(has or []), tag] if tag not in (has or []) else list(has)
-        return (has, tag, *selection(root_of(name), has, none, current))
+        return (has, tag, *_selection(root_of(name), has, none, current))
 
     w.te_counts.select(on_count_click, sel_ins, [w.te_has, w.te_tag, *sel_outs], **tab.in_order)
 
@@ -157,10 +190,13 @@ def wire(studio, w: SimpleNamespace, tab: SimpleNamespace) -> None:
             df.dataset_image(root, rel)
         except (UnsafePath, ValueError) as e:
             raise gr.Error(str(e))
-        return image_view(root, rel)
+        return _image_view(root, rel)
 
     w.te_image.input(on_image, [w.ds_name, w.te_image], [w.te_big, w.te_chips, w.te_base], **tab.in_order)
 
+
+def _wire_chips(w: SimpleNamespace, tab: SimpleNamespace, root_of) -> None:
+    """The picked image's tags as chips, saved as its caption as they change."""
     chips_wrote: dict[tuple[str, str], str] = {}  # (dataset, image) -> the caption the chips saved last
 
     def on_chips(name, rel, chips, base, ed):
@@ -197,6 +233,9 @@ def wire(studio, w: SimpleNamespace, tab: SimpleNamespace) -> None:
                                      [w.te_image_msg, w.te_counts, w.caption, w.te_chips, w.te_base],
                                      **tab.in_order))
 
+
+def _wire_edits(studio, w: SimpleNamespace, tab: SimpleNamespace, root_of) -> None:
+    """An operation across the selected images: previewed, applied (remembered for undo) and undone."""
     def plan(name, op, tag, new, has, none, keep):
         root = root_of(name)
         view = df.dataset_view(root)
@@ -216,7 +255,7 @@ def wire(studio, w: SimpleNamespace, tab: SimpleNamespace) -> None:
 
     w.te_preview_btn.click(on_preview, plan_ins, [w.te_msg, w.te_plan], **tab.in_order)
 
-    write_outs = [w.caption, w.caption_msg, *panel_outs]
+    write_outs = [w.caption, w.caption_msg, *_panel_outs(w)]
 
     def after_write(name, ed, saved, panel_ins_values):
         """write_outs after a write: the caption editor's box shows its image's caption as it is now (or its
@@ -226,14 +265,10 @@ def wire(studio, w: SimpleNamespace, tab: SimpleNamespace) -> None:
         before the reply's values reached them."""
         pick = ed.get("rel") if ed and ed.get("ds") == name else None
         caption = df.read_caption(root_of(name) / pick) if pick else gr.skip()
-        return (caption, saved or gr.skip(), *on_panel(name, *panel_ins_values))
+        return (caption, saved or gr.skip(), *_panel_view(root_of(name), *panel_ins_values))
 
     def then_tags(event) -> None:
         tab.then_doctor(event.then(lambda name: tab.tags(root_of(name)), w.ds_name, w.tags, **tab.in_order))
-
-    def rename_picked(has, tag, names):
-        """The picked tags and the Tag box after a rename ({old key: new key})."""
-        return [names.get(te.key(t), t) for t in has or []], names.get(te.key(tag or ""), tag)
 
     def on_apply(name, op, tag, new, has, none, keep, ed, text, current):
         saved = tab.autosave(studio, ed, text)  # an unsaved caption edit is saved before the plan reads captions
@@ -241,7 +276,7 @@ def wire(studio, w: SimpleNamespace, tab: SimpleNamespace) -> None:
         done = df.apply_caption_changes(root, p)
         msg = f"Changed {len(p)} caption(s)." + (" “Undo last tag edit” puts them back." if p else "")
         names = {te.key(tag): te.key(new)} if op == "rename" and p else {}
-        has, tag = rename_picked(has, tag, names)  # the renamed tag's images stay picked under the new name
+        has, tag = _rename_picked(has, tag, names)  # the renamed tag's images stay picked under the new name
         last = (name, done, {b: a for a, b in names.items()}) if p else gr.skip()
         return (" ".join(x for x in (saved, msg) if x), None, last, *after_write(name, ed, saved,
                                                                               [has, none, tag, current]))
@@ -254,7 +289,7 @@ def wire(studio, w: SimpleNamespace, tab: SimpleNamespace) -> None:
             return "Nothing to undo.", gr.skip(), *([gr.skip()] * len(write_outs))
         saved = tab.autosave(studio, ed, text)
         ds, done, names = last
-        has, tag = rename_picked(has, tag, names)
+        has, tag = _rename_picked(has, tag, names)
         try:
             restored, kept = df.undo_caption_changes(root_of(ds), done)
         except OSError as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+from types import SimpleNamespace
 
 import gradio as gr
 
@@ -87,38 +88,54 @@ def run_check(adapter, python: str) -> str:
 
 
 def build(studio: Studio) -> dict:
+    w = _layout(studio)
+    # the order of these calls is the order the events are registered in (their api names count up in it)
+    _wire_run_pick(studio, w)
+    _wire_files(studio, w)
+    _wire_metadata(studio, w)
+    return {"run": w.run, "select_outputs": [w.run]}
+
+
+def _layout(studio: Studio) -> SimpleNamespace:
+    """The tab's widgets: the run and its checkpoint, the buttons with their files and report, the metadata."""
+    w = SimpleNamespace()
     with gr.Row():
         # value=None: a preselected first choice would show a run whose details were never filled in
-        run = gr.Dropdown(choices=studio.run_choices(), value=None, label="Run", elem_id="exp-run", scale=3)
-        refresh = gr.Button("Refresh runs", scale=1)
+        w.run = gr.Dropdown(choices=studio.run_choices(), value=None, label="Run", elem_id="exp-run", scale=3)
+        w.refresh = gr.Button("Refresh runs", scale=1)
     with gr.Row():
-        ckpt = gr.Dropdown(choices=[], value=None, label="Checkpoint to export", elem_id="exp-ckpt", scale=2,
-                           info="Download, the bundle and the metadata editor use this file.")
-        why = gr.Markdown(elem_id="exp-suggestion")
-    info = gr.Markdown(elem_id="exp-info")
+        w.ckpt = gr.Dropdown(choices=[], value=None, label="Checkpoint to export", elem_id="exp-ckpt", scale=2,
+                             info="Download, the bundle and the metadata editor use this file.")
+        w.why = gr.Markdown(elem_id="exp-suggestion")
+    w.info = gr.Markdown(elem_id="exp-info")
     with gr.Row():
-        dl_btn = gr.Button("Download adapter", variant="primary", elem_id="exp-download")
-        bundle_btn = gr.Button("Build Civitai bundle", elem_id="exp-bundle")
-        check_btn = gr.Button("Compatibility check", elem_id="exp-check")
-    files = gr.File(label="Files", file_count="multiple", interactive=False, elem_id="exp-files")
-    report = gr.HTML(elem_id="exp-report")
+        w.dl_btn = gr.Button("Download adapter", variant="primary", elem_id="exp-download")
+        w.bundle_btn = gr.Button("Build Civitai bundle", elem_id="exp-bundle")
+        w.check_btn = gr.Button("Compatibility check", elem_id="exp-check")
+    w.files = gr.File(label="Files", file_count="multiple", interactive=False, elem_id="exp-files")
+    w.report = gr.HTML(elem_id="exp-report")
     with gr.Accordion("Metadata", open=False):
-        title = gr.Textbox(label="Title", elem_id="exp-title")
-        trigger = gr.Textbox(label="Trigger words", elem_id="exp-trigger")
-        description = gr.Textbox(label="Description", lines=3, elem_id="exp-description")
-        thumb = gr.Dropdown(label="Thumbnail (a preview of this run)", choices=[])
-        meta_btn = gr.Button("Save metadata", elem_id="exp-meta-save")
-        meta_msg = gr.Markdown()
+        w.title = gr.Textbox(label="Title", elem_id="exp-title")
+        w.trigger = gr.Textbox(label="Trigger words", elem_id="exp-trigger")
+        w.description = gr.Textbox(label="Description", lines=3, elem_id="exp-description")
+        w.thumb = gr.Dropdown(label="Thumbnail (a preview of this run)", choices=[])
+        w.meta_btn = gr.Button("Save metadata", elem_id="exp-meta-save")
+        w.meta_msg = gr.Markdown()
+    return w
 
-    refresh.click(lambda: gr.update(choices=studio.run_choices()), None, run)
 
-    def fields_of(run_dir):
-        """The label and the metadata fields of the file Export gives now."""
-        cfg, p = run_config(run_dir), adapter_path(run_dir)
-        if p is not None:  # an edited copy's title and trigger words, not the ones the run started with
-            cfg = edited_card_fields(cfg, p)
-        return adapter_info(run_dir), cfg.saving.title or cfg.saving.output_name, cfg.saving.trigger_phrase, \
-            cfg.saving.description
+def fields_of(run_dir):
+    """The label and the metadata fields of the file Export gives now."""
+    cfg, p = run_config(run_dir), adapter_path(run_dir)
+    if p is not None:  # an edited copy's title and trigger words, not the ones the run started with
+        cfg = edited_card_fields(cfg, p)
+    return adapter_info(run_dir), cfg.saving.title or cfg.saving.output_name, cfg.saving.trigger_phrase, \
+        cfg.saving.description
+
+
+def _wire_run_pick(studio: Studio, w: SimpleNamespace) -> None:
+    """The run picker (and its refresh) and the checkpoint picker fill in the label, the fields and thumbnails."""
+    w.refresh.click(lambda: gr.update(choices=studio.run_choices()), None, w.run)
 
     def on_run(run_id):
         if not run_id or not studio.store.get(run_id):
@@ -128,7 +145,7 @@ def build(studio: Studio) -> dict:
         return (*checkpoint_picker(run_dir), *fields_of(run_dir),
                 gr.update(choices=thumbs, value=thumbs[-1] if thumbs else None))
 
-    run.change(on_run, run, [ckpt, why, info, title, trigger, description, thumb])
+    w.run.change(on_run, w.run, [w.ckpt, w.why, w.info, w.title, w.trigger, w.description, w.thumb])
 
     def on_ckpt(run_id, rel):
         """The user picked another checkpoint: remembered in the run's export/ folder, label and fields follow."""
@@ -142,23 +159,30 @@ def build(studio: Studio) -> dict:
             write_choice(run_dir, adapter=rel)
         return fields_of(run_dir)
 
-    ckpt.input(on_ckpt, [run, ckpt], [info, title, trigger, description])
+    w.ckpt.input(on_ckpt, [w.run, w.ckpt], [w.info, w.title, w.trigger, w.description])
+
+
+def _wire_files(studio: Studio, w: SimpleNamespace) -> None:
+    """Download the adapter, build the bundle, run the compatibility check."""
     def on_download(run_id):
         return [str(_adapter(studio, run_id))]
 
-    dl_btn.click(on_download, run, files)
+    w.dl_btn.click(on_download, w.run, w.files)
 
     def on_bundle(run_id):
         _adapter(studio, run_id)
         return [str(build_bundle(studio.run_dir(run_id)))]
 
-    bundle_btn.click(on_bundle, run, files)
+    w.bundle_btn.click(on_bundle, w.run, w.files)
 
     def on_check(run_id):
         return run_check(_adapter(studio, run_id), studio.python)
 
-    check_btn.click(on_check, run, report)
+    w.check_btn.click(on_check, w.run, w.report)
 
+
+def _wire_metadata(studio: Studio, w: SimpleNamespace) -> None:
+    """Save metadata: an edited copy of the adapter in the run's export/ folder, which Export gives from then on."""
     def on_meta(run_id, t, tw, d, th):
         src = _adapter(studio, run_id)
         run_dir = studio.run_dir(run_id)
@@ -187,5 +211,5 @@ def build(studio: Studio) -> dict:
     def on_meta_saved(run_id):
         return adapter_info(studio.run_dir(run_id))
 
-    meta_btn.click(on_meta, [run, title, trigger, description, thumb], meta_msg).success(on_meta_saved, run, info)
-    return {"run": run, "select_outputs": [run]}
+    w.meta_btn.click(on_meta, [w.run, w.title, w.trigger, w.description, w.thumb], w.meta_msg).success(
+        on_meta_saved, w.run, w.info)

@@ -3,6 +3,7 @@ the run in the Train tab; delete asks first. The data comes from ui/runs.py."""
 from __future__ import annotations
 
 import html
+from types import SimpleNamespace
 
 import gradio as gr
 
@@ -32,30 +33,47 @@ def table(studio: Studio) -> list[list]:
 
 
 def build(studio: Studio, run_state: gr.State, tabs: gr.Tabs) -> dict:
-    runs_df = gr.Dataframe(headers=HEADERS, value=lambda: table(studio), interactive=False, elem_id="runs-table",
-                           datatype=["html"] + ["str"] * (len(HEADERS) - 1), wrap=True)
+    w = _layout(studio)
+    # the order of these calls is the order the events are registered in (their api names count up in it)
+    on_refresh = _wire_table(studio, w, run_state, tabs)
+    _wire_delete(studio, w)
+    _wire_queue(studio, w)
+    return {"table": w.runs_df, "pick": w.pick, "refresh": on_refresh, "open": w.open_btn}
+
+
+def _layout(studio: Studio) -> SimpleNamespace:
+    """The tab's widgets: the table, the picked run's buttons, the delete confirmation, the queue's buttons and
+    the picked run's samples."""
+    w = SimpleNamespace()
+    w.runs_df = gr.Dataframe(headers=HEADERS, value=lambda: table(studio), interactive=False, elem_id="runs-table",
+                             datatype=["html"] + ["str"] * (len(HEADERS) - 1), wrap=True)
     with gr.Row():
-        pick = gr.Dropdown(choices=studio.run_choices(), label="Run", elem_id="runs-pick", scale=3)
-        refresh = gr.Button("Refresh", scale=1, elem_id="runs-refresh")
-        open_btn = gr.Button("Open in Train tab", variant="primary", scale=1, elem_id="runs-open")
-        delete = gr.Button("Delete…", variant="stop", scale=1, elem_id="runs-delete")
-    with gr.Row(visible=False) as confirm_row:
-        confirm_md = gr.Markdown(elem_id="runs-confirm-text")
-        confirm = gr.Button("Yes, delete it", variant="stop", elem_id="runs-delete-confirm", scale=0)
-        cancel = gr.Button("Keep it", elem_id="runs-delete-cancel", scale=0)
+        w.pick = gr.Dropdown(choices=studio.run_choices(), label="Run", elem_id="runs-pick", scale=3)
+        w.refresh = gr.Button("Refresh", scale=1, elem_id="runs-refresh")
+        w.open_btn = gr.Button("Open in Train tab", variant="primary", scale=1, elem_id="runs-open")
+        w.delete = gr.Button("Delete…", variant="stop", scale=1, elem_id="runs-delete")
+    with gr.Row(visible=False) as w.confirm_row:
+        w.confirm_md = gr.Markdown(elem_id="runs-confirm-text")
+        w.confirm = gr.Button("Yes, delete it", variant="stop", elem_id="runs-delete-confirm", scale=0)
+        w.cancel = gr.Button("Keep it", elem_id="runs-delete-cancel", scale=0)
     with gr.Row():
-        up = gr.Button("Move up", size="sm", elem_id="runs-queue-up")
-        down = gr.Button("Move down", size="sm", elem_id="runs-queue-down")
-        remove = gr.Button("Remove from queue", size="sm", elem_id="runs-queue-remove")
+        w.up = gr.Button("Move up", size="sm", elem_id="runs-queue-up")
+        w.down = gr.Button("Move down", size="sm", elem_id="runs-queue-down")
+        w.remove = gr.Button("Remove from queue", size="sm", elem_id="runs-queue-remove")
     gr.Markdown("Queued runs start one after another (the first when the device is free). A failed or stopped "
                 "run does not stop the queue. To change a queued run's settings, open it in the Train tab and "
                 "press **Save to queued run**.")
-    msg = gr.Markdown(elem_id="runs-msg")
+    w.msg = gr.Markdown(elem_id="runs-msg")
     with gr.Accordion("Samples of the picked run", open=True, elem_id="runs-samples-box"):
-        samples = gr.HTML("<p id='samples-none'>Pick a run to see its previews.</p>", js_on_load=SAMPLE_KEYS_JS,
-                          elem_id="runs-samples")
-    timer = gr.Timer(2.0)  # steps and states move while a run trains
+        w.samples = gr.HTML("<p id='samples-none'>Pick a run to see its previews.</p>", js_on_load=SAMPLE_KEYS_JS,
+                            elem_id="runs-samples")
+    w.timer = gr.Timer(2.0)  # steps and states move while a run trains
+    return w
 
+
+def _wire_table(studio: Studio, w: SimpleNamespace, run_state: gr.State, tabs: gr.Tabs):
+    """Refreshing the table (the button, the timer while runs move), the picked run's samples, and opening a
+    run in the Train tab (the button, a click on its row); returns the refresh handler."""
     def samples_of(run_id):
         return grid_html(studio.run_dir(run_id) if run_id and studio.store.get(run_id) else None)
 
@@ -64,22 +82,22 @@ def build(studio: Studio, run_state: gr.State, tabs: gr.Tabs) -> dict:
 
     # the picked run's samples follow in a second step: a pick whose run was removed meanwhile is no longer one
     # of the choices, and as an input of the refresh itself Gradio would refuse it and leave the picker errored
-    refresh.click(on_refresh, None, [runs_df, pick]).then(samples_of, pick, samples)
-    pick.change(samples_of, pick, samples)
+    w.refresh.click(on_refresh, None, [w.runs_df, w.pick]).then(samples_of, w.pick, w.samples)
+    w.pick.change(samples_of, w.pick, w.samples)
 
     def on_tick():
         if not studio.runner.active() and not studio.store.queued():
             return gr.skip()
         return table(studio)
 
-    timer.tick(on_tick, None, runs_df, show_progress="hidden")
+    w.timer.tick(on_tick, None, w.runs_df, show_progress="hidden")
 
     def on_open(run_id):
         if not run_id or not studio.store.get(run_id):
             return gr.skip(), "Pick a run.", gr.skip()
         return run_id, f"Opened `{run_id}` in the Train tab.", gr.Tabs(selected="train")
 
-    open_btn.click(on_open, pick, [run_state, msg, tabs])
+    w.open_btn.click(on_open, w.pick, [run_state, w.msg, tabs])
 
     def on_row(evt: gr.SelectData):
         """A click on a row opens that run (its id is the last column) in the Train tab."""
@@ -88,8 +106,12 @@ def build(studio: Studio, run_state: gr.State, tabs: gr.Tabs) -> dict:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         return (row[-1], *on_open(row[-1]))
 
-    runs_df.select(on_row, None, [pick, run_state, msg, tabs])
+    w.runs_df.select(on_row, None, [w.pick, run_state, w.msg, tabs])
+    return on_refresh
 
+
+def _wire_delete(studio: Studio, w: SimpleNamespace) -> None:
+    """Delete asks first; the run goes only on the confirmation."""
     def on_ask_delete(run_id):
         if not run_id or not studio.store.get(run_id):
             return gr.skip(), gr.skip(), "Pick a run."
@@ -97,11 +119,12 @@ def build(studio: Studio, run_state: gr.State, tabs: gr.Tabs) -> dict:
         return (gr.update(visible=True), f"Delete run **{row['name']}** (`{run_id}`) with its adapters and previews? "
                 "This cannot be undone.", "")
 
-    delete.click(on_ask_delete, pick, [confirm_row, confirm_md, msg])
+    w.delete.click(on_ask_delete, w.pick, [w.confirm_row, w.confirm_md, w.msg])
+
     def on_keep():
         return gr.update(visible=False)
 
-    cancel.click(on_keep, None, confirm_row)
+    w.cancel.click(on_keep, None, w.confirm_row)
 
     def on_delete(run_id):
         try:
@@ -110,8 +133,11 @@ def build(studio: Studio, run_state: gr.State, tabs: gr.Tabs) -> dict:
             return gr.skip(), gr.skip(), str(e), gr.update(visible=False)
         return table(studio), gr.update(choices=studio.run_choices(), value=None), text, gr.update(visible=False)
 
-    confirm.click(on_delete, pick, [runs_df, pick, msg, confirm_row])
+    w.confirm.click(on_delete, w.pick, [w.runs_df, w.pick, w.msg, w.confirm_row])
 
+
+def _wire_queue(studio: Studio, w: SimpleNamespace) -> None:
+    """The picked queued run moved up or down the queue, or removed from it."""
     def queue_action(action):
         def handler(run_id):
             if not run_id or not studio.store.get(run_id):
@@ -134,7 +160,7 @@ def build(studio: Studio, run_state: gr.State, tabs: gr.Tabs) -> dict:
     def queue_remove(run_id):
         return runs.remove_queued(studio, run_id)
 
-    up.click(queue_action(queue_up), pick, [runs_df, pick, msg])
-    down.click(queue_action(queue_down), pick, [runs_df, pick, msg])
-    remove.click(queue_action(queue_remove), pick, [runs_df, pick, msg])
-    return {"table": runs_df, "pick": pick, "refresh": on_refresh, "open": open_btn}
+    outs = [w.runs_df, w.pick, w.msg]
+    w.up.click(queue_action(queue_up), w.pick, outs)
+    w.down.click(queue_action(queue_down), w.pick, outs)
+    w.remove.click(queue_action(queue_remove), w.pick, outs)

@@ -219,6 +219,7 @@ def build(studio: Studio, ds_name: gr.Dropdown, run_state: gr.State) -> dict:
     # the order of these calls is the order the events are registered in (their api names count up in it)
     _wire_settings(studio, w)
     on_dataset_tab_pick, on_datasets_refresh = _wire_dataset_and_estimate(studio, w, ds_name)
+    _wire_start(studio, w, run_state)
     _wire_steering(studio, w, run_state)
     _wire_live(studio, w, run_state)
     return {"base": w.base, "preset": w.preset, "dataset": w.dataset, "dataset_default": on_dataset_tab_pick,
@@ -321,8 +322,8 @@ def _wire_dataset_and_estimate(studio: Studio, w: SimpleNamespace, ds_name: gr.D
     return on_dataset_tab_pick, on_datasets_refresh
 
 
-def _wire_steering(studio: Studio, w: SimpleNamespace, run_state: gr.State) -> None:
-    """Train, stop, sample now, save now, resume."""
+def _wire_start(studio: Studio, w: SimpleNamespace, run_state: gr.State) -> None:
+    """Runs made from the form: train now, add to the queue, save into the queued run shown."""
     def run_config(name, base_value, values):
         """The form's config for a run called `name` (raises ConfigError naming the field)."""
         cfg = config_from_form(studio, w.keys, base_value, values)
@@ -372,6 +373,9 @@ def _wire_steering(studio: Studio, w: SimpleNamespace, run_state: gr.State) -> N
 
     w.save_queued.click(on_save_queued, [run_state, w.run_name, w.base, *w.comps], w.status)
 
+
+def _wire_steering(studio: Studio, w: SimpleNamespace, run_state: gr.State) -> None:
+    """The run shown: stop, sample now, save now, resume."""
     def steer(action):
         @functools.wraps(action)  # keeps the handler's name (on_stop, …) for Gradio's API and the tests
         def handler(run_id, *args):
