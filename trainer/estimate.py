@@ -287,6 +287,30 @@ def epochs_of(cfg, num_images: int | None, num_views: int | None) -> tuple[int |
     return math.ceil(cfg.schedule.max_train_steps * cfg.schedule.grad_accum / batches_per_epoch), batches_per_epoch
 
 
+def _activation_bytes(fam: str, dev: str, half: bool, gc: bool, batch_latent_px: int) -> float:
+    """A step's activations: measured bytes per latent pixel of the batch (fp32 on CUDA: twice the half)."""
+    act_table = CUDA_ACT_BYTES_PER_LATENT_PX if dev == "cuda" else CPU_ACT_BYTES_PER_LATENT_PX
+    gc_factor = GC_MEMORY_FACTOR_CUDA if dev == "cuda" else GC_MEMORY_FACTOR
+    act = batch_latent_px * act_table[fam] * (gc_factor if gc else 1.0)
+    return act * 2 if dev == "cuda" and not half else act
+
+
+def _step_seconds(cfg, fam: str, wk: str, dev: str, half: bool, latent_px: int, cpu_gflops: float) -> float:
+    """One optimizer step (grad_accum micro-batches): measured seconds per latent pixel on CUDA, the
+    work model over this machine's GFLOP/s on a CPU."""
+    batch = cfg.dataset.batch_size
+    if dev == "cuda":
+        s = CUDA_STEP_OVERHEAD_S + batch * latent_px * CUDA_S_PER_LATENT_PX[fam] * (1 if half else CUDA_FP32_SLOWDOWN)
+    else:
+        s = (CPU_STEP_FIXED_GFLOP + batch * cpu_work_per_image(wk, latent_px)) / cpu_gflops
+    if cfg.precision.gradient_checkpointing:
+        s = CUDA_STEP_OVERHEAD_S + (s - CUDA_STEP_OVERHEAD_S) * GC_TIME_FACTOR if dev == "cuda" else s * GC_TIME_FACTOR
+    s *= cfg.schedule.grad_accum
+    if not cfg.dataset.cache_latents:  # the VAE encoder runs each step: roughly a third of a UNet step
+        s *= 1.35
+    return s
+
+
 def estimate(cfg, num_images: int | None = None, family: str | None = None, device: str | None = None,
              num_views: int | None = None, speed: dict | None = None) -> dict:
     """Predicted steps, epochs, peak memory, seconds per step and preview seconds of training `cfg`.
@@ -309,7 +333,6 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
 
     wk = work_key(cfg, fam)
     latent_px = (ds.resolution // VAE_DOWNSCALE.get(wk, 8)) ** 2
-    gc = cfg.precision.gradient_checkpointing
     # the trainer's precision rule (on a CPU: bf16 only where it is native, or forced); CPU time and
     # activations stay the measured fp32 figures: no native-bf16 CPU has been measured here
     used, _ = choose_precision(dev, cfg.precision.mixed_precision, cfg.precision.cpu_bf16,
@@ -318,15 +341,12 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
     weight_bytes = 2 if half else FP32
     text = SPEC_TEXT_PARAMS.get(cfg.model.base.lower(), fp["text"])
     n_base = fp["unet"] + fp["vae"] + sum(text)
+    gc = cfg.precision.gradient_checkpointing
     n_train = trainable_params(cfg, fam)
     opt_bytes = OPTIMIZER_STATE_BYTES.get(cfg.optimizer.name, 8)
 
     cpu_gflops = float(speed["gflops"]) if dev == "cpu" and speed and speed.get("gflops") else NOMINAL_CPU_GFLOPS
-    act_table = CUDA_ACT_BYTES_PER_LATENT_PX if dev == "cuda" else CPU_ACT_BYTES_PER_LATENT_PX
-    gc_factor = GC_MEMORY_FACTOR_CUDA if dev == "cuda" else GC_MEMORY_FACTOR
-    act = batch * latent_px * act_table[fam] * (gc_factor if gc else 1.0)
-    if dev == "cuda" and not half:
-        act *= 2
+    act = _activation_bytes(fam, dev, half, gc, batch * latent_px)
     breakdown = {
         "base_weights": n_base * weight_bytes,
         "adapter_and_optimizer": n_train * (FP32 + FP32 + opt_bytes),
@@ -334,16 +354,7 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
         "process": CUDA_CONTEXT_BYTES if dev == "cuda" else CPU_PROCESS_BYTES,
     }
     peak = sum(breakdown.values())
-
-    if dev == "cuda":
-        s = CUDA_STEP_OVERHEAD_S + batch * latent_px * CUDA_S_PER_LATENT_PX[fam] * (1 if half else CUDA_FP32_SLOWDOWN)
-    else:
-        s = (CPU_STEP_FIXED_GFLOP + batch * cpu_work_per_image(wk, latent_px)) / cpu_gflops
-    if gc:
-        s = CUDA_STEP_OVERHEAD_S + (s - CUDA_STEP_OVERHEAD_S) * GC_TIME_FACTOR if dev == "cuda" else s * GC_TIME_FACTOR
-    s *= sch.grad_accum
-    if not ds.cache_latents:  # the VAE encoder runs each step: roughly a third of a UNet step
-        s *= 1.35
+    s = _step_seconds(cfg, fam, wk, dev, half, latent_px, cpu_gflops)
     measured = dev == "cpu"
     calibrated = measured and cpu_gflops != NOMINAL_CPU_GFLOPS
     # a preview is sampling.steps UNet forwards of one image (two under classifier-free guidance); a
