@@ -1,11 +1,13 @@
 """Seconds from pressing Train to the first visible feedback and to step 1, on the demo, in a real browser.
 
     python bench/train_feedback.py [--out bench/results/train_feedback.json] [--label before]
-                                   [--think S] [--pairs N]
+                                   [--think S] [--pairs N] [--threads N]
 
 --think S: seconds between opening the Train tab and pressing Train (an artist reads the form; the studio
 starts its warm trainer when the tab opens). --pairs N: N cold/warm pairs, alternating, the cold one with
-the warm trainer switched off (ATELIER_WARM_TRAINER=0), so load drifts hit both alike.
+the warm trainer switched off (ATELIER_WARM_TRAINER=0), so load drifts hit both alike. --threads N: the
+torch threads of the studio and its trainers (default: torch's own, as `make run` starts them; rows in
+bench/results/train_feedback.md before 2026-12-01 ran with 1).
 
 A new studio on a fresh data folder, real Chromium: the demo's images go in through the Dataset tab (as
 an artist would), the Train tab gets the demo preset, Train is pressed. "First feedback" is the first
@@ -42,14 +44,14 @@ def panel_text(page) -> str:
     return "\n".join(line for line in "\n".join(out).splitlines() if not re.fullmatch(r"[\d.]+s|processing.*|queue:.*", line.strip()))
 
 
-def measure(timeout: float = 1800, think: float = 0.0) -> dict:
+def measure(timeout: float = 1800, think: float = 0.0, threads: str | None = None) -> dict:
     from playwright.sync_api import sync_playwright
 
     root = Path(tempfile.mkdtemp(prefix="feedback-"))
     data = root / "data"
     data.mkdir()
     files = sorted(str(p) for p in (REPO / "datasets" / "zkq-stripes").iterdir())
-    with studio_server(data) as url, sync_playwright() as pw:
+    with studio_server(data, omp_threads=threads) as url, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1440, "height": 900})
         page.goto(url)
@@ -90,11 +92,13 @@ if __name__ == "__main__":
     ap.add_argument("--label", default="")
     ap.add_argument("--think", type=float, default=0.0)
     ap.add_argument("--pairs", type=int, default=0)
+    ap.add_argument("--threads", default=None, help="OMP_NUM_THREADS of the studio and its trainers "
+                    "(default: torch's own, as `make run` starts them)")
     a = ap.parse_args()
     kinds = [("cold", "0"), ("warm", "1")] * a.pairs or [("", os.environ.get("ATELIER_WARM_TRAINER", "1"))]
     for kind, warm in kinds:
         os.environ["ATELIER_WARM_TRAINER"] = warm  # the studio (and so its runner) inherits it
-        res = {"label": " ".join(filter(None, [a.label, kind])), "think_s": a.think, **measure(think=a.think)}
+        res = {"label": " ".join(filter(None, [a.label, kind])), "think_s": a.think, **measure(think=a.think, threads=a.threads), "threads": a.threads or "torch default"}
         print(json.dumps(res, indent=1), flush=True)
         if a.out:
             p = Path(a.out)

@@ -26,9 +26,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def studio_server(data_dir: Path, *extra: str, timeout: float = 120):
+def studio_server(data_dir: Path, *extra: str, timeout: float = 120, omp_threads: str | None = "1"):
+    """The studio on a free port. omp_threads: the torch threads of the studio and the trainers it starts
+    ("1" for tests beside another worker; None: torch's default, as `make run` starts it)."""
     port = free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    if omp_threads is not None:
+        env["OMP_NUM_THREADS"] = omp_threads
     log = open(data_dir.parent / f"app-{port}.log", "wb")
     proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--data-dir", str(data_dir), "--port", str(port),
                              *extra], cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT)
