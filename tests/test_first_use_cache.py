@@ -16,13 +16,24 @@ from trainer.train.frozen import FrozenParts
 from trainer.train.loop import EXIT_OK, Trainer
 
 
+class _WatchedTrainer(Trainer):
+    """The real Trainer; notes which frozen modules hold weights when step 1 begins."""
+
+    def train_step(self, batches):
+        if self.progress.step == 0:
+            self.at_step1 = {"text_encoder": _on_meta(self.base.text_encoders[0]),
+                             "vae.decoder": _on_meta(self.base.vae.decoder),
+                             "vae.encoder": _on_meta(self.base.vae.encoder)}
+        return super().train_step(batches)
+
+
 def _train(data: Path, run: Path, prompts: tuple[str, ...] = (), **sets) -> Trainer:
     """A tiny run; previews only with `prompts` (then once, at the end)."""
     over = {"dataset.path": data, "schedule.max_train_steps": 3, "dataset.batch_size": 2,
             "sampling.every_n_steps": 0, "sampling.at_start": "false", **sets}
     cfg = load_preset("tiny-test", [f"{k}={v}" for k, v in over.items()])
     cfg.sampling.prompts = list(prompts)
-    t = Trainer(cfg, run, quiet=True)
+    t = _WatchedTrainer(cfg, run, quiet=True)
     assert t.run() == EXIT_OK
     return t
 
@@ -38,14 +49,18 @@ def _on_meta(module: torch.nn.Module) -> bool:
 def test_first_use_encodes_each_batch_once_reads_the_cache_after_and_trains_what_up_front_caching_trains(tmp_path):
     data = make_dataset(tmp_path / "data", n=4)
     t = _train(data, tmp_path / "run")  # 4 images, batches of 2: 2 steps an epoch; step 3 is the 2nd epoch's
-    assert t.cache_stats == {"latents_reused": 0, "latents_pending": 4, "text_reused": 0, "text_pending": 4}
+    # the captions before step 1 (cheap, and the text encoder can go), the latents on first use
+    assert t.cache_stats == {"latents_reused": 0, "latents_pending": 4, "text_computed": 4, "text_reused": 0}
     # one VAE call per batch of the first epoch (both latents at once), none in the second: it read the cache
     assert t.dataset.encoder_calls == {"latents": 2, "text": 2}
     cache = t.dataset.encodings.latent_cache
     assert cache.stats["computed"] == 4 and cache.stats["memory_hits"] >= 2
     ev = _events(tmp_path / "run")
     steps = [e for e in ev if e["type"] == "step"]
-    assert [e.get("to_encode") for e in steps] == [4, None, None]  # 2 latents + 2 captions left after step 1
+    assert [e.get("to_encode") for e in steps] == [2, None, None]  # 2 latents left after step 1
+    # no previews: with the captions cached, the text encoder and the VAE's decoder are freed before step 1;
+    # the VAE's encoder works through the first epoch
+    assert t.at_step1 == {"text_encoder": True, "vae.decoder": True, "vae.encoder": False}
     # no previews and the text encoder not trained: both frozen parts are gone once the first epoch cached them
     assert t.frozen.state == "freed" and set(t.frozen.parts) == {"vae", "text_encoder0"}
     assert _on_meta(t.base.vae) and _on_meta(t.base.text_encoders[0])
@@ -71,6 +86,7 @@ def test_the_first_epochs_leftovers_are_encoded_and_previews_render_after_the_re
                **{"network.train_text_encoder": "true", "dataset.flip": "true", "sampling.steps": 2})
     assert t.cache_stats["latents_pending"] == 4 and t.dataset.pending_encodings == 0
     assert set(t.frozen.parts) == {"vae"} and t.frozen.state == "offloaded"
+    assert t.at_step1 == {"text_encoder": False, "vae.decoder": False, "vae.encoder": False}  # previews need them
     assert not _on_meta(t.base.vae) and not _on_meta(t.base.text_encoders[0])
     ev = _events(tmp_path / "run")
     leftovers = [e for e in ev if e["type"] == "phase" and e["phase"] == "caching"]

@@ -226,26 +226,25 @@ class TrainDataset:
         return self.encodings.precompute(progress_cb)
 
     def expect_first_use(self) -> dict[str, int]:
-        """Encode nothing now: sample() encodes what it misses, and encode_first_use encodes a batch's misses
-        in one call. `pending_encodings` counts down as they are made. Returns {"latents_reused",
-        "latents_pending", "text_reused", "text_pending"}."""
+        """Encode the captions now and no latent: sample() encodes what it misses, and encode_first_use
+        encodes a batch's misses in one call. `pending_encodings` counts down as they are made. Returns
+        {"latents_reused", "latents_pending", "text_computed", "text_reused"}."""
         return self.encodings.expect_first_use()
 
     def encode_first_use(self, indices: list[int], epoch: int) -> None:
-        """Encode the latents and captions of these samples (one batch: one bucket) that no cache holds yet,
-        in one encoder call each, before sample() reads them."""
+        """Encode the latents of these samples (one batch: one bucket) that no cache holds yet, in one encoder
+        call, before sample() reads them."""
         if not self.encodings.pending:
             return
-        entries, captions = [], []
+        entries = []
         for index in indices:
             item_idx, flip = self.item_index(index, epoch), self.flip_for(index, epoch)
             entries.append((item_idx, flip, self.latent_key(item_idx, flip)))
-            captions.append(self.caption_for(index, epoch))
-        self.encodings.encode_pending(entries, captions)
+        self.encodings.encode_pending(entries)
 
     @property
     def pending_encodings(self) -> int:
-        """Latents and captions still to encode on first use (0 once all are cached, or when precomputed)."""
+        """Latents still to encode on first use (0 once all are cached, or when precomputed)."""
         return len(self.encodings.pending)
 
     # ---- what metadata and the GUI need ---------------------------------------------------------

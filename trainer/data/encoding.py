@@ -1,6 +1,6 @@
 """A TrainDataset's encoder caches: VAE latents and text-encoder outputs, encoded by the trainer's functions
-on a cache miss (on first use: `expect_first_use`, then `pending` says what is still to encode) or all at
-once up front (precompute), in batches of one bucket; and the loss masks at latent resolution (masked
+on a cache miss (on first use: `expect_first_use` encodes the captions, then `pending` says which latents
+are still to encode) or all at once up front (precompute), in batches of one bucket; and the loss masks at latent resolution (masked
 loss), made with them."""
 from __future__ import annotations
 
@@ -90,26 +90,27 @@ class DatasetEncodings:
             self.pending.discard(text_key(caption))
         self._count(len(captions), t0)
 
-    def encode_pending(self, entries: list[tuple[int, bool, str]], captions: list[str]) -> None:
-        """Encode those of a batch's latents (item index, flip, key) and captions that are still pending, one
-        encoder call for each kind: a batch holds one bucket, so its latents stack."""
+    def encode_pending(self, entries: list[tuple[int, bool, str]]) -> None:
+        """Encode those of a batch's latents (item index, flip, key) that are still pending, in one encoder
+        call: a batch holds one bucket, so its latents stack."""
         latents = [e for e in dict.fromkeys(entries) if e[2] in self.pending]
         if latents:
             self.encode_latents(latents)
-        texts = [c for c in dict.fromkeys(captions) if text_key(c) in self.pending]
-        if texts:
-            self.encode_texts(texts)
 
     def expect_first_use(self) -> dict[str, int]:
-        """Encode nothing now: each latent and caption is encoded when a sample first asks for it (sample()
-        does on a miss) and read from the cache after. Counts what is already cached and what is still to
-        encode (`pending`). Returns the stats precompute would, with "latents_pending" and "text_pending"
-        in place of the computed counts."""
+        """Encode the captions now and each latent when a sample first asks for it (sample() does on a miss),
+        read from the cache after. Captions go first because they are cheap (one text-encoder call per batch
+        of them, where a VAE encode of one SD-sized image takes as long as a training step) and because the
+        text encoders can then leave memory before step 1. `pending` holds the latents still to encode.
+        Returns the stats precompute would, with "latents_pending" in place of "latents_computed"."""
         stats, todo, texts, _ = self._plan()
-        self.pending = {key for _, _, key in todo} | {text_key(c) for c in texts}
-        for kind, n in (("latents", len(todo)), ("text", len(texts))):
-            del stats[f"{kind}_computed"]
-            stats[f"{kind}_pending"] = n
+        for i in range(0, len(texts), self.batch_size):
+            chunk = texts[i:i + self.batch_size]
+            self.encode_texts(chunk)
+            stats["text_computed"] += len(chunk)
+        self.pending = {key for _, _, key in todo}
+        del stats["latents_computed"]
+        stats["latents_pending"] = len(todo)
         return {k: v for k, v in stats.items() if not k.startswith("masks_")}
 
     def _plan(self) -> tuple[dict[str, int], list[tuple[int, bool, str]], list[str], list[tuple[int, bool, str]]]:

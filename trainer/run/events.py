@@ -55,7 +55,7 @@ EVENTS: dict[str, EventType] = {
                       "first), batch a digest of the images it trained on; it_s the step's pace without the "
                       "encoding of images met for the first time (dataset.cache_on_first_use), whose rest "
                       "eta_s adds at the pace so far; while some are left, encoded: latents and captions "
-                      "encoded so far, to_encode: how many are still to encode",
+                      "encoded so far, to_encode: how many latents are still to encode",
                       ("step", "max_steps", "loss", "lr", "batch", "epoch", "it_s", "eta_s"),
                       ("encoded", "to_encode")),
     "sample": EventType("a preview PNG (path relative to the run folder); kind 'base' is drawn with the "

@@ -103,6 +103,12 @@ class Caching:
     def track_frozen_parts(self, network, device: str, keep: bool) -> FrozenParts:
         """The VAE and the text encoders a step does not run; `keep`: previews will need them."""
         self.frozen = FrozenParts(idle_parts(self.base, network, self.dataset), device, keep=keep, log=self.log)
+        if self.dataset.pending_encodings and "vae" in self.frozen.parts:
+            # latents on first use, captions already cached: the VAE's encoder alone has work left
+            early = {name: m for name, m in self.frozen.parts.items() if name != "vae"}
+            early.update({f"vae.{name}": getattr(self.base.vae, name) for name in ("decoder", "post_quant_conv")
+                          if getattr(self.base.vae, name, None) is not None})
+            self.frozen.free_early(early)
         return self.frozen
 
     def release_when_done(self, epoch: int) -> None:

@@ -80,6 +80,16 @@ class FrozenParts:
                  else "kept on the CPU for previews", "freed": "freed (no previews need them)"}[self.state]
         self.log(f"frozen parts {', '.join(self.parts)}: {where}")
 
+    def free_early(self, modules: dict[str, torch.nn.Module]) -> None:
+        """Free idle modules before the rest of the parts can go (encoding on first use: the text encoders
+        and the VAE's decoder while the VAE's encoder still works), when nothing else will need them."""
+        if self.keep or self.state != "resident" or not modules:
+            return
+        for m in modules.values():
+            free(m)
+        return_freed_memory(self.device)
+        self.log(f"frozen parts {', '.join(modules)}: freed before step 1 (only the VAE's encoder still runs)")
+
     @contextmanager
     def on_device(self):
         """The offloaded parts back on the training device for the duration (a preview round)."""
