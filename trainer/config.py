@@ -93,8 +93,9 @@ class DatasetSection(Section):
                            advanced=True)
     cache_on_first_use: bool = opt(
         True, "Encode on first use",
-        "Encode an image (and its caption) when a step first uses it, so step 1 starts at once and the first "
-        "epoch runs a little slower; later epochs read the cache. Off: encode every image before step 1.",
+        "Encode an image when a step first uses it (captions, which are cheap, before step 1), so step 1 "
+        "starts at once and the first epoch runs a little slower; later epochs read the cache. Off: encode "
+        "every image before step 1.",
         advanced=True)
     cache_to_disk: bool = opt(True, "Cache to disk",
                               "Keep caches in a folder beside the dataset, reused by later runs.", advanced=True)
