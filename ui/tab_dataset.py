@@ -4,6 +4,7 @@ folder, the tag editor (ui/panel_tags.py). The files work is in ui/dataset_files
 and wires them."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -80,6 +81,9 @@ def _layout_upload(w: SimpleNamespace, names: list[str]) -> None:
     # with the image it was loaded for (a server-side State had moved on, and saved that text into the next image)
     w.editing = gr.JSON(None, visible=False, elem_id="ds-editing")
     w.rels = gr.State([])  # the dataset's images in gallery order
+    # changes when moving to another image saved an edit of the caption box: the doctor then follows (it does
+    # not after every step: each event costs the page a copy of its every output, see ui/page.py)
+    w.saved_on_the_way = gr.State(0)
     w.undo = gr.State(None)  # (dataset, CaptionUndo) of the last bulk edit
 
 
@@ -254,9 +258,10 @@ def build(studio: Studio) -> dict:
         """The whole tab, when the page loads (ui/studio.py)."""
         return _view(studio, name, on_load=True)
 
-    # also after the page load (ui/studio.py), which fills `rels`
-    w.rels.change(on_doctor, w.ds_name, w.doctor_md, concurrency_limit=1, concurrency_id="ds-doctor",
-                  show_progress="hidden")
+    # also after the page load (ui/studio.py), which fills `rels`, and after an edit saved on the way to another image
+    for changed in (w.rels, w.saved_on_the_way):
+        changed.change(on_doctor, w.ds_name, w.doctor_md, concurrency_limit=1, concurrency_id="ds-doctor",
+                       show_progress="hidden")
     # the order of these calls is the order the events are registered in (their api names count up in it)
     _wire_switch_and_upload(studio, w, then_doctor)
     _wire_caption_editor(studio, w, then_doctor)
@@ -298,20 +303,22 @@ def _wire_switch_and_upload(studio: Studio, w: SimpleNamespace, then_doctor) -> 
 
 def _wire_caption_editor(studio: Studio, w: SimpleNamespace, then_doctor) -> None:
     """Moving between images (the caption box is saved into the image it belongs to first), saving a caption."""
-    step_outs = [w.gallery, w.image_pick, w.big, w.caption, w.editing, w.caption_msg, w.tags]
+    step_outs = [w.gallery, w.image_pick, w.big, w.caption, w.editing, w.caption_msg, w.tags, w.saved_on_the_way]
     step_ins = [w.ds_name, w.editing, w.caption, w.rels]
 
     def go(name, ed, text, target, listed=None):
-        """listed: the dataset's images, when the caller has just listed them (listing 500 costs 0.1-0.2 s)."""
+        """listed: the dataset's images, when the caller has just listed them (df.dataset_view: a stat of each
+        file while nothing changed, a new listing when something did)."""
         saved = _autosave(studio, ed, text)
         root = _root(studio, name)
         order = listed or [it.rel for it in df.dataset_view(root).items]  # the files decide, not the page's copy
+        after_save = [saved, _tags(root), time.time_ns()] if saved else [gr.skip()] * 3
         if not target or target not in order:
-            return [gr.skip()] * (len(step_outs) - 2) + [saved or gr.skip(), _tags(root) if saved else gr.skip()]
+            return [gr.skip()] * (len(step_outs) - 3) + after_save
         big_path, cap, label = _image(root, target)
         return (gr.update(selected_index=order.index(target) if order.index(target) < MAX_GALLERY else None),
                 gr.update(value=target), gr.update(value=big_path, label=label), cap,
-                {"ds": safe_name(name, DEFAULT_NAME), "rel": target}, saved, _tags(root) if saved else gr.skip())
+                {"ds": safe_name(name, DEFAULT_NAME), "rel": target}, *after_save)
 
     def on_gallery_select(name, ed, text, order, evt: gr.SelectData):
         target = order[evt.index] if isinstance(evt.index, int) and evt.index < len(order) else None
@@ -319,7 +326,8 @@ def _wire_caption_editor(studio: Studio, w: SimpleNamespace, then_doctor) -> Non
             return [gr.skip()] * len(step_outs)
         return go(name, ed, text, target)
 
-    then_doctor(w.gallery.select(on_gallery_select, step_ins, step_outs, **IN_ORDER))
+    # moving between images: the doctor follows only an edit saved on the way (w.saved_on_the_way)
+    w.gallery.select(on_gallery_select, step_ins, step_outs, **IN_ORDER)
 
     def on_pick(name, ed, text, order, target):
         try:
@@ -328,7 +336,7 @@ def _wire_caption_editor(studio: Studio, w: SimpleNamespace, then_doctor) -> Non
             raise gr.Error(str(e))
         return go(name, ed, text, target)
 
-    then_doctor(w.image_pick.input(on_pick, [*step_ins, w.image_pick], step_outs, **IN_ORDER))
+    w.image_pick.input(on_pick, [*step_ins, w.image_pick], step_outs, **IN_ORDER)
 
     def stepper(delta: int):
         def on_step(name, ed, text, _shown):
@@ -340,8 +348,8 @@ def _wire_caption_editor(studio: Studio, w: SimpleNamespace, then_doctor) -> Non
             return go(name, ed, text, order[(i + delta) % len(order)], order)
         return on_step
 
-    then_doctor(w.prev_btn.click(stepper(-1), step_ins, step_outs, **IN_ORDER))
-    then_doctor(w.next_btn.click(stepper(1), step_ins, step_outs, **IN_ORDER))
+    w.prev_btn.click(stepper(-1), step_ins, step_outs, **IN_ORDER)
+    w.next_btn.click(stepper(1), step_ins, step_outs, **IN_ORDER)
 
     def on_save(name, pick, text):
         if not pick:

@@ -19,6 +19,7 @@ import hashlib
 import math
 import os
 import re
+import time
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -156,9 +157,19 @@ def _printable(rel: str) -> str:
     return rel.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
 
 
+RACY_NS = 3 * 10**9
+
+
+def settled(mtime_ns: int, now_ns: int | None = None) -> bool:
+    """A file last written over RACY_NS before `now_ns` (now): written again, its mtime changes. A newer one could
+    be rewritten within one timestamp tick (coarse clocks; FAT's is 2 s) at the same size, its stat unchanged, so
+    what was read from it is not remembered by its stat (git's racy-clean rule)."""
+    return mtime_ns < (time.time_ns() if now_ns is None else now_ns) - RACY_NS
+
+
 class _Scanner:
     def __init__(self, root: Path, caption_ext: str, default_repeats: int, check_images: bool, is_reg: bool,
-                 background: str, open_images: bool = True):
+                 background: str, open_images: bool = True, decoded: dict | None = None):
         if not caption_ext.startswith("."):
             caption_ext = "." + caption_ext
         self.root = root
@@ -175,6 +186,7 @@ class _Scanner:
         self.image_files = 0
         self.ignored: dict[str, list[str]] = {}
         self.seen_hash: dict[str, str] = {}
+        self.decoded = decoded
 
     def add(self, rel: str, reason: str, severity: Severity) -> None:
         self.problems.append(Problem(_printable(rel), reason, severity))
@@ -314,13 +326,7 @@ class _Scanner:
         alpha = False
         try:
             if self.open_images and self.check_images:
-                data = path.read_bytes()
-                sha = hashlib.sha256(data).hexdigest()
-                loaded = load_image(path, self.background, data=data)
-                width, height = loaded.size
-                notes = loaded.notes
-                alpha = loaded.alpha is not None
-                loaded.image.close()
+                sha, width, height, notes, alpha = self.decode(path)
             elif self.open_images:
                 width, height = probe_size(path)
                 sha = file_sha256(path)
@@ -365,6 +371,35 @@ class _Scanner:
                                crop_file=crop_rel, crop_box=crop.box if crop else None,
                                focus=crop.focus if crop else None))
 
+    def decode(self, path: Path) -> tuple[str, int, int, list[str], bool]:
+        """(sha256, width, height, notes, has transparency) of an image, its pixels decoded; raises ImageError.
+        With `decoded` (a dict the caller keeps), remembered by the file's identity (inode, size, mtime): the
+        studio's doctor re-scans after every caption edit, and decoding every picture again was nearly all of it."""
+        key = None
+        if self.decoded is not None:
+            st = path.stat()
+            key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, self.background)
+            hit = self.decoded.get(key)
+            if isinstance(hit, str):
+                raise ImageError(path, hit)
+            if hit is not None:
+                sha, width, height, notes, alpha = hit
+                return sha, width, height, list(notes), alpha
+        data = path.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        try:
+            loaded = load_image(path, self.background, data=data)
+        except ImageError as e:
+            if key is not None and settled(key[3]):
+                self.decoded[key] = e.reason
+            raise
+        width, height = loaded.size
+        alpha = loaded.alpha is not None
+        loaded.image.close()
+        if key is not None and settled(key[3]):
+            self.decoded[key] = (sha, width, height, tuple(loaded.notes), alpha)
+        return sha, width, height, list(loaded.notes), alpha
+
     def check_crop(self, d: Path, rel_dir: str, rel: str, crop_name: str | None):
         """(relative path, Crop) of the image's usable crop sidecar; (None, None) when it has none or it cannot
         be used (reported: the image then trains uncropped). Read in every mode: it is a few bytes."""
@@ -401,9 +436,11 @@ class _Scanner:
 
 
 def scan_dataset(root: str | Path, caption_ext: str = ".txt", default_repeats: int = 1, check_images: bool = True,
-                 *, is_reg: bool = False, background: str = "#ffffff") -> Scan:
+                 *, is_reg: bool = False, background: str = "#ffffff", decoded: dict | None = None) -> Scan:
     """Scan a dataset folder. check_images=True decodes every image (catches truncated files);
-    False reads headers only. Raises DatasetError when the folder is missing or nothing in it is usable."""
+    False reads headers only. Raises DatasetError when the folder is missing or nothing in it is usable.
+    decoded: a dict kept between scans of the same files (the studio's doctor): an image whose file is unchanged
+    is not decoded again (see _Scanner.decode)."""
     root = Path(root).expanduser()
     kind = "regularisation folder" if is_reg else "dataset folder"
     if not str(root) or not root.exists():
@@ -412,7 +449,7 @@ def scan_dataset(root: str | Path, caption_ext: str = ".txt", default_repeats: i
         raise DatasetError(f"{kind} is not a folder: {root}")
     if default_repeats < 1:
         raise ValueError("default_repeats must be at least 1")
-    sc = _Scanner(root.resolve(), caption_ext, default_repeats, check_images, is_reg, background)
+    sc = _Scanner(root.resolve(), caption_ext, default_repeats, check_images, is_reg, background, decoded=decoded)
     sc.run()
     scan = Scan(root=sc.root, items=sc.items, problems=sc.problems, caption_ext=sc.caption_ext)
     if not scan.items:
