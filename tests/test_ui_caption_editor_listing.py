@@ -138,7 +138,7 @@ def test_changes_made_outside_the_studio_are_seen_at_once(tab):
     # an image's pixels replaced: the doctor decodes that one again
     assert "will be trained" in h["on_doctor"]("set")
     Image.new("RGB", (8, 8), (0, 0, 0)).save(root / "images" / "img-012.png")
-    assert f"tiny image(s) under" in h["on_doctor"]("set")
+    assert "tiny image(s) under" in h["on_doctor"]("set")
 
 
 def test_a_remembered_decode_gives_the_scan_it_replaces(tmp_path):
