@@ -228,9 +228,10 @@ def cache_part(src: Path, n: int, work: Path) -> dict:
     run = work / f"run-{n}"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(REPO))
     env.setdefault("OMP_NUM_THREADS", "1")
+    # every image before step 1 (encoding on first use, the default, would spread it over the first epoch)
     sets = [f"dataset.path={ds}", "dataset.resolution=128", "dataset.enable_buckets=true",
-            "dataset.cache_to_disk=true", "schedule.max_train_steps=2", "sampling.at_start=false",
-            "sampling.every_n_steps=0"]
+            "dataset.cache_to_disk=true", "dataset.cache_on_first_use=false", "schedule.max_train_steps=2",
+            "sampling.at_start=false", "sampling.every_n_steps=0"]
     cmd = [sys.executable, "-m", "trainer", "train", "presets/tiny-test.toml", "--preset", "--run-dir", str(run),
            "--quiet", *(x for s in sets for x in ("--set", s))]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env)
