@@ -167,6 +167,36 @@ def settled(mtime_ns: int, now_ns: int | None = None) -> bool:
     return mtime_ns < (time.time_ns() if now_ns is None else now_ns) - RACY_NS
 
 
+def decode_image(path: Path, background: str, decoded: dict | None) -> tuple[str, int, int, list[str], bool]:
+    """(sha256, width, height, notes, has transparency) of an image, its pixels decoded; raises ImageError.
+    With `decoded` (a dict the caller keeps), remembered by the file's identity (inode, size, mtime): the
+    studio's doctor re-scans after every caption edit, and decoding every picture again was nearly all of it."""
+    key = None
+    if decoded is not None:
+        st = path.stat()
+        key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, background)
+        hit = decoded.get(key)
+        if isinstance(hit, str):
+            raise ImageError(path, hit)
+        if hit is not None:
+            sha, width, height, notes, alpha = hit
+            return sha, width, height, list(notes), alpha
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        loaded = load_image(path, background, data=data)
+    except ImageError as e:
+        if key is not None and settled(key[3]):
+            decoded[key] = e.reason
+        raise
+    width, height = loaded.size
+    alpha = loaded.alpha is not None
+    loaded.image.close()
+    if key is not None and settled(key[3]):
+        decoded[key] = (sha, width, height, tuple(loaded.notes), alpha)
+    return sha, width, height, list(loaded.notes), alpha
+
+
 class _Scanner:
     def __init__(self, root: Path, caption_ext: str, default_repeats: int, check_images: bool, is_reg: bool,
                  background: str, open_images: bool = True, decoded: dict | None = None):
@@ -326,7 +356,7 @@ class _Scanner:
         alpha = False
         try:
             if self.open_images and self.check_images:
-                sha, width, height, notes, alpha = self.decode(path)
+                sha, width, height, notes, alpha = decode_image(path, self.background, self.decoded)
             elif self.open_images:
                 width, height = probe_size(path)
                 sha = file_sha256(path)
@@ -370,35 +400,6 @@ class _Scanner:
                                notes=notes, mask_file=mask_rel, mask_sha256=mask_sha, alpha_mask=alpha,
                                crop_file=crop_rel, crop_box=crop.box if crop else None,
                                focus=crop.focus if crop else None))
-
-    def decode(self, path: Path) -> tuple[str, int, int, list[str], bool]:
-        """(sha256, width, height, notes, has transparency) of an image, its pixels decoded; raises ImageError.
-        With `decoded` (a dict the caller keeps), remembered by the file's identity (inode, size, mtime): the
-        studio's doctor re-scans after every caption edit, and decoding every picture again was nearly all of it."""
-        key = None
-        if self.decoded is not None:
-            st = path.stat()
-            key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, self.background)
-            hit = self.decoded.get(key)
-            if isinstance(hit, str):
-                raise ImageError(path, hit)
-            if hit is not None:
-                sha, width, height, notes, alpha = hit
-                return sha, width, height, list(notes), alpha
-        data = path.read_bytes()
-        sha = hashlib.sha256(data).hexdigest()
-        try:
-            loaded = load_image(path, self.background, data=data)
-        except ImageError as e:
-            if key is not None and settled(key[3]):
-                self.decoded[key] = e.reason
-            raise
-        width, height = loaded.size
-        alpha = loaded.alpha is not None
-        loaded.image.close()
-        if key is not None and settled(key[3]):
-            self.decoded[key] = (sha, width, height, tuple(loaded.notes), alpha)
-        return sha, width, height, list(loaded.notes), alpha
 
     def check_crop(self, d: Path, rel_dir: str, rel: str, crop_name: str | None):
         """(relative path, Crop) of the image's usable crop sidecar; (None, None) when it has none or it cannot
