@@ -4,7 +4,6 @@ from __future__ import annotations
 import gradio as gr
 
 from ui import tab_dataset, tab_export, tab_generate, tab_runs, tab_train
-from ui.tab_switch import tab_target, then_show_tab
 from ui.workspace import Studio
 
 CSS = """
@@ -15,18 +14,22 @@ CSS = """
 """ + tab_train.CSS
 
 
+# the running run's id: open the Train tab, as a click on it would
+SHOW_TRAIN_TAB_JS = """(run) => { if (run) { const b = document.querySelector('button[data-tab-id="train"]');
+  if (b) b.click(); } return []; }"""
+
+
 def build_app(studio: Studio) -> gr.Blocks:
     with gr.Blocks(title="LoRA Atelier") as demo:
         gr.Markdown("# LoRA Atelier\nTrain a Stable Diffusion LoRA: add images, pick settings, watch it learn.")
         run_state = gr.State(None)
-        show_tab = tab_target()  # ui/tab_switch.py: events name a tab here instead of outputting the Tabs
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Dataset", id="dataset"):
                 ds = tab_dataset.build(studio)
             with gr.Tab("Train", id="train") as train_tab:
                 train = tab_train.build(studio, ds["ds_name"], run_state)
             with gr.Tab("Runs", id="runs"):
-                runs = tab_runs.build(studio, run_state, show_tab)
+                runs = tab_runs.build(studio, run_state, tabs)
             with gr.Tab("Generate / compare", id="generate"):
                 gen = tab_generate.build(studio)
             with gr.Tab("Export", id="export"):
@@ -38,18 +41,23 @@ def build_app(studio: Studio) -> gr.Blocks:
             # the value only when a run trains: re-setting it would re-fill fields the user is editing
             choices = gr.update(choices=studio.run_choices(), **({"value": current} if current else {}))
             return (current, *ds["refresh"](ds_name), *runs["refresh"](), choices, choices,
-                    train["dataset_default"](ds_name), "train" if current else "")
+                    train["dataset_default"](ds_name), current or "")
 
-        then_show_tab(demo.load(on_load, ds["ds_name"], [run_state, *ds["outs"], runs["table"], runs["pick"],
-                                                         gen["run"], exp["run"], train["dataset"], show_tab]),
-                      show_tab)
+        # The Train tab is shown by the page, not by the load's reply: an event's outputs stay in the page's
+        # loading-status list for good, and on every status change of any event (pending, then done) Gradio
+        # copies every component listed there, and the Tabs are all the page (0.5-1 s a Next at 500 images,
+        # issue #14)
+        training_now = gr.Textbox(visible=False, elem_id="page-training-now")
+        demo.load(on_load, ds["ds_name"], [run_state, *ds["outs"], runs["table"], runs["pick"], gen["run"],
+                                           exp["run"], train["dataset"], training_now]
+                  ).then(None, training_now, None, js=SHOW_TRAIN_TAB_JS)
 
         # after a run: open it in Generate / Export (switch tab, select the run; the tab fills itself in)
         def open_in(tab, module, outputs):
             def handler(run_id):
                 if not run_id:
-                    return ("", *(gr.skip(),) * len(outputs))
-                return (tab, *module.select_run(studio, run_id))
+                    return (gr.skip(),) * (1 + len(outputs))
+                return (gr.Tabs(selected=tab), *module.select_run(studio, run_id))
             handler.__name__ = f"on_open_in_{tab}"
             return handler
 
@@ -61,8 +69,8 @@ def build_app(studio: Studio) -> gr.Blocks:
             studio.runner.warm_up()  # torch and diffusers import while the user fills in the form
 
         train_tab.select(on_heading_to_train, None, None, show_progress="hidden")
-        then_show_tab(train["open_generate"].click(open_in("generate", tab_generate, gen["select_outputs"]),
-                                                   run_state, [show_tab, *gen["select_outputs"]]), show_tab)
-        then_show_tab(train["open_export"].click(open_in("export", tab_export, exp["select_outputs"]),
-                                                 run_state, [show_tab, *exp["select_outputs"]]), show_tab)
+        train["open_generate"].click(open_in("generate", tab_generate, gen["select_outputs"]), run_state,
+                                     [tabs, *gen["select_outputs"]])
+        train["open_export"].click(open_in("export", tab_export, exp["select_outputs"]), run_state,
+                                   [tabs, *exp["select_outputs"]])
     return demo
