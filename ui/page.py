@@ -14,11 +14,6 @@ CSS = """
 """ + tab_train.CSS
 
 
-# the running run's id: open the Train tab, as a click on it would
-SHOW_TRAIN_TAB_JS = """(run) => { if (run) { const b = document.querySelector('button[data-tab-id="train"]');
-  if (b) b.click(); } return []; }"""
-
-
 def build_app(studio: Studio) -> gr.Blocks:
     with gr.Blocks(title="LoRA Atelier") as demo:
         gr.Markdown("# LoRA Atelier\nTrain a Stable Diffusion LoRA: add images, pick settings, watch it learn.")
@@ -40,17 +35,15 @@ def build_app(studio: Studio) -> gr.Blocks:
             current = studio.runner.active()
             # the value only when a run trains: re-setting it would re-fill fields the user is editing
             choices = gr.update(choices=studio.run_choices(), **({"value": current} if current else {}))
+            tab = gr.Tabs(selected="train") if current else gr.skip()
             return (current, *ds["refresh"](ds_name), *runs["refresh"](), choices, choices,
-                    train["dataset_default"](ds_name), current or "")
+                    train["dataset_default"](ds_name), tab)
 
-        # The Train tab is shown by the page, not by the load's reply: an event's outputs stay in the page's
-        # loading-status list for good, and on every status change of any event (pending, then done) Gradio
-        # copies every component listed there, and the Tabs are all the page (0.5-1 s a Next at 500 images,
-        # issue #14)
-        training_now = gr.Textbox(visible=False, elem_id="page-training-now")
+        # The load lists the Tabs among its outputs, and so Gradio covers the page while the load is pending: a
+        # click then waits for the load, whose outputs would otherwise overwrite what the click picked (a page
+        # that switched tabs by itself, without that cover, let an early pick of the Train tab's dataset be reset)
         demo.load(on_load, ds["ds_name"], [run_state, *ds["outs"], runs["table"], runs["pick"], gen["run"],
-                                           exp["run"], train["dataset"], training_now]
-                  ).then(None, training_now, None, js=SHOW_TRAIN_TAB_JS)
+                                           exp["run"], train["dataset"], tabs])
 
         # after a run: open it in Generate / Export (switch tab, select the run; the tab fills itself in)
         def open_in(tab, module, outputs):
