@@ -453,7 +453,7 @@ def dataset_view(root: Path) -> Scan:
                     _VIEWS.pop(next(iter(_VIEWS)))
                 _VIEWS[key] = hit
     scan = hit[1]
-    return Scan(root=scan.root, items=list(scan.items), problems=[], caption_ext=scan.caption_ext)
+    return replace(scan, items=list(scan.items), problems=[])
 
 
 def list_images(root: Path) -> list[Path]:
@@ -530,7 +530,7 @@ def _with_caption(root: Path, held: tuple[dict, Scan], side: Path) -> tuple[dict
     stem = _nfc(side.stem)
     items = [replace(it, caption=caption, caption_file=cap_rel)
              if it.path.parent == side.parent and _nfc(it.path.stem) == stem else it for it in scan.items]
-    return expected, Scan(root=scan.root, items=items, problems=[], caption_ext=scan.caption_ext)
+    return expected, replace(scan, items=items, problems=[])
 
 
 def _tags(caption: str) -> list[str]:
@@ -867,7 +867,7 @@ def doctor_report(root: Path, caption_ext: str = ".txt", default_repeats: int = 
 
 
 _DOCTOR_CACHE: dict[str, tuple[str, str]] = {}  # real root -> (fingerprint, report); decoding is the slow part
-# what the doctor's scans decoded, by file identity (trainer.data.scan._Scanner.decode): after a caption edit
+# what the doctor's scans decoded, by file identity (trainer.data.scan.decode_image): after a caption edit
 # the doctor re-scans the dataset without decoding its pictures again (11 s at 500 images before)
 _DECODED: dict = {}
 _MAX_DECODED = 50_000

@@ -1,7 +1,7 @@
 """A TrainDataset's encoder caches: VAE latents and text-encoder outputs, encoded by the trainer's functions
 on a cache miss (on first use: `expect_first_use` encodes the captions, then `pending` says which latents
-are still to encode) or all at once up front (precompute), in batches of one bucket; and the loss masks at latent resolution (masked
-loss), made with them."""
+are still to encode) or all at once up front (precompute), in batches of one bucket; and the loss masks at
+latent resolution (masked loss), made with them."""
 from __future__ import annotations
 
 import time

@@ -441,7 +441,7 @@ def scan_dataset(root: str | Path, caption_ext: str = ".txt", default_repeats: i
     """Scan a dataset folder. check_images=True decodes every image (catches truncated files);
     False reads headers only. Raises DatasetError when the folder is missing or nothing in it is usable.
     decoded: a dict kept between scans of the same files (the studio's doctor): an image whose file is unchanged
-    is not decoded again (see _Scanner.decode)."""
+    is not decoded again (see decode_image)."""
     root = Path(root).expanduser()
     kind = "regularisation folder" if is_reg else "dataset folder"
     if not str(root) or not root.exists():
