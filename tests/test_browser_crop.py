@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser.studio_server import ACTION_TIMEOUT_MS, CHROMIUM_ARGS, studio_server, wait_until
+from tests.browser.studio_server import ACTION_TIMEOUT_MS, CHROMIUM_ARGS, studio_server, wait_ready, wait_until
 from trainer.data.scan import scan_dataset
 
 pytestmark = pytest.mark.browser
@@ -28,6 +28,7 @@ def test_click_sets_the_focus_point_and_save_writes_what_the_trainer_reads(tmp_p
         page.set_default_timeout(ACTION_TIMEOUT_MS)
         page.goto(url)
         page.wait_for_selector("#ds-upload")
+        wait_ready(page)
         page.wait_for_function("(document.querySelector('#ds-gallery') || {}).innerText?.includes('image(s)')",
                                timeout=60_000)
         box = page.locator("#ds-name input").first

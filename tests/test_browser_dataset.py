@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.browser.studio_server import (ACTION_TIMEOUT_MS, CHROMIUM_ARGS, Shots, choose, doc_screen, studio_server,
-                                         wait_until)
+                                         wait_ready, wait_until)
 
 pytestmark = pytest.mark.browser
 playwright = pytest.importorskip("playwright.sync_api")
@@ -59,6 +59,7 @@ def new_page(world):
 def wait_loaded(page) -> None:
     """Until the page's load event has filled the Dataset tab (its gallery label counts the images)."""
     page.wait_for_selector("#ds-upload")
+    wait_ready(page)
     page.wait_for_function("(document.querySelector('#ds-gallery') || {}).innerText?.includes('image(s)')",
                            timeout=60_000)
 

@@ -90,6 +90,10 @@ def test_queue_three_runs_reorder_remove_and_restart_the_studio(tmp_path):
         page.locator("#runs-open").click()
         page.locator("#train-run-label").get_by_text("q2", exact=True).wait_for()
         assert "queued" in page.locator("#train-run-label").inner_text()
+        # the label can come with the live panel's tick before the form holds q2's settings: wait for those (the
+        # run's name comes in the same reply), or their late arrival undoes the edit below
+        page.wait_for_function("document.querySelector('#train-run-name input, #train-run-name textarea')"
+                               ".value == 'q2'")
         set_number(page, "cfg-schedule-max_train_steps", 1)
         page.locator("#train-save-queued").click()
         page.locator("#train-status").get_by_text("Saved the settings").wait_for()

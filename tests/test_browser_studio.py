@@ -209,7 +209,11 @@ def test_generate_tab_draws_a_strength_grid_and_compares_checkpoints(world):
     set_number(page, "cfg-schedule-max_train_steps", 6)
     set_number(page, "cfg-sampling-every_n_steps", 0)
     page.get_by_text("Saving", exact=True).first.click()  # its accordion starts closed
+    box = page.locator("#cfg-saving-every_n_steps input[type=number]").first
+    box.wait_for()
+    page.wait_for_timeout(500)  # once the opened accordion has settled: one fresh run lost the value typed at once
     set_number(page, "cfg-saving-every_n_steps", 3)  # a checkpoint at step 3, the final adapter at 6
+    page.wait_for_function("document.querySelector('#cfg-saving-every_n_steps input[type=number]').value == '3'")
     page.locator("#train-run-name input, #train-run-name textarea").first.fill("gridrun")
     page.locator("#train-start").click()
     page.locator("#train-run-label").get_by_text("gridrun").first.wait_for(timeout=60_000)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.browser.studio_server import (CHROMIUM_ARGS, choose, doc_screen, loss_curves, open_page, open_tab,
-                                         progress, set_number, Shots, studio_server, wait_progress)
+                                         progress, set_number, Shots, studio_server, wait_progress, wait_ready)
 
 pytestmark = pytest.mark.browser
 playwright = pytest.importorskip("playwright.sync_api")
@@ -123,6 +123,13 @@ def test_sample_now_and_save_now_pressed_twice_give_two_each(world):
     page.reload()
     page.wait_for_selector("#ds-upload")
     wait_progress(page, lambda p: p["state"] == "running", 120, "re-attached")
+    # the tabs took no clicks until the load (which switched to the Train tab) had answered
+    wait_ready(page)
+    assert page.evaluate("""() => {
+        const tabs = document.getElementById('atelier-tabs'), html = document.documentElement;
+        html.classList.remove('atelier-ready'); const before = getComputedStyle(tabs).pointerEvents;
+        html.classList.add('atelier-ready'); return [before, getComputedStyle(tabs).pointerEvents]; }""") == [
+        "none", "auto"]
     assert page.locator("#train-progress").is_visible()
     assert "steered" in text_of(page, "train-run-label")
 

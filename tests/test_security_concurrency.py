@@ -8,7 +8,7 @@ import time
 import pytest
 from PIL import Image
 
-from tests.browser.studio_server import CHROMIUM_ARGS, choose, progress, set_number, studio_server, wait_progress
+from tests.browser.studio_server import CHROMIUM_ARGS, choose, progress, set_number, studio_server, wait_progress, wait_ready
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 playwright = pytest.importorskip("playwright.sync_api")
@@ -17,6 +17,7 @@ playwright = pytest.importorskip("playwright.sync_api")
 def prepare(page, url: str, run_name: str) -> None:
     page.goto(url)
     page.wait_for_selector("#ds-upload")
+    wait_ready(page)
     page.get_by_role("tab", name="Train").click()
     choose(page, "train-preset", "tiny-test")
     page.wait_for_function("document.querySelector('#train-base input').value.includes('Tiny')", timeout=30_000)

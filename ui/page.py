@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ui import tab_dataset, tab_export, tab_generate, tab_runs, tab_train
+from ui import tab_dataset, tab_export, tab_generate, tab_runs, tab_switch, tab_train
+from ui.tab_switch import tab_target, then_page_ready, then_show_tab
 from ui.workspace import Studio
 
 CSS = """
@@ -11,20 +12,21 @@ CSS = """
 .atelier-fill {height: 100%; background: #6366f1; transition: width .4s;}
 .atelier-finished {background: #16a34a;} .atelier-failed {background: #dc2626;} .atelier-stopped {background: #d97706;}
 .atelier-progress-text {margin-top: 4px; font-size: 14px;}
-""" + tab_train.CSS
+""" + tab_switch.CSS + tab_train.CSS
 
 
 def build_app(studio: Studio) -> gr.Blocks:
     with gr.Blocks(title="LoRA Atelier") as demo:
         gr.Markdown("# LoRA Atelier\nTrain a Stable Diffusion LoRA: add images, pick settings, watch it learn.")
         run_state = gr.State(None)
-        with gr.Tabs() as tabs:
+        show_tab = tab_target()  # ui/tab_switch.py: events name a tab here instead of outputting the Tabs
+        with gr.Tabs(elem_id=tab_switch.TABS_ID):
             with gr.Tab("Dataset", id="dataset"):
                 ds = tab_dataset.build(studio)
             with gr.Tab("Train", id="train") as train_tab:
                 train = tab_train.build(studio, ds["ds_name"], run_state)
             with gr.Tab("Runs", id="runs"):
-                runs = tab_runs.build(studio, run_state, tabs)
+                runs = tab_runs.build(studio, run_state, show_tab)
             with gr.Tab("Generate / compare", id="generate"):
                 gen = tab_generate.build(studio)
             with gr.Tab("Export", id="export"):
@@ -35,22 +37,20 @@ def build_app(studio: Studio) -> gr.Blocks:
             current = studio.runner.active()
             # the value only when a run trains: re-setting it would re-fill fields the user is editing
             choices = gr.update(choices=studio.run_choices(), **({"value": current} if current else {}))
-            tab = gr.Tabs(selected="train") if current else gr.skip()
             return (current, *ds["refresh"](ds_name), *runs["refresh"](), choices, choices,
-                    train["dataset_default"](ds_name), tab)
+                    train["dataset_default"](ds_name), "train" if current else "")
 
-        # The load lists the Tabs among its outputs, and so Gradio covers the page while the load is pending: a
-        # click then waits for the load, whose outputs would otherwise overwrite what the click picked (a page
-        # that switched tabs by itself, without that cover, let an early pick of the Train tab's dataset be reset)
-        demo.load(on_load, ds["ds_name"], [run_state, *ds["outs"], runs["table"], runs["pick"], gen["run"],
-                                           exp["run"], train["dataset"], tabs])
+        # the tabs take clicks once this has answered: its outputs would undo what a click picked meanwhile
+        then_page_ready(demo.load(on_load, ds["ds_name"], [run_state, *ds["outs"], runs["table"], runs["pick"],
+                                                           gen["run"], exp["run"], train["dataset"], show_tab]),
+                        show_tab)
 
         # after a run: open it in Generate / Export (switch tab, select the run; the tab fills itself in)
         def open_in(tab, module, outputs):
             def handler(run_id):
                 if not run_id:
-                    return (gr.skip(),) * (1 + len(outputs))
-                return (gr.Tabs(selected=tab), *module.select_run(studio, run_id))
+                    return ("", *(gr.skip(),) * len(outputs))
+                return (tab, *module.select_run(studio, run_id))
             handler.__name__ = f"on_open_in_{tab}"
             return handler
 
@@ -62,8 +62,8 @@ def build_app(studio: Studio) -> gr.Blocks:
             studio.runner.warm_up()  # torch and diffusers import while the user fills in the form
 
         train_tab.select(on_heading_to_train, None, None, show_progress="hidden")
-        train["open_generate"].click(open_in("generate", tab_generate, gen["select_outputs"]), run_state,
-                                     [tabs, *gen["select_outputs"]])
-        train["open_export"].click(open_in("export", tab_export, exp["select_outputs"]), run_state,
-                                   [tabs, *exp["select_outputs"]])
+        then_show_tab(train["open_generate"].click(open_in("generate", tab_generate, gen["select_outputs"]),
+                                                   run_state, [show_tab, *gen["select_outputs"]]), show_tab)
+        then_show_tab(train["open_export"].click(open_in("export", tab_export, exp["select_outputs"]),
+                                                 run_state, [show_tab, *exp["select_outputs"]]), show_tab)
     return demo

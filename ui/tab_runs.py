@@ -9,6 +9,7 @@ import gradio as gr
 
 from ui import runs
 from ui.sample_browser import KEYS_JS as SAMPLE_KEYS_JS, grid_html
+from ui.tab_switch import then_show_tab
 from ui.workspace import Studio
 from ui.paths import UnsafePath
 
@@ -32,10 +33,10 @@ def table(studio: Studio) -> list[list]:
     return rows
 
 
-def build(studio: Studio, run_state: gr.State, tabs: gr.Tabs) -> dict:
+def build(studio: Studio, run_state: gr.State, show_tab: gr.Textbox) -> dict:
     w = _layout(studio)
     # the order of these calls is the order the events are registered in (their api names count up in it)
-    on_refresh = _wire_table(studio, w, run_state, tabs)
+    on_refresh = _wire_table(studio, w, run_state, show_tab)
     _wire_delete(studio, w)
     _wire_queue(studio, w)
     return {"table": w.runs_df, "pick": w.pick, "refresh": on_refresh, "open": w.open_btn}
@@ -71,7 +72,7 @@ def _layout(studio: Studio) -> SimpleNamespace:
     return w
 
 
-def _wire_table(studio: Studio, w: SimpleNamespace, run_state: gr.State, tabs: gr.Tabs):
+def _wire_table(studio: Studio, w: SimpleNamespace, run_state: gr.State, show_tab: gr.Textbox):
     """Refreshing the table (the button, the timer while runs move), the picked run's samples, and opening a
     run in the Train tab (the button, a click on its row); returns the refresh handler."""
     def samples_of(run_id):
@@ -94,19 +95,19 @@ def _wire_table(studio: Studio, w: SimpleNamespace, run_state: gr.State, tabs: g
 
     def on_open(run_id):
         if not run_id or not studio.store.get(run_id):
-            return gr.skip(), "Pick a run.", gr.skip()
-        return run_id, f"Opened `{run_id}` in the Train tab.", gr.Tabs(selected="train")
+            return gr.skip(), "Pick a run.", ""
+        return run_id, f"Opened `{run_id}` in the Train tab.", "train"
 
-    w.open_btn.click(on_open, w.pick, [run_state, w.msg, tabs])
+    then_show_tab(w.open_btn.click(on_open, w.pick, [run_state, w.msg, show_tab]), show_tab)
 
     def on_row(evt: gr.SelectData):
         """A click on a row opens that run (its id is the last column) in the Train tab."""
         row = evt.row_value if evt is not None else None
         if not row or not studio.store.get(str(row[-1])):
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), ""
         return (row[-1], *on_open(row[-1]))
 
-    w.runs_df.select(on_row, None, [w.pick, run_state, w.msg, tabs])
+    then_show_tab(w.runs_df.select(on_row, None, [w.pick, run_state, w.msg, show_tab]), show_tab)
     return on_refresh
 
 

@@ -7,7 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.browser.studio_server import CHROMIUM_ARGS, REPO, set_number, studio_server, wait_progress
+from tests.browser.studio_server import CHROMIUM_ARGS, REPO, set_number, studio_server, wait_progress, wait_ready
 
 
 def main() -> int:
@@ -18,6 +18,7 @@ def main() -> int:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1440, "height": 900})
             page.goto(url)
+            wait_ready(page)
             page.get_by_role("tab", name="Train").click()
             page.locator("#train-demo").click()  # base, bundled dataset and preset in one click
             page.wait_for_function("document.querySelector('#train-base input').value.includes('shapes')")

@@ -140,7 +140,13 @@ def open_page(world: dict, width: int = 1440, height: int = 900, downloads: bool
     page = ctx.new_page()
     page.goto(world["url"])
     page.wait_for_selector("#ds-upload")
+    wait_ready(page)
     return page
+
+
+def wait_ready(page) -> None:
+    """Until the page load has answered: before, the tabs take no clicks (ui/tab_switch.py)."""
+    page.wait_for_selector("html.atelier-ready", state="attached")
 
 
 def open_tab(page, name: str) -> None:
