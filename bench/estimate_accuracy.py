@@ -108,14 +108,16 @@ def estimate_of(row: dict) -> dict:
 
 
 def fit(rows: list[dict]) -> dict:
-    """Work constants from the fit rows: a step's measured seconds × the GFLOP/s measured beside it is its work.
-    Minus the fixed part, that is per image latent_px × CPU_GFLOP_PER_LATENT_PX + latent_px² × (the family's
-    attention scores) × CPU_GFLOP_PER_ATTN_SCORE: two tiny rows at different sizes give both tiny constants
-    (the attention cost is taken as the same for every family), then each other family's row its own."""
+    """Work constants from the fit rows: a step's measured seconds × the GFLOP/s measured beside it is its work,
+    CPU_STEP_FIXED_GFLOP + batch × (latent_px × CPU_GFLOP_PER_LATENT_PX + latent_px² × the family's attention
+    scores × CPU_GFLOP_PER_ATTN_SCORE). The two tiny rows (batch 1 at 64 px, batch 2 at 128 px) give the fixed
+    part and tiny's per-pixel constant; then each other family's row its own per-pixel constant. The attention
+    constant is kept as trainer/estimate.py has it: at the tiny model's 8×8 and 16×16 latents its scores are
+    too few to separate from the rest (it was fitted when the tiny VAE downsampled by 2, 32×32 latents)."""
     from trainer.config import from_dict
-    from trainer.estimate import ATTN_SCORES_PER_LATENT_PX2, CPU_STEP_FIXED_GFLOP, VAE_DOWNSCALE, family_of, work_key
+    from trainer.estimate import ATTN_SCORES_PER_LATENT_PX2, CPU_GFLOP_PER_ATTN_SCORE, VAE_DOWNSCALE, family_of, work_key
 
-    points: dict[str, list[tuple[float, float, float]]] = {}  # family: (latent_px, scores, work) per image
+    points: dict[str, list[tuple[int, float, float, float]]] = {}  # family: (batch, latent_px, attention, work)
     out: dict = {}
     for r in rows:
         if ROWS[r["name"]][0] != "fit":
@@ -124,16 +126,18 @@ def fit(rows: list[dict]) -> dict:
         fam, ds = work_key(cfg, family_of(cfg)), cfg.dataset
         g = r["speed"]["gflops"]
         px = (ds.resolution // VAE_DOWNSCALE.get(fam, 8)) ** 2
-        work = (r["s_per_step"] * g - CPU_STEP_FIXED_GFLOP) / ds.batch_size
-        points.setdefault(fam, []).append((px, px ** 2 * ATTN_SCORES_PER_LATENT_PX2[fam], work))
+        attention = px ** 2 * ATTN_SCORES_PER_LATENT_PX2[fam] * CPU_GFLOP_PER_ATTN_SCORE
+        points.setdefault(fam, []).append((ds.batch_size, px, attention, r["s_per_step"] * g))
         if r["timing"].get("cache"):
             out.setdefault("CPU_CACHE_GFLOP_PER_IMAGE_PX", {})[fam] = r["timing"]["cache"] * g / (r["images"] * ds.resolution ** 2)
-    (p1, a1, w1), (p2, a2, w2) = points["tiny"][:2]
-    per_score = (w2 * p1 - w1 * p2) / (a2 * p1 - a1 * p2)
-    out["CPU_GFLOP_PER_ATTN_SCORE"] = per_score
+    # work = fixed + b·px·c + b·attention: two tiny rows, two unknowns (fixed, c)
+    (b1, p1, a1, w1), (b2, p2, a2, w2) = points["tiny"][:2]
+    c = ((w2 - b2 * a2) - (w1 - b1 * a1)) / (b2 * p2 - b1 * p1)
+    fixed = (w1 - b1 * a1) - b1 * p1 * c
+    out["CPU_STEP_FIXED_GFLOP"] = fixed
     for fam, pts in points.items():
-        px, scores, work = pts[0]
-        out.setdefault("CPU_GFLOP_PER_LATENT_PX", {})[fam] = (work - scores * per_score) / px
+        b, px, attention, work = pts[0]
+        out.setdefault("CPU_GFLOP_PER_LATENT_PX", {})[fam] = c if fam == "tiny" else ((work - fixed) / b - attention) / px
     return out
 
 

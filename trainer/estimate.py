@@ -61,26 +61,29 @@ CPU_ACT_BYTES_PER_LATENT_PX = {"sd1": 1.02e6, "sd2": 1.02e6, "sdxl": 2.03e6, "ti
 # measures that speed in a few seconds (GFLOP/s achieved on a UNet-like mix of 3×3 convolutions and matmuls,
 # trainer/calibrate.py); the work of a step is in those same units: its measured seconds × the GFLOP/s
 # calibrate measured just before. Fitted by bench/estimate_accuracy.py (--fit) on its "fit" rows, each run
-# with its own calibration at 1 thread (tiny at 64 px and 128 px batch 2, SD1.5 at 256 px; 2026-11-30, load
-# 1-6). SD2 as SD1 (its text encoder is cached); SDXL as SD1.5 × 3.0, the ratio of their steps at 256 px in
+# with its own calibration at 1 thread (tiny at 64 px and 128 px batch 2, 2026-12-01, load 2-3, with the tiny
+# VAE's 8× downscale; SD1.5 at 256 px and the demo, 2026-11-30, load 1-4). SD2 as SD1 (its text encoder is cached); SDXL as SD1.5 × 3.0, the ratio of their steps at 256 px in
 # bench/results/cpu.md (no SDXL fit row yet). The demo base (builtin:shapes, "tiny" by its size) has its own
 # work profile: a 4× VAE and a wider UNet than the test model (its fit row: the demo preset).
-CPU_GFLOP_PER_LATENT_PX = {"sd1": 0.411, "sd2": 0.42, "sdxl": 1.23, "tiny": 0.0124, "shapes": 0.0050}
+CPU_GFLOP_PER_LATENT_PX = {"sd1": 0.420, "sd2": 0.42, "sdxl": 1.26, "tiny": 0.00434, "shapes": 0.0096}
 # Self-attention grows with the square of the tokens (one token per latent pixel at the UNet's top level, a
 # quarter per level down): its score matrices hold, per image, this many × latent_px² elements (the sum over
 # self-attention layers of heads ÷ 16^level, from the bundled configs). On a CPU each element costs far more
 # than its multiply-adds (softmax and memory traffic): CPU_GFLOP_PER_ATTN_SCORE is that cost in calibrate's
-# units, forward + backward. It decides the tiny model's steps above 64 px (4 heads of 8 channels) and adds
-# about a fifth to SD1.5's at 512 px.
+# units, forward + backward. It adds about a fifth to SD1.5's step at 512 px. Fitted on the tiny model when its
+# VAE downsampled by 2 (32×32 latents, where attention decided its steps); at its 8× latents now it is too small
+# a part of a tiny step to fit again, so it is kept.
 ATTN_SCORES_PER_LATENT_PX2 = {"sd1": 8 * (5 + 5 / 16 + 5 / 256), "sd2": 5 * 5 + 10 * 5 / 16 + 20 * 5 / 256,
                               "sdxl": 10 * 10 / 16 + 20 * 60 / 256, "tiny": 4 * 3, "shapes": 2 * 3 + 4 * 4 / 16}
 CPU_GFLOP_PER_ATTN_SCORE = 6.2e-7
 # a step's fixed work, whatever its size (hundreds of small kernels, the optimizer over every adapter
-# tensor, bookkeeping): it decides small models' steps (from two tiny-family steps, batch 1 and 8)
-CPU_STEP_FIXED_GFLOP = 11.0
+# tensor, bookkeeping): it decides small models' steps (the two tiny fit rows give it with tiny's per-pixel work)
+CPU_STEP_FIXED_GFLOP = 1.5
 # the image cache: VAE encoder (and text encoders) once per image, per image pixel, same units (cpu.md's
-# caches over the calibration then; the fit rows found their caches already on disk)
-CPU_CACHE_GFLOP_PER_IMAGE_PX = {"sd1": 1.3e-3, "sd2": 1.3e-3, "sdxl": 2.4e-3, "tiny": 7.7e-4}
+# caches over the calibration then; the fit rows found their caches already on disk). Tiny's 8× VAE encodes so
+# little that the tiny rows' first-use steps show no trace of it (2026-12-01): a bound, not a fit
+CPU_CACHE_GFLOP_PER_IMAGE_PX = {"sd1": 1.3e-3, "sd2": 1.3e-3, "sdxl": 2.4e-3, "tiny": 5e-5,
+                                "shapes": 4e-4}  # the demo row (its 4× VAE)
 # a preview image's VAE decode, per image pixel: SD1.5's decoder at 256 px took 17.8 s at 26.4 GFLOP/s
 # (estimate_accuracy's sd15-256 row, from its progress events); SD2 and SDXL decode with the same VAE shape
 CPU_DECODE_GFLOP_PER_IMAGE_PX = {"sd1": 7.2e-3, "sd2": 7.2e-3, "sdxl": 7.2e-3, "tiny": 1e-4, "shapes": 1e-4}
@@ -266,14 +269,15 @@ def cpu_work_per_image(fam: str, latent_px: float) -> float:
 
 def preview_image_seconds(cfg, fam: str, dev: str, step_s_per_image: float, cpu_gflops: float) -> float:
     """One preview image: sampling.steps UNet forwards (two under classifier-free guidance), a forward being
-    a third of a training step's forward + backward, and, on a CPU, the VAE decode (about as long as a
-    training step of one image at that size)."""
+    a third of a training step's forward + backward (its fixed part too: a forward runs the same small kernels),
+    and, on a CPU, the VAE decode (about as long as a training step of one image at that size)."""
     size, res = preview_plan(cfg).size, cfg.dataset.resolution
     forwards = cfg.sampling.steps * (2 if cfg.sampling.guidance_scale > 1 else 1)
     if dev == "cuda":
         return forwards * step_s_per_image / 3 * (size / res) ** 2
     latent_px = (size // VAE_DOWNSCALE.get(fam, 8)) ** 2
-    return (forwards * cpu_work_per_image(fam, latent_px) / 3 + size ** 2 * CPU_DECODE_GFLOP_PER_IMAGE_PX[fam]) / cpu_gflops
+    forward = (CPU_STEP_FIXED_GFLOP + cpu_work_per_image(fam, latent_px)) / 3
+    return (forwards * forward + size ** 2 * CPU_DECODE_GFLOP_PER_IMAGE_PX[fam]) / cpu_gflops
 
 
 def epochs_of(cfg, num_images: int | None, num_views: int | None) -> tuple[int | None, int | None]:
@@ -362,7 +366,7 @@ def estimate(cfg, num_images: int | None = None, family: str | None = None, devi
     n_previews = preview_count(cfg)
     preview_s = n_previews * preview_image_seconds(cfg, wk, dev, s / sch.grad_accum / batch, cpu_gflops)
     loftq_s = loftq_setup_seconds(cfg, fam)
-    cache_s = cache_seconds(cfg, fam, dev, num_images, cpu_gflops)
+    cache_s = cache_seconds(cfg, wk, dev, num_images, cpu_gflops)
     saves = save_count(cfg)
     save_s = saves * (SAVE_FIXED_S + n_train * (FP32 + opt_bytes + 2) / SAVE_BYTES_PER_S)
     # each validation: a forward (no backward: a third of a step) per held-out image and timestep, twice
