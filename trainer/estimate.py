@@ -62,9 +62,10 @@ CPU_ACT_BYTES_PER_LATENT_PX = {"sd1": 1.02e6, "sd2": 1.02e6, "sdxl": 2.03e6, "ti
 # trainer/calibrate.py); the work of a step is in those same units: its measured seconds × the GFLOP/s
 # calibrate measured just before. Fitted by bench/estimate_accuracy.py (--fit) on its "fit" rows, each run
 # with its own calibration at 1 thread (tiny at 64 px and 128 px batch 2, 2026-12-01, load 2-3, with the tiny
-# VAE's 8× downscale; SD1.5 at 256 px and the demo, 2026-11-30, load 1-4). SD2 as SD1 (its text encoder is cached); SDXL as SD1.5 × 3.0, the ratio of their steps at 256 px in
-# bench/results/cpu.md (no SDXL fit row yet). The demo base (builtin:shapes, "tiny" by its size) has its own
-# work profile: a 4× VAE and a wider UNet than the test model (its fit row: the demo preset).
+# VAE's 8× downscale; SD1.5 at 256 px and the demo, 2026-11-30, load 1-4). SD2 as SD1 (its text encoder is
+# cached); SDXL as SD1.5 × 3.0, the ratio of their steps at 256 px in bench/results/cpu.md (no SDXL fit row
+# yet). The demo base (builtin:shapes, "tiny" by its size) has its own work profile: a 4× VAE and a wider UNet
+# than the test model (its fit row: the demo preset).
 CPU_GFLOP_PER_LATENT_PX = {"sd1": 0.420, "sd2": 0.42, "sdxl": 1.26, "tiny": 0.00434, "shapes": 0.0096}
 # Self-attention grows with the square of the tokens (one token per latent pixel at the UNet's top level, a
 # quarter per level down): its score matrices hold, per image, this many × latent_px² elements (the sum over

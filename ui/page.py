@@ -4,7 +4,6 @@ from __future__ import annotations
 import gradio as gr
 
 from ui import tab_dataset, tab_export, tab_generate, tab_runs, tab_switch, tab_train
-from ui.tab_switch import tab_target, then_page_ready, then_show_tab
 from ui.workspace import Studio
 
 CSS = """
@@ -19,7 +18,7 @@ def build_app(studio: Studio) -> gr.Blocks:
     with gr.Blocks(title="LoRA Atelier") as demo:
         gr.Markdown("# LoRA Atelier\nTrain a Stable Diffusion LoRA: add images, pick settings, watch it learn.")
         run_state = gr.State(None)
-        show_tab = tab_target()  # ui/tab_switch.py: events name a tab here instead of outputting the Tabs
+        show_tab = tab_switch.tab_target()  # events name a tab here instead of outputting the Tabs
         with gr.Tabs(elem_id=tab_switch.TABS_ID):
             with gr.Tab("Dataset", id="dataset"):
                 ds = tab_dataset.build(studio)
@@ -41,9 +40,9 @@ def build_app(studio: Studio) -> gr.Blocks:
                     train["dataset_default"](ds_name), "train" if current else "")
 
         # the tabs take clicks once this has answered: its outputs would undo what a click picked meanwhile
-        then_page_ready(demo.load(on_load, ds["ds_name"], [run_state, *ds["outs"], runs["table"], runs["pick"],
-                                                           gen["run"], exp["run"], train["dataset"], show_tab]),
-                        show_tab)
+        loaded = demo.load(on_load, ds["ds_name"], [run_state, *ds["outs"], runs["table"], runs["pick"], gen["run"],
+                                                    exp["run"], train["dataset"], show_tab])
+        tab_switch.then_page_ready(loaded, show_tab)
 
         # after a run: open it in Generate / Export (switch tab, select the run; the tab fills itself in)
         def open_in(tab, module, outputs):
@@ -62,8 +61,8 @@ def build_app(studio: Studio) -> gr.Blocks:
             studio.runner.warm_up()  # torch and diffusers import while the user fills in the form
 
         train_tab.select(on_heading_to_train, None, None, show_progress="hidden")
-        then_show_tab(train["open_generate"].click(open_in("generate", tab_generate, gen["select_outputs"]),
-                                                   run_state, [show_tab, *gen["select_outputs"]]), show_tab)
-        then_show_tab(train["open_export"].click(open_in("export", tab_export, exp["select_outputs"]),
-                                                 run_state, [show_tab, *exp["select_outputs"]]), show_tab)
+        for button, tab, module, outputs in ((train["open_generate"], "generate", tab_generate, gen["select_outputs"]),
+                                             (train["open_export"], "export", tab_export, exp["select_outputs"])):
+            tab_switch.then_show_tab(button.click(open_in(tab, module, outputs), run_state, [show_tab, *outputs]),
+                                     show_tab)
     return demo

@@ -82,7 +82,7 @@ def _layout_upload(w: SimpleNamespace, names: list[str]) -> None:
     w.editing = gr.JSON(None, visible=False, elem_id="ds-editing")
     w.rels = gr.State([])  # the dataset's images in gallery order
     # changes when moving to another image saved an edit of the caption box: the doctor then follows (it does
-    # not after every step: each event costs the page a copy of its every output, see ui/page.py)
+    # not after every step: each event costs the page a copy of its every output, see ui/tab_switch.py)
     w.saved_on_the_way = gr.State(0)
     w.undo = gr.State(None)  # (dataset, CaptionUndo) of the last bulk edit
 
