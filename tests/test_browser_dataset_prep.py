@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser.studio_server import ACTION_TIMEOUT_MS, CHROMIUM_ARGS, Shots, choose, open_page, studio_server
+from tests.browser.studio_server import (ACTION_TIMEOUT_MS, CHROMIUM_ARGS, Shots, choose, open_page, open_tab,
+                                        studio_server, wait_ready)
 from tests.caption_models import make_tagger
 
 pytestmark = pytest.mark.browser
@@ -139,6 +140,10 @@ def test_upload_tag_rename_undo_paint_a_mask_and_train_with_it(tmp_path):
 
         # the caption job's folder is its state: a reloaded page finds the finished job
         page.reload()
+        # the run's process may still be exiting after its "finished" event: then the load re-attaches it on
+        # the Train tab, as for any run that trains, and the Dataset tab is a click away
+        wait_ready(page)
+        open_tab(page, "Dataset")
         page.locator("#ds-captioner").get_by_text("Captioner").first.click()
         page.wait_for_function("document.querySelector('#cap-progress')?.dataset.state === 'finished'",
                                timeout=60_000)

@@ -101,10 +101,28 @@ def wait_until(pred, what: str, timeout: float = 90) -> None:
         time.sleep(0.3)
 
 
+def busy_overlays(page) -> list[str]:
+    """Gradio's loading covers showing on the page now: the elem_id of the component each covers, and what it
+    says (a queue position, seconds waited). For the message of a click that a cover kept out."""
+    return page.evaluate("""() => [...document.querySelectorAll('[data-testid=status-tracker]')]
+        .filter(t => t.offsetParent !== null && !t.classList.contains('hide') && t.getBoundingClientRect().height > 0)
+        .map(t => `${t.parentElement.closest('[id]')?.id || '?'}: ${t.innerText.replace(/\\s+/g, ' ').trim()}`)""")
+
+
+def click(locator) -> None:
+    """A click that, when a loading cover keeps it out until the timeout, names the covers in its error."""
+    try:
+        locator.click()
+    except Exception as e:
+        if "intercepts pointer events" not in str(e):
+            raise
+        raise AssertionError(f"a loading cover stayed over the element: {busy_overlays(locator.page)}") from e
+
+
 def choose(page, elem_id: str, option: str) -> None:
     """Pick an option of a Gradio dropdown."""
     box = page.locator(f"#{elem_id} input").first
-    box.click()
+    click(box)
     box.fill(option)
     page.locator("[role=option]", has_text=option).first.click()
 
