@@ -112,8 +112,8 @@ def test_tag_counts_and_doctor_are_right_after_an_edit_and_next(tab, monkeypatch
     assert decoded.n == 0  # the pictures did not change: the doctor's re-scan decoded none of them
 
     # Save: the same
-    msg, tags = save("set", rels[4], "zkq, saved with the button")
-    assert "Saved caption" in msg and dict((t, n) for t, n in tags) == trainers_tags(root)
+    msg, tags, ed = save("set", rels[4], "zkq, saved with the button")
+    assert "Saved caption" in msg and ed == {"ds": "set", "rel": rels[4], "caption": "zkq, saved with the button"} and dict((t, n) for t, n in tags) == trainers_tags(root)
     assert dict((t, n) for t, n in tags)["saved with the button"] == 1
     assert listings.n == 0 and decoded.n == 0
     view = {it.rel: (it.caption, it.caption_file) for it in df.dataset_view(root).items}
@@ -156,3 +156,33 @@ def test_a_remembered_decode_gives_the_scan_it_replaces(tmp_path):
     fresh.write_bytes(png_bytes(9))  # written just now: decoded, not remembered (its stat could still repeat)
     scan_dataset(tmp_path, decoded=memo)
     assert len(memo) == 7
+
+
+def test_a_caption_changed_elsewhere_is_not_overwritten_by_the_box_it_was_not_edited_in(tab):
+    """A caption job (or the bulk tools, another page, a text editor) rewrote the shown image's caption while
+    the box still holds the text it was shown with: moving on keeps the new caption; an edit made in the box
+    is still saved on the way."""
+    h, root, rels = tab
+    nxt, save = h["on_step_1"], h["on_save"]
+    out = nxt("set", {"ds": "set", "rel": rels[0]}, None, rels)
+    ed, shown = out[4], out[3]
+    assert ed == {"ds": "set", "rel": rels[1], "caption": shown} and shown == df.read_caption(root / rels[1])
+    cap = root / "images" / "img-001.txt"
+    cap.write_text("zq, written by the tagger", encoding="utf-8")
+    out = nxt("set", ed, shown, rels)  # the box untouched since it was shown
+    assert out[5] is not None and "Saved your edit" not in str(out[5])
+    assert cap.read_text(encoding="utf-8").strip() == "zq, written by the tagger"
+    # an uncaptioned image shown with an empty box, then captioned elsewhere: the empty box saves nothing
+    ed = nxt("set", {"ds": "set", "rel": rels[2]}, None, rels)[4]
+    assert ed["rel"] == rels[3] and ed["caption"] == ""
+    (root / "images" / "img-003.txt").write_text("zq, long hair", encoding="utf-8")
+    nxt("set", ed, "", rels)
+    assert df.read_caption(root / rels[3]) == "zq, long hair"
+    # edited in the box: the person's edit is saved on the way
+    out = nxt("set", {"ds": "set", "rel": rels[4], "caption": df.read_caption(root / rels[4])}, "zq, my edit", rels)
+    assert "Saved your edit" in out[5] and df.read_caption(root / rels[4]) == "zq, my edit"
+    # after Save the box's text is what the file holds: a later change elsewhere survives moving on too
+    _, _, ed = save("set", rels[5], "zq, saved")
+    (root / "images" / "img-005.txt").write_text("zq, changed again elsewhere", encoding="utf-8")
+    nxt("set", ed, "zq, saved", rels)
+    assert df.read_caption(root / rels[5]) == "zq, changed again elsewhere"

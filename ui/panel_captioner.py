@@ -131,7 +131,8 @@ def start(studio: Studio, dataset: str, s: CaptionSettings, selection: list[str]
     args = [studio.python, "-m", "trainer", "caption", str(root), f"--job-dir={job}", *to_argv(s)]
     proc = spawn(args, job)
     threading.Thread(target=record_exit, args=(proc, job), daemon=True, name=f"caption-{dataset}").start()
-    return f"Captioning {dataset} ({s.images} images, {s.backend})."
+    trigger = f", trigger word “{s.trigger}” first" if s.trigger.strip() else ""
+    return f"Captioning {dataset} ({s.images} images, {s.backend}{trigger})."
 
 
 def stop(job: Path) -> str:
@@ -189,11 +190,14 @@ def build(studio: Studio, w: SimpleNamespace, view_of, in_order: dict) -> None:
     def on_caption_start(name, model_text, picked, *values):
         try:
             s = validate({**dict(zip(keys, values)), "model": _model_arg(studio, model_text)})
-            return start(studio, name, s, list(picked or []))
+            message = start(studio, name, s, list(picked or []))
         except (ConfigError, UnsafePath) as e:
             raise gr.Error(str(e))
+        # the page has seen this job start: the timer starts with the panel's first opening, and a job on a
+        # few images can end before its first tick, whose end must still refresh the tab
+        return message, [name, -1, "starting"]
 
-    start_btn.click(on_caption_start, [w.ds_name, model, selection, *widgets.values()], msg)
+    start_btn.click(on_caption_start, [w.ds_name, model, selection, *widgets.values()], [msg, seen])
     def on_caption_stop(name):
         return stop(job_dir(studio, name))
 

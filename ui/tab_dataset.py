@@ -180,6 +180,10 @@ def _autosave(studio: Studio, ed, text) -> str:
         return ""  # that image is gone (deleted, excluded, renamed folder): nothing to save into
     if text.strip() == df.read_caption(img):
         return ""
+    if "caption" in ed and text.strip() == (ed["caption"] or "").strip():
+        # not edited since it was shown: the file changed meanwhile (a caption job, the bulk tools, another
+        # page, a text editor), and the box's older text must not overwrite that
+        return ""
     df.write_caption(img, text)
     return f"Saved your edit of `{ed['rel']}` before switching."
 
@@ -210,7 +214,7 @@ def _view(studio: Studio, name: str, pick: str | None = None, report: str = "", 
             gr.update(value=thumbs, selected_index=order.index(pick) if pick in order[:MAX_GALLERY] else None,
                       label=f"{len(order)} image(s){more}: click one to caption it"),
             gr.update(choices=order, value=pick), gr.update(value=big_path, label=label), text,
-            {"ds": safe, "rel": pick} if pick else {"ds": safe, "rel": None}, order, _tags(root),
+            {"ds": safe, "rel": pick, "caption": text} if pick else {"ds": safe, "rel": None}, order, _tags(root),
             [[f, r if r is not None else "(default)", n] for f, r, n in fl] or None,
             gr.update(choices=subfolders, value=subfolders[0] if subfolders else None),
             gr.update(choices=df.excluded_images(root), value=None), msg)
@@ -318,7 +322,7 @@ def _wire_caption_editor(studio: Studio, w: SimpleNamespace, then_doctor) -> Non
         big_path, cap, label = _image(root, target)
         return (gr.update(selected_index=order.index(target) if order.index(target) < MAX_GALLERY else None),
                 gr.update(value=target), gr.update(value=big_path, label=label), cap,
-                {"ds": safe_name(name, DEFAULT_NAME), "rel": target}, *after_save)
+                {"ds": safe_name(name, DEFAULT_NAME), "rel": target, "caption": cap}, *after_save)
 
     def on_gallery_select(name, ed, text, order, evt: gr.SelectData):
         target = order[evt.index] if isinstance(evt.index, int) and evt.index < len(order) else None
@@ -353,16 +357,17 @@ def _wire_caption_editor(studio: Studio, w: SimpleNamespace, then_doctor) -> Non
 
     def on_save(name, pick, text):
         if not pick:
-            return "Pick an image first.", gr.skip()
+            return "Pick an image first.", gr.skip(), gr.skip()
         try:
             img = df.dataset_image(_root(studio, name), pick)
         except (UnsafePath, ValueError) as e:
             raise gr.Error(str(e))
         df.write_caption(img, text)
-        return f"Saved caption of `{pick}`.", _tags(_root(studio, name))
+        return (f"Saved caption of `{pick}`.", _tags(_root(studio, name)),
+                {"ds": safe_name(name, DEFAULT_NAME), "rel": pick, "caption": df.read_caption(img)})
 
-    then_doctor(w.save_caption.click(on_save, [w.ds_name, w.image_pick, w.caption], [w.caption_msg, w.tags],
-                                     **IN_ORDER))
+    then_doctor(w.save_caption.click(on_save, [w.ds_name, w.image_pick, w.caption],
+                                     [w.caption_msg, w.tags, w.editing], **IN_ORDER))
 
 
 def _wire_exclude_delete(studio: Studio, w: SimpleNamespace, then_doctor) -> None:
