@@ -40,7 +40,7 @@ def config(variant: str, data: Path) -> dict:
         "dataset": {"path": str(data), "resolution": RESOLUTION, "batch_size": 1, "enable_buckets": False},
         "network": {"rank": 16, "alpha": 8.0, **VARIANTS[variant]},
         "schedule": {"max_train_steps": STEPS},
-        "precision": {"device": "cpu"},
+        "precision": {"device": "cpu", "cpu_bf16": "off"},  # fp32, as the table says, on any CPU
         "sampling": {"prompts": [], "at_start": False, "every_n_steps": 0},
         "saving": {"output_name": f"mem-{variant}"},
     }

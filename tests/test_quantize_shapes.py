@@ -35,3 +35,22 @@ def test_unfit_layers_stay_full_precision_and_are_counted():
     with torch.no_grad():  # eval mode, no grad: the path AVX512-BF16 CPUs repack for
         out = unet(x, 10, torch.randn(1, 77, unet.config.cross_attention_dim)).sample
     assert torch.isfinite(out).all()
+
+
+def test_an_eval_forward_leaves_the_weights_in_the_layout_every_path_reads():
+    """On AVX512-BF16 CPUs bitsandbytes repacked a 4-bit weight in place at its first eval forward (a preview);
+    the trained model and the base + its saved file then disagreed (0.73 on the tiny UNet). quantize_nf4 turns
+    that repacking off, so an eval forward changes no weight on any CPU, and dequantising gives the same W."""
+    import bitsandbytes as bnb
+
+    unet = build_tiny("sd1").unet.eval()
+    quantize_nf4(unet, "cpu")
+    q = [m for m in unet.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    before = [(m.weight.data.clone(), bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state)) for m in q]
+    with torch.no_grad():
+        unet(torch.randn(1, 4, 16, 16), 10, torch.randn(1, 77, unet.config.cross_attention_dim))
+    for m, (data, w) in zip(q, before):
+        assert not m.support_avx512bf16_for_cpu
+        assert not getattr(m.weight.quant_state, "packing_format_for_cpu", False)
+        assert torch.equal(m.weight.data, data)
+        assert torch.equal(bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state), w)

@@ -20,7 +20,7 @@ FAKE_TRAINER = """#!{python}
 # stands in for `python -m trainer train CONFIG`: a run whose name has "fail" fails, the others finish
 import json, os, sys, time
 from pathlib import Path
-run = Path(sys.argv[-1]).parent
+run = Path(next(a for a in sys.argv[1:] if a.endswith(".toml"))).parent  # options may follow it
 def emit(**ev):
     with open(run / "events.jsonl", "a") as f:
         f.write(json.dumps({{"pid": os.getpid(), "time": time.time(), **ev}}) + "\\n")
@@ -175,7 +175,7 @@ SIGINT_TRAINER = """#!{python}
 # stands in for `python -m trainer train CONFIG`: trains until SIGINT, then saves and exits as stopped (3)
 import json, os, signal, sys, time
 from pathlib import Path
-run = Path(sys.argv[-1]).parent
+run = Path(next(a for a in sys.argv[1:] if a.endswith(".toml"))).parent  # options may follow it
 stop = []
 signal.signal(signal.SIGINT, lambda *a: stop.append(1))
 def emit(**ev):
@@ -224,3 +224,27 @@ def test_ctrl_c_stops_the_current_run_gracefully_and_leaves_the_rest_queued(tmp_
     assert store.get(now)["state"] == "stopped"
     assert [r["id"] for r in store.queued()] == [later], out
     assert "1 still queued" in out
+
+
+def test_a_ctrl_c_during_a_runs_launch_reaches_that_run():
+    """The queue learns its run's process only once it is launched (pid file, device hold, the store); a
+    Ctrl-C in that window was counted but never passed on, so the queue waited for a run that never stopped
+    (a fresh-clone run hit it on a fast machine: the trainer wrote its first event before the queue watched it)."""
+    import signal
+    import subprocess
+
+    from trainer.run.queue import _Interrupt
+
+    child = subprocess.Popen([sys.executable, "-c", "import signal, sys, time\n"
+                              "signal.signal(signal.SIGINT, lambda *a: sys.exit(3))\n"
+                              "print('ready', flush=True)\ntime.sleep(120)"],
+                             stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        interrupt = _Interrupt()
+        interrupt(signal.SIGINT, None)  # Ctrl-C before the queue watches the run
+        interrupt.watch(child)
+        assert child.wait(timeout=60) == 3
+        assert interrupt.passed_on == 1
+    finally:
+        child.kill()

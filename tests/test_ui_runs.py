@@ -119,7 +119,7 @@ FAKE_TRAINER = """#!{python}
 # stands in for `python -m trainer train CONFIG`: ignores SIGTERM; "{mode}"
 import json, os, signal, sys, time
 from pathlib import Path
-run = Path(sys.argv[-1]).parent
+run = Path(next(a for a in sys.argv[1:] if a.endswith(".toml"))).parent  # options may follow it
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 def emit(**ev):
     with open(run / "events.jsonl", "a") as f:

@@ -77,11 +77,23 @@ class _Interrupt:
 
     def __init__(self):
         self.proc: subprocess.Popen | None = None
-        self.count = 0
+        self.count = 0  # Ctrl-Cs received
+        self.passed_on = 0  # of those, sent on to `proc`
 
     def __call__(self, signum, frame):
         self.count += 1
-        if self.proc is not None and self.proc.poll() is None:
+        self.pass_on()
+
+    def watch(self, proc: subprocess.Popen) -> None:
+        """`proc` is the run training now; a Ctrl-C that came while it was being launched reaches it now."""
+        self.proc, self.passed_on = proc, 0
+        self.pass_on()
+
+    def pass_on(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        while self.passed_on < self.count:
+            self.passed_on += 1
             print("\nqueue: stopping the current run (it saves first); the rest stays queued", file=sys.stderr,
                   flush=True)
             try:
@@ -110,7 +122,7 @@ def _launch(store: RunStore, root: Path, row: dict, python: str) -> subprocess.P
 
 def _finish(store: RunStore, row: dict, proc: subprocess.Popen, interrupt: _Interrupt) -> str:
     """Wait for the run's trainer; record its exit code in its folder and its end in the store."""
-    interrupt.proc = proc
+    interrupt.watch(proc)
     code = proc.wait()
     interrupt.proc = None
     folder = RunFolder(Path(row["folder"]))
