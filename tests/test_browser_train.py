@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from tests.browser.studio_server import (CHROMIUM_ARGS, choose, doc_screen, loss_curves, open_page, open_tab,
-                                         progress, set_number, Shots, studio_server, wait_progress, wait_ready)
+                                         progress, set_number, Shots, studio_server, wait_progress, wait_ready,
+                                         wait_until)
 
 pytestmark = pytest.mark.browser
 playwright = pytest.importorskip("playwright.sync_api")
@@ -34,6 +35,12 @@ def world(tmp_path_factory):
 
 
 def new_page(world):
+    """A fresh page once the module's last run has let go of the device: a run whose process is still exiting
+    after its "finished" event is re-attached by the page load, whose reply then fills the form with that
+    run's settings, over what a test has just typed (a fresh-clone run hit it)."""
+    from trainer.run.device import active_run
+
+    wait_until(lambda: active_run(world["data"]) is None, "the previous run let go of the device", 120)
     return open_page(world)
 
 
