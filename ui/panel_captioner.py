@@ -219,7 +219,7 @@ def build(studio: Studio, w: SimpleNamespace, view_of, in_order: dict) -> None:
                 gr.Accordion(open=True) if state == "running" else gr.skip())  # a reloaded page shows a running job
 
     timer.tick(on_caption_tick, [w.ds_name, seen, ended], [progress, seen, ended, panel], show_progress="hidden")
-    ended.change(view_of, [w.ds_name, w.image_pick], w.outs, **{**in_order, "show_progress": "hidden"})
+    ended.change(view_of, [w.ds_name, w.image_pick], w.outs, show_progress="hidden", **in_order)
     # the images a selection can name: the dataset's, in the tab's order (its `rels` follow every change)
     w.rels.change(lambda order: gr.update(choices=list(order or []), value=[]), w.rels, selection,
                   show_progress="hidden")

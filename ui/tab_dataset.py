@@ -235,11 +235,8 @@ def _neighbour(order: list[str], rel: str) -> str | None:
 
 
 # events that change what the tab shows run one at a time, in the order they were made: a dataset typed in
-# and files dropped at once must not have the empty dataset's view land after the upload's. Their progress is
-# a small timer, not Gradio's cover: the order is kept by this queue, not by covering the tab, and in 2 of 6
-# fresh-clone runs under load a cover stayed over the gallery or the file picker for minutes after the events
-# it was waiting for had answered (the page then took no click there until a reload)
-IN_ORDER = {"concurrency_limit": 1, "concurrency_id": "ds-view", "show_progress": "minimal"}
+# and files dropped at once must not have the empty dataset's view land after the upload's
+IN_ORDER = {"concurrency_limit": 1, "concurrency_id": "ds-view"}
 
 
 def build(studio: Studio) -> dict:
